@@ -1,0 +1,158 @@
+"""``dslth-edge train``: one device's training run, as a library call.
+
+Without fleet options the node trains alone (no neighbours): the keep ratio comes from
+the profile's plan unless given, the run directory follows the design, and a stopped
+run continues exactly with ``resume=True``.
+"""
+
+from __future__ import annotations
+
+import json
+import time
+from collections.abc import Callable
+from dataclasses import asdict, dataclass
+from pathlib import Path
+from typing import Any
+
+from .algorithm import get_preset
+from .data import load_dataset, partition
+from .errors import CheckpointError, UsageError
+from .models import ModelSpec, build_model, layer_costs
+from .node import Node, NodeConfig, RoundResult
+from .planner import plan
+from .profiles import load_profile
+
+__all__ = ["TrainOptions", "TrainResult", "train", "default_run_dir", "plan_keep"]
+
+
+@dataclass(frozen=True)
+class TrainOptions:
+    """The options of ``dslth-edge train`` (solo)."""
+
+    profile: str
+    dataset: str = "fashion-mnist"
+    data_dir: str | None = None
+    model: str = "paper-cnn"
+    rounds: int = 200
+    keep: float | None = None  # None: from the profile's plan
+    granularity: str = "unstructured"
+    out: str | None = None  # the run directory; None: runs/<profile>-<dataset>-<time>
+    resume: bool = False
+    seed: int = 0
+    weight_seed: int = 0
+    init: str = "kaiming-normal"
+    preset: str = "default"
+    batch_size: int | None = None
+    lr: float | None = None
+    group_lasso: float | None = None
+    eval_every: int = 25
+    checkpoint_every: int = 25
+    weights_file: str | None = None
+
+
+@dataclass(frozen=True)
+class TrainResult:
+    """What a finished (or stopped) run reports."""
+
+    run_dir: str
+    node_dir: str
+    rounds_done: int
+    rounds: int
+    keep: float
+    keep_source: str  # "--keep" or "plan: bound by <budget>"
+    accuracy: float | None
+    loss: float | None
+    seconds: float
+    stopped: bool
+
+    def to_dict(self) -> dict[str, Any]:
+        return asdict(self)
+
+
+def default_run_dir(profile: str, dataset: str) -> Path:
+    """runs/<profile>-<dataset>-<YYYYmmdd-HHMMSS> under the current directory."""
+    stamp = time.strftime("%Y%m%d-%H%M%S")
+    return Path("runs") / f"{Path(profile).stem}-{dataset}-{stamp}"
+
+
+def plan_keep(model_name: str, input_shape: tuple[int, int, int], num_classes: int, profile_name: str, granularity: str) -> tuple[float, str]:
+    """The profile planner's keep ratio for this model, and a note saying what binds."""
+    profile = load_profile(profile_name)
+    model = build_model(ModelSpec(model_name, input_shape, num_classes, keep=1.0, granularity=granularity))
+    p = plan(layer_costs(model, input_shape), profile, granularity=granularity)
+    return p.keep, f"plan: bound by {p.binding}"
+
+
+def train(
+    opts: TrainOptions,
+    *,
+    on_start: Callable[[Node, TrainResult], None] | None = None,
+    on_round: Callable[[RoundResult], None] | None = None,
+    stop_requested: Callable[[], bool] = lambda: False,
+) -> TrainResult:
+    """Train one node alone; returns the final (or, when stopped, the last) figures."""
+    if opts.rounds <= 0:
+        raise UsageError(f"--rounds must be positive, got {opts.rounds}")
+    profile = load_profile(opts.profile)
+    ds = load_dataset(opts.dataset, opts.data_dir)
+    input_shape = tuple(ds.x_train.shape[1:])
+    num_classes = len(ds.class_names)
+    if opts.keep is not None:
+        if not 0.0 < opts.keep <= 1.0:
+            raise UsageError(f"--keep must be in (0, 1], got {opts.keep}")
+        keep, keep_source = opts.keep, "--keep"
+    else:
+        keep, keep_source = plan_keep(opts.model, input_shape, num_classes, opts.profile, opts.granularity)
+    algo = get_preset(opts.preset, "local", batch_size=opts.batch_size, lr=opts.lr, group_lasso=opts.group_lasso)
+    run_dir = Path(opts.out) if opts.out else default_run_dir(opts.profile, opts.dataset)
+    config = NodeConfig(
+        node_id=0,
+        model=ModelSpec(opts.model, input_shape, num_classes, keep=keep, granularity=opts.granularity,
+                        weight_seed=opts.weight_seed, init=opts.init),
+        algorithm=algo, rounds=opts.rounds, fleet="solo", seed=opts.seed, profile=profile.name,
+        eval_every=opts.eval_every, checkpoint_every=opts.checkpoint_every, weights_file=opts.weights_file,
+        extra={"dataset": opts.dataset, "data_dir": opts.data_dir, "partition": "all", "keep_source": keep_source},
+    )
+    split = partition(ds, 1, "iid", seed=opts.seed)[0]
+    node = Node(config, ds, split, run_dir=run_dir)
+    if opts.resume:
+        _check_resumable(node)
+    elif node.paths is not None and node.paths.checkpoint.exists():
+        raise CheckpointError(f"{node.paths.root} already holds a run; pass --resume to continue it or choose another --out")
+    node.start(resume=opts.resume)
+    t0 = time.perf_counter()
+    last: RoundResult | None = None
+    accuracy = None
+
+    def result(stopped: bool) -> TrainResult:
+        return TrainResult(
+            run_dir=str(run_dir), node_dir=str(node.paths.root) if node.paths else "", rounds_done=node.round,
+            rounds=opts.rounds, keep=keep, keep_source=keep_source, accuracy=accuracy,
+            loss=last.loss if last else None, seconds=time.perf_counter() - t0, stopped=stopped,
+        )
+
+    if on_start is not None:
+        on_start(node, result(False))
+    while node.round < opts.rounds:
+        last = node.run_round()
+        if last.acc is not None:
+            accuracy = last.acc
+        if on_round is not None:
+            on_round(last)
+        if stop_requested() and node.round < opts.rounds:
+            node.save()
+            return result(True)
+    return result(False)
+
+
+def _check_resumable(node: Node) -> None:
+    """A resumed run must have been started with the same settings (rounds may grow)."""
+    assert node.paths is not None
+    if not node.paths.config.is_file():
+        raise CheckpointError(f"nothing to resume in {node.paths.root}: no config.json (start without --resume)")
+    saved = json.loads(node.paths.config.read_text())
+    now = node.describe()
+    diffs = [k for k in ("model", "algorithm", "seed", "weights_fingerprint", "node_id")
+             if saved.get(k) != json.loads(json.dumps(now.get(k)))]
+    if diffs:
+        raise CheckpointError(f"cannot resume {node.paths.root}: settings differ from the saved run in {', '.join(diffs)}")
