@@ -24,6 +24,7 @@ import torch.nn.functional as F
 
 from . import __version__
 from .algorithm import AlgorithmConfig, aggregation_shift, neighbour_average, personalized_finetune_
+from .baselines import dense_fingerprint, flat_parameters, set_flat_parameters
 from .data import Dataset, NodeSplit, batch_indices
 from .errors import CheckpointError
 from .exchange import Exchange, ReceivedMasks
@@ -76,6 +77,7 @@ class RoundResult:
     keep_actual: float
     t_compute_s: float
     t_round_s: float
+    duplicates: int = 0  # redelivered/replayed/late frames ignored (never applied twice)
 
     def to_json(self) -> str:
         return json.dumps(asdict(self), sort_keys=True)
@@ -103,16 +105,22 @@ class Node:
         self.transport = transport
         self.paths = NodePaths.of(run_dir, config.node_id) if run_dir is not None else None
         # the fixed weights come from the fleet's weight seed; the scores from this node's own
-        self.model = build_model(replace(config.model, score_seed=derive_seed(config.seed, config.node_id)))
-        if config.weights_file:
+        # dense baselines (dpsgd, dpsgd-ft): the same architecture with trainable weights
+        self.dense = self.algo.is_dense
+        self.model = build_model(replace(config.model, score_seed=derive_seed(config.seed, config.node_id), dense=self.dense))
+        if config.weights_file and not self.dense:
             load_weights(self.model, config.weights_file)
-        self.fingerprint = weights_fingerprint(self.model)
+        self.fingerprint = dense_fingerprint(self.model) if self.dense else weights_fingerprint(self.model)
         self.layers: list[MaskedLayer] = [layer for _, layer in masked_layers(self.model)]
         for layer in self.layers:
             layer.drop_threshold = self.algo.drop_threshold
         params = [p for p in self.model.parameters() if p.requires_grad]
-        self.optimizer = torch.optim.SGD(params, lr=self.algo.lr, momentum=self.algo.momentum, weight_decay=self.algo.weight_decay)
+        lr, momentum = (self.algo.dense_lr, self.algo.dense_momentum) if self.dense else (self.algo.lr, self.algo.momentum)
+        self.optimizer = torch.optim.SGD(params, lr=lr, momentum=momentum, weight_decay=self.algo.weight_decay)
+        self.num_params = sum(p.numel() for p in params) if self.dense else sum(layer.weight.numel() for layer in self.layers)
         self.exchange = exchange
+        # optional adaptive round deadline (fleet over MQTT): .next_s() and .observe(wait_s, complete)
+        self.deadline_policy: Any = None
         self.round = 0
         self.mbar: list[torch.Tensor] | None = None  # m̄_i per layer, float in [0, 1]
         self.peer_masks: dict[int, list[torch.Tensor]] = {}  # latest mask of each neighbour
@@ -123,7 +131,10 @@ class Node:
         self._t_begin = 0.0
         self._sent = 0
         self._batch_seed = derive_seed(config.seed, config.node_id, 1)
-        self._eval_idx = split.test_indices[: config.eval_samples]
+        # a seeded subset for periodic evaluation: splits are grouped by class, a prefix is not
+        pick = np.random.Generator(np.random.PCG64(derive_seed(config.seed, config.node_id, 2)))
+        n_eval = min(config.eval_samples, len(split.test_indices))
+        self._eval_idx = np.sort(pick.choice(split.test_indices, size=n_eval, replace=False)) if n_eval else split.test_indices
 
     # ---------------------------------------------------------------- the round loop
     def begin_round(self) -> None:
@@ -137,21 +148,24 @@ class Node:
             loss = self._loss_on(batch_indices(self.split.train_indices, self.algo.batch_size, step, self._batch_seed))
             self.optimizer.zero_grad(set_to_none=True)
             loss.backward()
-            grads = [layer.scores.grad.detach().clone() for layer in self.layers]
+            grads = [layer.scores.grad.detach().clone() for layer in self.layers]  # g_i, reused by (5)
             self.optimizer.step()
             self._loss = float(loss.detach())
         self._grads = grads
         self._set_shifts()  # m_i is TopK of y from the updated scores
         self._sent = 0
-        if self.transport is not None and self.exchange is not None and self.algo.communicates:
-            masks = [layer.current_mask() for layer in self.layers]
-            self._sent = self.transport.publish(self.exchange.encode(masks, self.round))
+        if self.transport is not None and self.exchange is not None and self._communicating():
+            state = [flat_parameters(self.model)] if self.dense else [layer.current_mask() for layer in self.layers]
+            self._sent = self.transport.publish(self.exchange.encode(state, self.round))
         self._t_compute = time.perf_counter() - self._t_begin
 
     def finish_round(self) -> RoundResult:
         """Collect neighbours' masks (4), fine-tune (5), evaluate, checkpoint."""
         received = self._collect()
-        self._update_mbar()
+        if self.dense:
+            self._dense_average(received)
+        else:
+            self._update_mbar()
         t0 = time.perf_counter()
         if self.algo.name == "mce-pl" and self.mbar is not None and self._grads is not None:
             if self.algo.ft_recompute:
@@ -165,20 +179,23 @@ class Node:
         last = self.round >= self.config.rounds
         if last or (self.config.eval_every > 0 and self.round % self.config.eval_every == 0):
             acc = self.evaluate(None if last else self._eval_idx)[0]
-        n_params = sum(layer.weight.numel() for layer in self.layers)
-        kept = sum(int(m.sum()) for m in self.current_masks())
+        n_params = self.num_params
+        kept = n_params if self.dense else sum(int(m.sum()) for m in self.current_masks())
+        # the authors' metric: 1 bit per weight (dense: 32) to every neighbour
+        ref_bytes = 4 * n_params if self.dense else math.ceil(n_params / 8)
         result = RoundResult(
             round=k, loss=self._loss, acc=acc, bytes_sent=self._sent, bytes_received=received.bytes,
-            bytes_reference=math.ceil(n_params / 8) * len(self.neighbours) if self.algo.communicates else 0,
+            bytes_reference=ref_bytes * len(self.neighbours) if self._communicating(k) else 0,
             neighbours_heard=len(received.frames), stale=len(self.stale_neighbours()), rejected=received.rejected,
             keep_actual=kept / n_params, t_compute_s=self._t_compute, t_round_s=time.perf_counter() - self._t_begin,
+            duplicates=received.duplicates,
         )
         if self.paths is not None:
             with open(self.paths.metrics, "a") as fh:
                 fh.write(result.to_json() + "\n")
             if last or self.round % self.config.checkpoint_every == 0:
                 self.save()
-            if last:
+            if last and not self.dense:
                 self.save_final_mask(acc)
         return result
 
@@ -208,16 +225,54 @@ class Node:
             else:
                 layer.score_shift.copy_(aggregation_shift(layer.scores, self.mbar[i], self.algo.beta))
 
+    def _communicating(self, round: int | None = None) -> bool:  # noqa: A002
+        """Whether ``round`` (default: the current one) exchanges anything.
+
+        dpsgd-ft stops gossiping for its last ``ft_rounds`` rounds: local fine-tuning.
+        """
+        k = self.round if round is None else round
+        if self.algo.name == "dpsgd-ft" and k >= self.config.rounds - self.algo.ft_rounds:
+            return False
+        return self.algo.communicates
+
+    def _dense_average(self, received: ReceivedMasks) -> None:
+        """dpsgd: x_i ← (x_i + Σ_j x_j) / (1 + |heard|), uniform over self and the neighbours heard."""
+        if not received.frames:
+            return
+        acc = flat_parameters(self.model).clone()  # (P,)
+        for sender in sorted(received.frames):  # fixed order: bit-identical sums
+            acc += received.frames[sender][0]
+        set_flat_parameters(self.model, acc / (1 + len(received.frames)))
+
     def _collect(self) -> ReceivedMasks:
-        if self.transport is None or self.exchange is None or not self.algo.communicates or not self.neighbours:
+        if self.transport is None or self.exchange is None or not self._communicating() or not self.neighbours:
             return ReceivedMasks()
-        deadline = time.monotonic() + self.config.round_deadline_s
-        live = set(self.neighbours) - set(self.stale_neighbours())
+        policy = self.deadline_policy
+        t0 = time.monotonic()
+        deadline = t0 + (policy.next_s() if policy is not None else self.config.round_deadline_s)
+        # wait only for neighbours that can still send this round's frame: not stale, not
+        # known to be offline (last will) and not out of step (e.g. ahead after our restart)
+        live = set(self.neighbours) - set(self.stale_neighbours()) - self._unreachable()
         received = self.exchange.collect(self.transport, self.round, live, deadline)
+        if policy is not None:
+            policy.observe(time.monotonic() - t0, complete=live <= received.frames.keys())
         for sender, masks in received.frames.items():
-            self.peer_masks[sender] = masks
+            if not self.dense:  # dense weights are used once, not kept
+                self.peer_masks[sender] = masks
             self.last_heard[sender] = self.round
+        # a newer mask out of step with this round is still that neighbour's latest, and
+        # hearing it at all means it is back (a returning neighbour rejoins m̄)
+        for sender, masks in getattr(received, "latest", {}).items():
+            if sender not in received.frames and not self.dense:
+                self.peer_masks[sender] = masks
+                self.last_heard[sender] = self.round
         return received
+
+    def _unreachable(self) -> set[int]:
+        """Neighbours the transport knows are gone, or the exchange knows are out of step."""
+        gone = getattr(self.transport, "unavailable", None)
+        out_of_step = getattr(self.exchange, "out_of_step", None)
+        return (set(gone()) if gone else set()) | (set(out_of_step(self.round)) if out_of_step else set())
 
     def stale_neighbours(self) -> list[int]:
         """Neighbours not heard from in the last ``stale_after`` rounds (never heard: after that many rounds)."""

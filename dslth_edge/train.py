@@ -22,7 +22,7 @@ from .node import Node, NodeConfig, RoundResult
 from .planner import plan
 from .profiles import load_profile
 
-__all__ = ["TrainOptions", "TrainResult", "train", "default_run_dir", "plan_keep"]
+__all__ = ["MAX_LEARNING_KEEP", "TrainOptions", "TrainResult", "train", "default_run_dir", "plan_keep"]
 
 
 @dataclass(frozen=True)
@@ -75,12 +75,22 @@ def default_run_dir(profile: str, dataset: str) -> Path:
     return Path("runs") / f"{Path(profile).stem}-{dataset}-{stamp}"
 
 
+#: Above this a mask has too little to choose: at keep 1.0 it keeps every weight and
+#: learns nothing, and strong-lottery-ticket accuracy peaks near 0.5 (edge-popup, Fig. 2).
+MAX_LEARNING_KEEP = 0.5
+
+
 def plan_keep(model_name: str, input_shape: tuple[int, int, int], num_classes: int, profile_name: str, granularity: str) -> tuple[float, str]:
-    """The profile planner's keep ratio for this model, and a note saying what binds."""
+    """The keep ratio to train with: the profile's plan, capped at :data:`MAX_LEARNING_KEEP`.
+
+    Returns the ratio and a note saying which budget binds (or that the cap does).
+    """
     profile = load_profile(profile_name)
     model = build_model(ModelSpec(model_name, input_shape, num_classes, keep=1.0, granularity=granularity))
     p = plan(layer_costs(model, input_shape), profile, granularity=granularity)
-    return p.keep, f"plan: bound by {p.binding}"
+    if p.keep_ratio > MAX_LEARNING_KEEP:
+        return MAX_LEARNING_KEEP, f"plan allows {p.keep_ratio:.2f} ({p.binding} binds); capped at {MAX_LEARNING_KEEP}, the densest mask that still learns"
+    return p.keep_ratio, f"plan: {p.explain()}"
 
 
 def train(

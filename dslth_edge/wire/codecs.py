@@ -68,7 +68,9 @@ def resolve_codecs(names: Iterable[str] | None) -> tuple[Codec, ...]:
     return tuple(c for c in CODECS if c.name in wanted)
 
 
-def choose_encoding(layer: LayerBits, allowed: tuple[Codec, ...]) -> tuple[Codec, bytes, dict[str, int | None]]:
+def choose_encoding(
+    layer: LayerBits, allowed: tuple[Codec, ...]
+) -> tuple[Codec, bytes, dict[str, int | None]]:
     """Encode with every allowed codec that can still win; return the smallest.
 
     Candidates run in order of their lower bounds, so the likely winner runs first and

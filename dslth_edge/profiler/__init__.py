@@ -1,0 +1,88 @@
+"""Latency / memory / size profiling of exported models, and a per-layer latency predictor.
+
+Nothing here imports torch at import time: a device with only onnxruntime, or only
+ai-edge-litert / tflite-runtime, and numpy profiles its own .onnx / .tflite files.
+torch is imported lazily for ``backend="torch"`` (shrunk-model directories) only.
+
+Modules, one job each:
+
+========== ============================================================================
+stats      percentiles (numpy's 'linear'), LatencyStats
+memory     current / peak RSS, peak reset, growth over a baseline
+host       the measuring machine; whether a profile describes it
+analysis   per-op MACs, bytes and params from an ONNX graph / .tflite / torch module
+backends   onnxruntime, LiteRT and torch runners (explicit thread counts), per-op profilers
+measure    profile_model(): init, first inference, warm-up, timed runs, memory
+predictor  the per-layer latency model of a device
+calibrate  measure this machine, fit the latency model
+host_profile  write a calibration as a profile TOML
+verdict    measured / predicted figures against a profile's budgets
+report     rich tables, the --json document, the PNG histogram
+========== ============================================================================
+"""
+
+from __future__ import annotations
+
+from .analysis import ModelInfo, OpCost, analyze_onnx, analyze_tflite, analyze_torch_module, model_format
+from .backends import BACKENDS, BackendInfo, OpTime, PerOpProfile, make_runner, resolve_backend
+from .calibrate import Calibration, calibrate
+from .host_profile import default_host_profile_path, write_host_profile
+from .host import HostInfo, host_info, is_this_machine
+from .measure import MemoryFigures, ProfileOptions, ProfileResult, profile_model
+from .memory import RssTracker, current_rss_bytes, peak_rss_bytes, reset_peak_rss
+from .predictor import DeviceModel, LayerEstimate, Prediction, op_costs_from_layer_costs, padded_macs, predict
+from .report import SCHEMA_ID, report_to_dict, result_to_dict, write_histogram
+from .stats import PERCENTILES, LatencyStats, percentile, summarize
+from .verdict import Check, Verdict, judge
+
+__all__ = [
+    # measuring
+    "ProfileOptions",
+    "ProfileResult",
+    "MemoryFigures",
+    "profile_model",
+    "BACKENDS",
+    "BackendInfo",
+    "PerOpProfile",
+    "OpTime",
+    "make_runner",
+    "resolve_backend",
+    # statistics and memory
+    "PERCENTILES",
+    "LatencyStats",
+    "percentile",
+    "summarize",
+    "RssTracker",
+    "current_rss_bytes",
+    "peak_rss_bytes",
+    "reset_peak_rss",
+    # static analysis
+    "ModelInfo",
+    "OpCost",
+    "analyze_onnx",
+    "analyze_tflite",
+    "analyze_torch_module",
+    "model_format",
+    # prediction and calibration
+    "DeviceModel",
+    "LayerEstimate",
+    "Prediction",
+    "predict",
+    "padded_macs",
+    "op_costs_from_layer_costs",
+    "Calibration",
+    "calibrate",
+    "write_host_profile",
+    "default_host_profile_path",
+    # verdict and output
+    "Check",
+    "Verdict",
+    "judge",
+    "HostInfo",
+    "host_info",
+    "is_this_machine",
+    "SCHEMA_ID",
+    "result_to_dict",
+    "report_to_dict",
+    "write_histogram",
+]

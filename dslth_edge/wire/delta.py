@@ -1,0 +1,196 @@
+"""Key/delta bookkeeping: the sender's policy and the receiver's store of peers' masks.
+
+A delta frame is the XOR of this round's masks against an earlier round the receiver
+holds, entropy-coded like any layer. The sender (:class:`MaskEncoderState`) sends a
+key frame every ``key_interval`` rounds, after :meth:`~MaskEncoderState.reconnect`,
+when a receiver asks (:meth:`~MaskEncoderState.request_key`), and whenever no base is
+known to be held. The receiver (:class:`PeerMaskStore`) keeps each sender's last few
+rounds; a delta whose base it lacks raises :class:`MissingBaseError`, which the caller
+turns into a key-frame request.
+"""
+
+from __future__ import annotations
+
+import math
+from collections import OrderedDict
+from collections.abc import Iterable, Sequence
+from typing import Any
+
+import numpy as np
+
+from .frame import decode_frame, encode_frame_stats
+from .results import DecodedFrame, EncodedFrame, Masks
+
+__all__ = ["MaskEncoderState", "PeerMaskStore"]
+
+
+_Packed = tuple[tuple[np.ndarray, tuple[int, ...]], ...]  # per layer: packbits, shape
+
+
+def _unpack(bits: np.ndarray, shape: tuple[int, ...]) -> np.ndarray:
+    return np.unpackbits(bits, count=math.prod(shape)).view(bool).reshape(shape)
+
+
+def _frozen(masks: Masks) -> tuple[np.ndarray, ...]:
+    """Read-only copies, so later edits by the caller cannot corrupt a base."""
+    out = []
+    for m in masks:
+        m = np.array(m, dtype=bool, copy=True)
+        m.flags.writeable = False
+        out.append(m)
+    return tuple(out)
+
+
+class MaskEncoderState:
+    """Decides key vs delta for one sender and remembers the masks it sent.
+
+    Targets are a receiver id (unicast) or None (one broadcast frame for all
+    ``receivers``). A broadcast delta is based on the oldest round every receiver has
+    confirmed. With ``optimistic=True`` every sent round counts as confirmed by
+    everyone (for transports that deliver reliably; losses surface as key requests).
+    ``receivers`` is a plain set the caller may edit as neighbours come and go. Not
+    thread-safe: use it from the node's round loop only.
+    """
+
+    def __init__(
+        self,
+        *,
+        key_interval: int = 10,
+        history: int = 4,
+        receivers: Iterable[int] = (),
+        optimistic: bool = False,
+    ) -> None:
+        if key_interval < 1 or history < 1:
+            raise ValueError("key_interval and history must be >= 1")
+        self.key_interval = key_interval
+        self.history = history
+        self.optimistic = optimistic
+        self.receivers: set[int] = set(receivers)
+        self._sent: OrderedDict[int, tuple[np.ndarray, ...]] = OrderedDict()
+        self._confirmed: dict[int, int] = {}
+        self._last_key: dict[int | None, int] = {}
+        self._key_requested: set[int | None] = set()
+
+    def confirm(self, receiver: int, round: int) -> None:  # noqa: A002
+        """``receiver`` reports that it holds our masks of ``round``."""
+        if round >= self._confirmed.get(receiver, -1):
+            self._confirmed[receiver] = round
+
+    def request_key(self, receiver: int | None = None) -> None:
+        """The next frame to ``receiver`` (and the next broadcast) is a key frame."""
+        self._key_requested.update((receiver, None))
+        if receiver is not None:  # whatever it confirmed before, it evidently lost
+            self._confirmed.pop(receiver, None)
+
+    def reconnect(self) -> None:
+        """After a reconnect nothing is known to be held: forget confirmations, send keys."""
+        self._confirmed.clear()
+        self._last_key.clear()
+        self._key_requested.clear()
+
+    def base_for(
+        self, round: int, receiver: int | None = None  # noqa: A002
+    ) -> tuple[int, tuple[np.ndarray, ...]] | None:
+        """The ``(base_round, masks)`` for this round's frame, or None for a key frame."""
+        last_key = self._last_key.get(receiver)
+        if last_key is None or round - last_key >= self.key_interval or receiver in self._key_requested:
+            return None
+        if self.optimistic:
+            candidates = [r for r in self._sent if r < round]
+            base = max(candidates) if candidates else None
+        elif receiver is not None:
+            base = self._confirmed.get(receiver)
+        else:
+            held = [self._confirmed.get(r) for r in self.receivers]
+            base = min(held) if held and None not in held else None  # type: ignore[type-var]
+        if base is None or base >= round or base not in self._sent:
+            return None
+        return base, self._sent[base]
+
+    def sent(
+        self, round: int, masks: Masks, *, base_round: int | None, receiver: int | None = None  # noqa: A002
+    ) -> None:
+        """Record what was sent in ``round`` (a key frame when ``base_round`` is None)."""
+        self._sent[round] = _frozen(masks)
+        self._sent.move_to_end(round)
+        while len(self._sent) > self.history:
+            self._sent.popitem(last=False)
+        if base_round is None:
+            self._last_key[receiver] = round
+            self._key_requested.discard(receiver)
+            if receiver is None:  # a broadcast key frame also reaches every unicast target
+                for target in list(self._last_key):
+                    self._last_key[target] = round
+                self._key_requested.clear()
+
+    def encode(
+        self, masks: Masks, *, round: int, receiver: int | None = None, **frame_args: Any  # noqa: A002
+    ) -> EncodedFrame:
+        """Pick the base, encode (``frame_args`` go to :func:`encode_frame_stats`), record."""
+        base = self.base_for(round, receiver)
+        frame = encode_frame_stats(masks, round=round, base=base, **frame_args)
+        self.sent(round, masks, base_round=frame.base_round, receiver=receiver)
+        return frame
+
+
+class PeerMaskStore:
+    """Each sender's masks by round: the ``base_lookup`` for deltas, bounded in memory.
+
+    Keeps the newest ``rounds_per_sender`` rounds per sender and at most ``max_senders``
+    senders (least recently updated dropped first). Masks are held bit-packed (1 bit per
+    element, not numpy's byte per bool: it matters on a device with many neighbours)
+    and unpacked into fresh arrays on :meth:`get`. Not thread-safe: feed it from one
+    thread (or guard it with a lock).
+    """
+
+    def __init__(self, *, rounds_per_sender: int = 4, max_senders: int = 1024) -> None:
+        if rounds_per_sender < 1 or max_senders < 1:
+            raise ValueError("rounds_per_sender and max_senders must be >= 1")
+        self.rounds_per_sender = rounds_per_sender
+        self.max_senders = max_senders
+        self._peers: OrderedDict[int, dict[int, _Packed]] = OrderedDict()
+
+    def put(self, sender: int, round: int, masks: Masks) -> None:  # noqa: A002
+        """Store ``sender``'s masks of ``round`` (packed copies)."""
+        rounds = self._peers.setdefault(sender, {})
+        self._peers.move_to_end(sender)
+        rounds[round] = tuple((np.packbits(np.asarray(m, dtype=bool).reshape(-1)), np.shape(m)) for m in masks)
+        for old in sorted(rounds)[: -self.rounds_per_sender]:
+            del rounds[old]
+        while len(self._peers) > self.max_senders:
+            self._peers.popitem(last=False)
+
+    def get(self, sender: int, round: int) -> tuple[np.ndarray, ...] | None:  # noqa: A002
+        """Masks of ``sender`` at ``round`` (fresh arrays), or None; usable as ``base_lookup``."""
+        packed = self._peers.get(sender, {}).get(round)
+        if packed is None:
+            return None
+        return tuple(_unpack(bits, shape) for bits, shape in packed)
+
+    __call__ = get
+
+    def latest(self, sender: int) -> tuple[int, tuple[np.ndarray, ...]] | None:
+        """The newest ``(round, masks)`` held for ``sender``."""
+        rounds = self._peers.get(sender)
+        if not rounds:
+            return None
+        newest = max(rounds)
+        masks = self.get(sender, newest)
+        assert masks is not None
+        return newest, masks
+
+    def rounds(self, sender: int) -> Sequence[int]:
+        return sorted(self._peers.get(sender, {}))
+
+    def forget(self, sender: int) -> None:
+        self._peers.pop(sender, None)
+
+    def decode(self, data: bytes | bytearray | memoryview, **decode_args: Any) -> DecodedFrame:
+        """:func:`decode_frame` with this store as ``base_lookup``; stores the result.
+
+        Raises :class:`MissingBaseError` for a delta on an unknown base (then request a
+        key frame from ``err.sender``).
+        """
+        frame = decode_frame(data, base_lookup=self.get, **decode_args)
+        self.put(frame.sender, frame.round, frame.masks)
+        return frame

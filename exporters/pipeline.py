@@ -1,0 +1,267 @@
+"""``dslth-edge export`` as a library call: run directory → verified model file + report.
+
+Steps: load the node (fingerprint-checked) → optional channel rounding (accuracy
+re-evaluated) → shrink (checked against the masked model on real inputs) → shrink.json
+→ convert (ONNX or TFLite) → parity of the fp32 file with its runtime → optional
+quantization (calibrated on the node's own training inputs) → accuracy of every variant
+on the node's test split → metadata into the file → atomic write → report.json.
+Nothing is written under the output name unless every check passed.
+"""
+
+from __future__ import annotations
+
+import importlib.util
+import time
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+import torch
+
+from ..errors import ExportError, UsageError
+from ..masking import set_masks
+from ..rundir import atomic_write_bytes
+from ..runinfo import RunInfo, accuracy, load_run
+from ..shrink import count_macs, count_nonzero_params, count_params, round_channels, save_shrunk, shrink, shrunk_info, to_plain
+from .metadata import add_onnx_metadata, add_tflite_metadata
+from .report import ExportReport, VariantRow, write_report
+from .runtime import Runner, open_runner
+
+__all__ = ["FORMATS", "QUANTIZE_MODES", "ExportOptions", "check_extra", "default_output", "export_node"]
+
+FORMATS = ("onnx", "tflite")
+QUANTIZE_MODES = ("none", "dynamic", "int8")
+_NEEDS = {
+    "onnx": ("onnx", "onnxruntime"),
+    "tflite": ("litert_torch", "ai_edge_litert"),
+}
+PARITY_TOL = 1e-4  # fp32 file vs torch, max abs logit difference
+SHRINK_TOL = 1e-5  # shrunk vs masked torch model
+
+
+@dataclass(frozen=True)
+class ExportOptions:
+    """The options of ``dslth-edge export``."""
+
+    run: str
+    node: int | None = None
+    format: str = "onnx"
+    quantize: str = "none"
+    calibration: int = 200  # training inputs for static int8 calibration
+    out: str | None = None
+    round_channels: bool = False  # round kept channel counts up to the profile's multiple
+    channel_multiple: int | None = None  # explicit multiple (implies rounding)
+    parity_samples: int = 100
+    eval_samples: int | None = None  # None: the node's whole test split
+    int8_route: str = "aeq"  # TFLite static int8: "aeq" (ai-edge-quantizer) or "pt2e" (litert-torch)
+    compare_dense: bool = True  # also convert the masked-dense model for the size column
+
+
+def check_extra(fmt: str, quantize: str) -> None:
+    """Fail fast, with the install line, when the export extra (or a part of it) is missing."""
+    if fmt not in FORMATS:
+        raise ExportError(f"unknown format {fmt!r}: choose one of {', '.join(FORMATS)}")
+    if quantize not in QUANTIZE_MODES:
+        raise ExportError(f"unknown quantization {quantize!r}: choose one of {', '.join(QUANTIZE_MODES)}")
+    needed = ["torch_pruning", *_NEEDS[fmt]]
+    if fmt == "tflite" and quantize != "none":
+        needed.append("ai_edge_quantizer")
+    missing = [m for m in needed if importlib.util.find_spec(m) is None]
+    if missing:
+        raise ExportError(f"export to {fmt} needs {', '.join(missing)} (missing): pip install 'dslth-edge[export]'")
+
+
+def default_output(node_dir: Path, fmt: str, quantize: str) -> Path:
+    """DIR/node-I/exports/model[-int8|-dynamic].onnx|tflite."""
+    suffix = "" if quantize == "none" else f"-{quantize}"
+    return node_dir / "exports" / f"model{suffix}.{fmt}"
+
+
+def _channel_multiple(info: RunInfo, opts: ExportOptions) -> int | None:
+    if opts.channel_multiple is not None:
+        if opts.channel_multiple < 1:
+            raise UsageError(f"--channel-multiple must be >= 1, got {opts.channel_multiple}")
+        return int(opts.channel_multiple)
+    if not opts.round_channels:
+        return None
+    if not info.profile:
+        raise UsageError("--round-channels needs the run's profile (none recorded): pass --channel-multiple N")
+    from ..profiles import load_profile
+
+    return int(load_profile(info.profile).compute.channel_multiple)
+
+
+def _convert(module: torch.nn.Module, shape: tuple[int, int, int], fmt: str) -> bytes:
+    if fmt == "onnx":
+        from .onnx import check_onnx, onnx_bytes
+
+        data = onnx_bytes(module, shape)
+        check_onnx(data)
+        return data
+    from .tflite import tflite_bytes
+
+    return tflite_bytes(module, shape)
+
+
+def _quantize(fmt: str, mode: str, float_bytes: bytes, shrunk: torch.nn.Module, shape: tuple[int, int, int],
+              calib: np.ndarray, route: str) -> bytes:
+    if fmt == "onnx":
+        from .onnx import quantize_onnx
+
+        return quantize_onnx(float_bytes, mode, calib)
+    from .tflite import quantize_tflite, tflite_int8_pt2e
+
+    if mode == "int8" and route == "pt2e":
+        return tflite_int8_pt2e(shrunk, shape, calib)
+    return quantize_tflite(float_bytes, mode, calib)
+
+
+def _route(fmt: str, mode: str, int8_route: str) -> str:
+    """Which quantizer made a file: onnxruntime, ai-edge-quantizer ("aeq") or litert-torch PT2E."""
+    if fmt == "onnx":
+        return "onnxruntime"
+    return "pt2e" if mode == "int8" and int8_route == "pt2e" else "aeq"
+
+
+def _with_metadata(fmt: str, data: bytes, meta: dict[str, Any]) -> bytes:
+    if fmt == "onnx":
+        import onnx
+
+        model = onnx.load_from_string(data)
+        add_onnx_metadata(model, meta)
+        return model.SerializeToString()
+    return add_tflite_metadata(data, meta)
+
+
+def _io_quantization(runner: Runner) -> dict[str, Any] | None:
+    qi = getattr(runner, "input_quantization", None)
+    qo = getattr(runner, "output_quantization", None)
+    if qi is None and qo is None:
+        return None
+    fmt = lambda q: None if q is None else {"scale": q[0], "zero_point": q[1], "dtype": "int8"}  # noqa: E731
+    return {"input": fmt(qi), "output": fmt(qo)}
+
+
+def export_node(opts: ExportOptions) -> ExportReport:
+    """Export one node's final model; returns the report (also merged into report.json)."""
+    check_extra(opts.format, opts.quantize)
+    if opts.int8_route not in ("aeq", "pt2e"):
+        raise UsageError(f"unknown int8 route {opts.int8_route!r}: choose aeq or pt2e")
+    if opts.calibration < 1 and opts.quantize == "int8":
+        raise UsageError(f"--calibration must be positive, got {opts.calibration}")
+    t0 = time.perf_counter()
+    seconds: dict[str, float] = {}
+    info = load_run(opts.run, opts.node)
+    model, shape = info.model, info.input_shape
+    out = Path(opts.out) if opts.out else default_output(info.node_dir, opts.format, opts.quantize)
+    if out.suffix.lstrip(".") != opts.format:
+        raise UsageError(f"--out {out} does not end in .{opts.format}")
+    x_test, y_test = info.test_arrays(opts.eval_samples)
+    x_par, _ = info.test_arrays(opts.parity_samples)
+    seconds["load"] = time.perf_counter() - t0
+
+    # ---- masks: the final ones, or rounded to the channel multiple
+    acc_masked = accuracy(model, x_test, y_test)
+    rounding: dict[str, Any] | None = None
+    multiple = _channel_multiple(info, opts)
+    if multiple is not None:
+        t = time.perf_counter()
+        rr = round_channels(model, shape, multiple)
+        set_masks(model, rr.masks)
+        acc_rounded = accuracy(model, x_test, y_test)
+        rounding = {**rr.to_dict(), "accuracy_before": acc_masked, "accuracy_after": acc_rounded}
+        acc_masked = acc_rounded
+        seconds["round"] = time.perf_counter() - t
+
+    # ---- shrink, checked on real inputs
+    t = time.perf_counter()
+    shrunk = shrink(model, shape)
+    with torch.no_grad():
+        xt = torch.from_numpy(np.ascontiguousarray(x_par))
+        ref = model(xt).numpy()
+        diff = float(np.abs(ref - shrunk(xt).numpy()).max()) if len(x_par) else 0.0
+    if diff > SHRINK_TOL:
+        raise ExportError(f"shrunk model differs from the masked model by {diff:.2e} (> {SHRINK_TOL:g}): not exporting")
+    provenance = {**info.provenance(), "channel_multiple": multiple}
+    shrink_json = save_shrunk(shrunk, info.node_dir / "exports", provenance)
+    seconds["shrink"] = time.perf_counter() - t
+
+    # ---- fp32 file and its parity
+    t = time.perf_counter()
+    float_bytes = _convert(shrunk, shape, opts.format)
+    float_runner = open_runner(float_bytes, opts.format)
+    parity = float(np.abs(float_runner.run(x_par) - ref).max()) if len(x_par) else 0.0
+    if parity > PARITY_TOL:
+        raise ExportError(f"{opts.format} file differs from the torch model by {parity:.2e} (> {PARITY_TOL:g}): not exporting")
+    acc_float = float((float_runner.run(x_test).argmax(1) == y_test).mean()) if len(y_test) else float("nan")
+    seconds["convert"] = time.perf_counter() - t
+
+    params = count_params(shrunk)
+    nonzero = count_nonzero_params(shrunk)
+    macs = count_macs(shrunk, shape)
+    rows = [VariantRow("shrunk", params, nonzero, macs, len(float_bytes), acc_float, float_runner.backend)]
+    notes = list(info.notes)
+    if opts.compare_dense:
+        t = time.perf_counter()
+        dense_bytes = _convert(to_plain(model), shape, opts.format)
+        seconds["convert_dense"] = time.perf_counter() - t
+        dense_size: int | None = len(dense_bytes)
+    else:
+        dense_size = None
+    rows.insert(0, VariantRow("masked-dense", count_params(model), count_nonzero_params(model), count_macs(model, shape),
+                              dense_size, acc_masked, "torch"))
+
+    # ---- quantized variants (the requested one is the file; int8 is always in the table)
+    final_bytes, final_runner, quant = float_bytes, float_runner, None
+    q_modes = [opts.quantize] if opts.quantize != "none" else []
+    if "int8" not in q_modes:
+        q_modes.append("int8")
+    calib = info.train_sample(opts.calibration, seed=info.node_id)
+    for mode in q_modes:
+        t = time.perf_counter()
+        q_bytes = _quantize(opts.format, mode, float_bytes, shrunk, shape, calib, opts.int8_route)
+        q_runner = open_runner(q_bytes, opts.format)
+        acc_q = float((q_runner.run(x_test).argmax(1) == y_test).mean()) if len(y_test) else float("nan")
+        seconds[f"quantize_{mode}"] = time.perf_counter() - t
+        rows.append(VariantRow(f"shrunk+{mode}", params, nonzero, macs, len(q_bytes), acc_q, q_runner.backend,
+                               bytes_per_param=1.0))
+        if mode == opts.quantize:
+            final_bytes, final_runner = q_bytes, q_runner
+            quant = {"mode": mode, "route": _route(opts.format, mode, opts.int8_route),
+                     "calibration_samples": int(len(calib)) if mode == "int8" else 0,
+                     "io": _io_quantization(q_runner), "accuracy_fp32": acc_float, "accuracy": acc_q,
+                     "drop_points": 100 * (acc_float - acc_q)}
+
+    # ---- metadata, then the one write under the final name
+    final_acc = next(r.accuracy for r in rows if r.variant == ("shrunk" if opts.quantize == "none" else f"shrunk+{opts.quantize}"))
+    meta = {
+        **{k: provenance[k] for k in ("node", "profile", "keep", "weights_fingerprint", "model", "round", "channel_multiple")},
+        "class_names": info.class_names,
+        "normalisation": {**info.normalisation(), "formula": "x = (pixel / 255 - mean) / std, NCHW"},
+        "input": {"shape": [1, *shape], "layout": "NCHW", "dtype": "int8" if quant and quant["io"] else "float32",
+                  "quantization": quant["io"]["input"] if quant and quant["io"] else None},
+        "output": {"shape": [1, info.spec.num_classes], "kind": "logits",
+                   "quantization": quant["io"]["output"] if quant and quant["io"] else None},
+        "accuracy": {"this_file": final_acc, "masked_model": acc_masked, "recorded_by_run": info.recorded_accuracy,
+                     "test_samples": int(len(y_test))},
+        "quantize": opts.quantize,
+        "widths": shrunk_info(shrunk).widths(),
+    }
+    data = _with_metadata(opts.format, final_bytes, meta)
+    if opts.format == "tflite":  # the metadata rewrite must leave a runnable, identical model
+        check = open_runner(data, "tflite").run(x_par[:4])
+        if len(check) and float(np.abs(check - final_runner.run(x_par[:4])).max()) > 0:
+            raise ExportError("adding TFLite metadata changed the model's outputs: not exporting")
+    atomic_write_bytes(out, data)
+    rows[[r.variant for r in rows].index("shrunk" if opts.quantize == "none" else f"shrunk+{opts.quantize}")].file_bytes = len(data)
+    seconds["total"] = time.perf_counter() - t0
+    report = ExportReport(
+        file=str(out), format=opts.format, quantize=opts.quantize, provenance=provenance, rows=rows,
+        parity={"max_abs_diff": parity, "samples": int(len(x_par)), "tolerance": PARITY_TOL, "runtime": float_runner.backend},
+        shrink={"max_abs_diff_vs_masked": diff, "tolerance": SHRINK_TOL, "widths": shrunk_info(shrunk).widths(),
+                "shrink_json": str(shrink_json)},
+        rounding=rounding, quantization=quant, seconds=seconds, notes=notes,
+    )
+    write_report(report)
+    return report
