@@ -16,12 +16,13 @@ decides when each runs.
 
 from __future__ import annotations
 
+import math
 from dataclasses import asdict, dataclass, replace
 
 import torch
 
 from .errors import UsageError
-from .masking import drop_sparse_channels
+from .masking import drop_sparse_channels, topk_mask
 
 __all__ = [
     "ALGORITHMS",
@@ -29,6 +30,9 @@ __all__ = [
     "AlgorithmConfig",
     "get_preset",
     "aggregation_shift",
+    "aggregated_scores",
+    "topk_mask",
+    "reference_bytes",
     "personalized_finetune_",
     "neighbour_average",
     "drop_sparse_channels",
@@ -86,7 +90,11 @@ PRESETS: dict[str, AlgorithmConfig] = {
     # β = 1, fine-tuning factor 10 reusing the step's gradient.
     "reference": AlgorithmConfig(preset="reference"),
     # Ours: see docs/algorithm.md for what changed and the measurements behind it.
-    "default": AlgorithmConfig(preset="default"),
+    # lr 0.1 with momentum 0.9 (edge-popup's optimiser): on the paper CNN / Fashion-MNIST,
+    # keep 0.5, 200 steps of 128, it reached 79.8% test accuracy against 70.6% for the
+    # reference's lr 10 without momentum, which also first diverged for ~30 steps. The
+    # fine-tuning factor follows the effective step size, lr / (1 - momentum) = 1.
+    "default": AlgorithmConfig(preset="default", lr=0.1, momentum=0.9, ft_lr=1.0),
 }
 
 
@@ -106,6 +114,23 @@ def aggregation_shift(z: torch.Tensor, mbar: torch.Tensor, beta: float) -> torch
     """
     z = z.detach()
     return beta * z.abs().mean() * torch.sign(z) * mbar
+
+
+def aggregated_scores(z: torch.Tensor, mbar: torch.Tensor | None, beta: float) -> torch.Tensor:
+    """(1) in full: y_i = z_i + β · mean(|z_i|) · sign(z_i) ⊙ m̄_i (y = z without neighbours).
+
+    The shift is a constant of the round: ∂y/∂z = 1 (the straight-through top-k of (2)
+    passes the loss gradient to z unchanged). Nodes keep the shift in
+    ``MaskedLayer.score_shift`` and TopK(|y|) happens inside the layer (masking.topk_mask).
+    """
+    if mbar is None:
+        return z
+    return z + aggregation_shift(z, mbar, beta)
+
+
+def reference_bytes(num_weights: int, degree: int, bits_per_weight: int = 1) -> int:
+    """The authors' communication metric: the mask (1 bit per weight; dense: 32) to each neighbour."""
+    return math.ceil(num_weights * bits_per_weight / 8) * degree
 
 
 def personalized_finetune_(z: torch.Tensor, grad: torch.Tensor, mbar: torch.Tensor, eta_ft: float) -> None:

@@ -6,6 +6,7 @@ subclasses, printed as one line ``error: …`` with the class's exit code.
 
 from __future__ import annotations
 
+import importlib
 import json
 import signal
 import sys
@@ -17,7 +18,7 @@ from rich.console import Console
 from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, TimeElapsedColumn, TimeRemainingColumn
 
 from . import __version__
-from .errors import DslthError
+from .errors import DslthError, UsageError
 
 __all__ = ["main", "cli"]
 
@@ -25,7 +26,43 @@ err_console = Console(stderr=True)
 console = Console()
 
 
-@click.group(context_settings={"help_option_names": ["-h", "--help"], "max_content_width": 100})
+class LazyGroup(click.Group):
+    """Imports a command's module only when that command runs (or help lists it).
+
+    A device with only a runtime (ai-edge-litert or onnxruntime, no torch) can then run
+    ``dslth-edge profile model.tflite``: nothing else is imported.
+    """
+
+    def __init__(self, *args: Any, **kwargs: Any) -> None:
+        super().__init__(*args, **kwargs)
+        self.lazy_commands: dict[str, str] = {}
+
+    def list_commands(self, ctx: click.Context) -> list[str]:
+        return sorted(set(super().list_commands(ctx)) | set(self.lazy_commands))
+
+    def get_command(self, ctx: click.Context, name: str) -> click.Command | None:
+        if name in self.lazy_commands:
+            module, attr = self.lazy_commands[name].split(":")
+            try:
+                return getattr(importlib.import_module(module), attr)
+            except ImportError as exc:
+                missing = exc.name or str(exc)
+                return _unavailable(name, f"needs the Python package {missing!r}, which is not installed here")
+        return super().get_command(ctx, name)
+
+
+def _unavailable(name: str, why: str) -> click.Command:
+    """A stand-in for a command whose dependencies are missing: says so, exits 2."""
+
+    @click.command(name=name, help=f"(unavailable: {why})", context_settings={"ignore_unknown_options": True})
+    @click.argument("args", nargs=-1, type=click.UNPROCESSED)
+    def stub(args: tuple[str, ...]) -> None:
+        raise UsageError(f"`dslth-edge {name}` {why}")
+
+    return stub
+
+
+@click.group(cls=LazyGroup, context_settings={"help_option_names": ["-h", "--help"], "max_content_width": 100})
 @click.version_option(__version__, prog_name="dslth-edge")
 def cli() -> None:
     """Personalized structured-sparse models for edge fleets, learned as binary masks.
@@ -69,15 +106,39 @@ def _graceful_sigint() -> Callable[[], bool]:
 @click.option("--eval-every", default=25, show_default=True, type=int, help="Evaluate every N rounds.")
 @click.option("--checkpoint-every", default=25, show_default=True, type=int, help="Checkpoint every N rounds.")
 @click.option("--json", "as_json", is_flag=True, help="Print the final result as JSON (no progress bar).")
+@click.option("--fleet", default=None, help="Fleet name: gossip with the fleet's other nodes over MQTT (see docs/mqtt.md).")
+@click.option("--id", "node_id", default=None, type=int, help="[fleet] This device's node id, 0..N-1.")
+@click.option("--broker", default="mqtt://127.0.0.1:1883", show_default=True, help="[fleet] Broker URL, mqtt:// or mqtts://.")
+@click.option("--nodes", default=None, type=int, help="[fleet] Number of nodes N (the same on every device).")
+@click.option("--topology", default="ring", show_default=True, help="[fleet] ring | torus | kregular:K | er:P | full | star | adjacency file.")
+@click.option("--partition", default="iid", show_default=True, help="[fleet] iid | classes:K | dirichlet:A | file:PATH.")
+@click.option("--partition-file", default=None, help="[fleet] A (nodes x classes) count matrix.")
+@click.option("--scarce", default=None, type=int, help="[fleet] At most N training samples per node.")
+@click.option("--test-size", default=None, type=int, help="[fleet] Test samples per node.")
+@click.option("--round-deadline", default="auto", show_default=True, help="[fleet] Seconds to wait for neighbours' masks, or 'auto' (adaptive).")
+@click.option("--deadline-max", default=60.0, show_default=True, type=float, help="[fleet] Upper bound of the adaptive deadline (s).")
+@click.option("--stale-after", default=3, show_default=True, type=int, help="[fleet] Rounds of silence before a neighbour leaves the average.")
+@click.option("--start-timeout", default=120.0, show_default=True, type=float, help="[fleet] Wait this long for neighbours before round 0.")
+@click.option("--ca", "ca_file", default=None, help="[fleet] CA certificate for mqtts://.")
+@click.option("--cert", "cert_file", default=None, help="[fleet] Client certificate (mqtts://).")
+@click.option("--key", "key_file", default=None, help="[fleet] Client private key (mqtts://).")
+@click.option("--tls-insecure", "insecure", is_flag=True, help="[fleet] Skip the broker host-name check (test set-ups only).")
+@click.option("--username", default=None, help="[fleet] MQTT user (default $DSLTH_MQTT_USERNAME).")
+@click.option("--password-file", default=None, help="[fleet] File holding the MQTT password (default $DSLTH_MQTT_PASSWORD).")
+@click.option("--fleet-key-file", default=None, help="[fleet] File holding the fleet's HMAC key for frames (default $DSLTH_FLEET_KEY).")
+@click.option("--mqtt-protocol", default="auto", show_default=True, type=click.Choice(["auto", "5", "3.1.1"]), help="[fleet] MQTT version.")
 def train(as_json: bool, **kw: Any) -> None:
     """Train this device's mask (alone, or with --fleet options, in a fleet).
 
     \b
     Example:
       dslth-edge train --profile jetson-nano --dataset fashion-mnist --rounds 200
+      dslth-edge train --profile raspberry-pi-4 --fleet lab --id 3 --nodes 8 \\
+        --broker mqtt://10.0.0.2 --topology ring --partition classes:2
     """
     from .train import TrainOptions, train as run_train
 
+    fleet = _fleet_train_options(kw)
     opts = TrainOptions(**kw)
     stop = _graceful_sigint()
     progress = Progress(
@@ -103,7 +164,7 @@ def train(as_json: bool, **kw: Any) -> None:
         progress.update(task, completed=r.round + 1, status=f"loss {figures['loss']}  acc {figures['acc']}")
 
     with progress:
-        res = run_train(opts, on_start=on_start, on_round=on_round, stop_requested=stop)
+        res = run_train(opts, on_start=on_start, on_round=on_round, stop_requested=stop, fleet=fleet)
     if as_json:
         click.echo(json.dumps(res.to_dict(), indent=2))
         return
@@ -114,14 +175,40 @@ def train(as_json: bool, **kw: Any) -> None:
         console.print(f"done: {res.rounds_done} rounds in {res.seconds:.1f} s, test accuracy [bold]{acc}[/] at keep {res.keep:.3f}; mask in {res.node_dir}/mask.npz")
 
 
-def _register_optional() -> None:
-    """Command groups living in their own modules."""
-    from .cli_profiles import profiles
-
-    cli.add_command(profiles)
+_FLEET_TRAIN_KEYS = ("fleet", "node_id", "broker", "nodes", "topology", "partition", "partition_file", "scarce",
+                     "test_size", "round_deadline", "deadline_max", "stale_after", "start_timeout", "ca_file",
+                     "cert_file", "key_file", "insecure", "username", "password_file", "fleet_key_file", "mqtt_protocol")
 
 
-_register_optional()
+def _fleet_train_options(kw: dict[str, Any]) -> Any:
+    """Pop the [fleet] options out of ``kw``; a FleetTrainOptions when --fleet is given, else None."""
+    from .errors import UsageError
+    from .train import FleetTrainOptions
+
+    f = {k: kw.pop(k) for k in _FLEET_TRAIN_KEYS}
+    if f["fleet"] is None:
+        return None
+    if f["node_id"] is None or f["nodes"] is None:
+        raise UsageError("--fleet needs --id I and --nodes N (the same N, topology and partition on every device)")
+    deadline = f.pop("round_deadline")
+    try:
+        f["round_deadline_s"] = None if deadline == "auto" else float(deadline)
+    except ValueError:
+        raise UsageError(f"--round-deadline must be seconds or 'auto', got {deadline!r}") from None
+    f["deadline_max_s"] = f.pop("deadline_max")
+    f["start_timeout_s"] = f.pop("start_timeout")
+    return FleetTrainOptions(**f)
+
+
+_LAZY_COMMANDS = {
+    "profiles": "dslth_edge.cli_profiles:profiles",
+    "simulate": "dslth_edge.cli_simulate:simulate",
+    "broker": "dslth_edge.cli_fleet:broker",
+    "fleet": "dslth_edge.cli_fleet:fleet",
+    "export": "dslth_edge.cli_export:export",
+    "profile": "dslth_edge.cli_profile:profile",
+}
+cli.lazy_commands.update(_LAZY_COMMANDS)
 
 
 def main(argv: list[str] | None = None) -> None:

@@ -213,6 +213,8 @@ def simulate(
 
     plan = plan_fleet(opts, dataset)
     run_dir = Path(opts.out) if opts.out else default_fleet_dir(opts)
+    if any(run_dir.glob("node-*/metrics.jsonl")):
+        raise UsageError(f"{run_dir} already holds a fleet run; choose another --out")
     run_dir.mkdir(parents=True, exist_ok=True)
     hub = MemoryHub()
     nodes = [make_node(plan, i, hub.connect(i, plan.topology.neighbours(i)), run_dir) for i in range(opts.nodes)]

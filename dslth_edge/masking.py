@@ -161,7 +161,7 @@ def drop_sparse_channels(mask: torch.Tensor, threshold: float) -> torch.Tensor:
 
 
 class _StraightThroughMask(torch.autograd.Function):
-    """m = TopK(y) forward; ∂L/∂y = ∂L/∂m backward (edge-popup's straight-through)."""
+    """m = TopK(|y|) forward; ∂L/∂|y| = ∂L/∂m backward (edge-popup's straight-through)."""
 
     @staticmethod
     def forward(ctx, y: torch.Tensor, mask: torch.Tensor) -> torch.Tensor:  # type: ignore[override]
@@ -221,7 +221,9 @@ class MaskedLayer(nn.Module):
         self.alive = mask.reshape(mask.shape[0], -1).any(1).to(self.weight.dtype)
         if self.mask_override is not None or not self.scores.requires_grad:
             return self.weight * mask
-        m = _StraightThroughMask.apply(self.aggregated_scores(), mask)
+        # TopK ranks |y|: the gradient reaches z through |·|, i.e. times sign(y), so a
+        # negative score that should enter the mask grows more negative (edge-popup)
+        m = _StraightThroughMask.apply(self.aggregated_scores().abs(), mask)
         return self.weight * m
 
 

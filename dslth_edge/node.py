@@ -28,7 +28,7 @@ from .baselines import dense_fingerprint, flat_parameters, set_flat_parameters
 from .data import Dataset, NodeSplit, batch_indices
 from .errors import CheckpointError
 from .exchange import Exchange, ReceivedMasks
-from .masking import MaskedLayer, group_lasso, load_weights, masked_layers, weights_fingerprint
+from .masking import MaskedLayer, group_lasso, keep_count, load_weights, masked_layers, weights_fingerprint
 from .models import ModelSpec, build_model
 from .rundir import NodePaths, load_checkpoint, save_checkpoint, save_mask, truncate_metrics, write_json
 from .transport.base import Transport
@@ -180,7 +180,7 @@ class Node:
         if last or (self.config.eval_every > 0 and self.round % self.config.eval_every == 0):
             acc = self.evaluate(None if last else self._eval_idx)[0]
         n_params = self.num_params
-        kept = n_params if self.dense else sum(int(m.sum()) for m in self.current_masks())
+        kept = n_params if self.dense else self._kept_count()
         # the authors' metric: 1 bit per weight (dense: 32) to every neighbour
         ref_bytes = 4 * n_params if self.dense else math.ceil(n_params / 8)
         result = RoundResult(
@@ -234,6 +234,16 @@ class Node:
         if self.algo.name == "dpsgd-ft" and k >= self.config.rounds - self.algo.ft_rounds:
             return False
         return self.algo.communicates
+
+    def _kept_count(self) -> int:
+        """Weights the current masks keep; by arithmetic unless channels may be dropped (saves a top-k per layer)."""
+        if self.algo.drop_threshold > 0 or any(layer.mask_override is not None for layer in self.layers):
+            return sum(int(m.sum()) for m in self.current_masks())
+        total = 0
+        for layer in self.layers:
+            n, c = layer.weight.numel(), layer.weight.shape[0]
+            total += keep_count(n, layer.keep) if layer.granularity == "unstructured" else keep_count(c, layer.keep) * (n // c)
+        return total
 
     def _dense_average(self, received: ReceivedMasks) -> None:
         """dpsgd: x_i ← (x_i + Σ_j x_j) / (1 + |heard|), uniform over self and the neighbours heard."""

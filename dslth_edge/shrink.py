@@ -180,23 +180,32 @@ def to_plain(model: nn.Module) -> nn.Module:
     with no BatchNorm before it, dropped: a bias-free layer already outputs 0 on a
     channel without weights.
     """
-    plain = copy.deepcopy(model).eval()
+    originals = dict(masked_layers(model))
+    # the copy must not duplicate w, z and the shift of every masked layer only to drop
+    # them: deepcopy's memo maps those tensors to empty placeholders
+    memo: dict[int, Any] = {}
+    for layer in originals.values():
+        for t in (layer.weight, layer.scores, layer.score_shift, layer.mask_override):
+            if t is not None:
+                memo[id(t)] = torch.empty(0)
+    plain = copy.deepcopy(model, memo).eval()
+    copied_names = {id(m): n for n, m in plain.named_modules()}
     # gates first: they read their layer's mask, which the layer swap below removes
     for parent in list(plain.modules()):
         for child_name, child in list(parent.named_children()):
             if not isinstance(child, ChannelGate):
                 continue
-            alive = _alive(child._layer[0])
+            alive = _alive(originals[copied_names[id(child._layer[0])]])
             bn = getattr(parent, "bn", None)
             if isinstance(bn, nn.BatchNorm2d):
                 parent.bn = _gated_bn(bn, alive)
             elif bn is not None:
                 raise ExportError(f"ChannelGate after a {type(bn).__name__} is not supported by shrink")
             setattr(parent, child_name, nn.Identity())
-    for parent in list(plain.modules()):
-        for child_name, child in list(parent.named_children()):
-            if isinstance(child, MaskedLayer):
-                setattr(parent, child_name, _plain_layer(child))
+    for name, layer in originals.items():
+        parent_name, _, child_name = name.rpartition(".")
+        parent = plain.get_submodule(parent_name) if parent_name else plain
+        setattr(parent, child_name, _plain_layer(layer))
     return plain.eval()
 
 

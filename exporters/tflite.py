@@ -14,6 +14,7 @@
 from __future__ import annotations
 
 import contextlib
+import io
 import os
 from collections.abc import Iterator, Sequence
 from typing import Any
@@ -31,10 +32,9 @@ INT8_ROUTES = ("aeq", "pt2e")
 
 @contextlib.contextmanager
 def _quiet() -> Iterator[None]:
-    """Silence litert-torch's progress log and the quantizer's tqdm bars for the duration."""
-    saved = {k: os.environ.get(k) for k in ("LITERT_TORCH_SHOW_PROGRESS", "TQDM_DISABLE")}
+    """Silence litert-torch's progress log for the duration."""
+    saved = {k: os.environ.get(k) for k in ("LITERT_TORCH_SHOW_PROGRESS",)}
     os.environ["LITERT_TORCH_SHOW_PROGRESS"] = "n"
-    os.environ["TQDM_DISABLE"] = "1"
     try:
         yield
     finally:
@@ -114,7 +114,8 @@ def quantize_tflite(float_bytes: bytes, mode: str, calibration: np.ndarray | Non
                 q.load_quantization_recipe(recipe.static_wi8_ai8())
                 key, name = signature_input_name(float_bytes)
                 x = np.ascontiguousarray(calibration, dtype=np.float32)
-                stats = q.calibrate({key: [{name: x[i : i + 1]} for i in range(len(x))]}, num_threads=1)
+                with contextlib.redirect_stderr(io.StringIO()):  # its tqdm bar ignores TQDM_DISABLE
+                    stats = q.calibrate({key: [{name: x[i : i + 1]} for i in range(len(x))]}, num_threads=1)
                 result = q.quantize(stats, enable_progress_report=False)
             else:
                 raise ExportError(f"unknown TFLite quantization {mode!r}: expected dynamic or int8")

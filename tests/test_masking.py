@@ -90,8 +90,9 @@ def test_straight_through_gradient_reaches_scores() -> None:
     layer = MaskedLinear(4, 3, keep=0.5, seed=1, score_seed=2)
     x = torch.randn(5, 4)
     layer(x).sum().backward()
-    # d/dz of sum(x @ (w*m)^T) is x.sum(0) * w for every entry, masked or not
-    expected = x.sum(0).unsqueeze(0).expand(3, 4) * layer.weight
+    # d/dz of sum(x @ (w*m)^T) is x.sum(0) * w * sign(z) for every entry, masked or not:
+    # the mask ranks |z|, so the gradient passes through the absolute value
+    expected = x.sum(0).unsqueeze(0).expand(3, 4) * layer.weight * torch.sign(layer.scores.detach())
     assert torch.allclose(layer.scores.grad, expected, atol=1e-6)
 
 

@@ -118,7 +118,7 @@ def test_every_dead_channel_goes_and_residual_unions_survive(zoo) -> None:
         set_masks(m, None)
 
 
-@settings(max_examples=12, deadline=None, suppress_health_check=[HealthCheck.function_scoped_fixture])
+@settings(max_examples=6, deadline=None, suppress_health_check=[HealthCheck.function_scoped_fixture])
 @given(data=st.data())
 def test_random_channel_masks_resnet(zoo, data) -> None:
     """Any channel subsets (one channel at least per layer) shrink exactly, coupled through the adds."""

@@ -319,8 +319,16 @@ class Calibration:
         }
 
 
-def median_latency(run: Callable[[], None], *, min_runs: int, min_seconds: float, warmup: int = 0) -> float:
-    """Median of single-inference times, after a warm-up, over at least min_runs and min_seconds."""
+def median_latency(
+    run: Callable[[], None],
+    *,
+    min_runs: int,
+    min_seconds: float,
+    warmup: int = 0,
+    stat: Callable[[list[float]], float] = statistics.median,
+) -> float:
+    """Median (or ``stat``) of single-inference times, after a warm-up, over at least
+    min_runs and min_seconds."""
     for _ in range(warmup):
         run()
     times: list[float] = []
@@ -331,7 +339,7 @@ def median_latency(run: Callable[[], None], *, min_runs: int, min_seconds: float
         times.append(time.perf_counter() - t0)
         if len(times) >= 50 * min_runs:
             break
-    return statistics.median(times)
+    return stat(times)
 
 
 def best_of_passes(
@@ -342,14 +350,18 @@ def best_of_passes(
     min_seconds: float = 0.03,
     warmup: int = 3,
     progress: Callable[[int, int, str], None] | None = None,
+    stat: Callable[[list[float]], float] = statistics.median,
 ) -> list[float]:
-    """Round-robin ``passes`` over ``runs``; each keeps its lowest per-pass median (seconds)."""
+    """Round-robin ``passes`` over ``runs``; each keeps its lowest per-pass median (seconds).
+
+    ``stat`` replaces the per-pass median (``min`` measures the least disturbed run).
+    """
     best = [math.inf] * len(runs)
     for p in range(passes):
         for i, run in enumerate(runs):
             if progress is not None:
                 progress(p * len(runs) + i, passes * len(runs), f"pass {p + 1}/{passes}")
-            best[i] = min(best[i], median_latency(run, min_runs=min_runs, min_seconds=min_seconds, warmup=warmup))
+            best[i] = min(best[i], median_latency(run, min_runs=min_runs, min_seconds=min_seconds, warmup=warmup, stat=stat))
     return best
 
 

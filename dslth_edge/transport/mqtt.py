@@ -72,6 +72,18 @@ def topic(fleet: str, node: int | str, kind: str) -> str:
     return f"dslth/{fleet}/{node}/{kind}"
 
 
+def _acked(info: mqtt.MQTTMessageInfo) -> bool:
+    """Whether the broker acknowledged a QoS 1 publish.
+
+    paho's ``is_published()`` raises for a message published while disconnected, though
+    it is queued and sent on reconnect; its flag is still set by the PUBACK.
+    """
+    try:
+        return info.is_published()
+    except (RuntimeError, ValueError):
+        return bool(getattr(info, "_published", False))
+
+
 @dataclass(frozen=True)
 class BrokerAddress:
     """A parsed broker URL: ``mqtt://host[:1883]`` or ``mqtts://host[:8883]`` (TLS)."""
@@ -155,7 +167,7 @@ class Hello:
     fingerprint: str  # hex SHA-256 of the fixed weights: frames from another one are refused
     profile: str | None = None
     keep: tuple[float, ...] = ()
-    codecs: tuple[str, ...] = tuple(CODEC_NAMES.values()) if isinstance(CODEC_NAMES, dict) else tuple(CODEC_NAMES)
+    codecs: tuple[str, ...] = tuple(CODEC_NAMES)
     protocol: int = PROTOCOL
     wire_version: int = WIRE_VERSION
     extra: dict[str, Any] = field(default_factory=dict)
@@ -237,6 +249,7 @@ class MqttTransport:
         self._v5 = False
         self._closing = False
         self._first_connect = True
+        self._unacked: deque[mqtt.MQTTMessageInfo] = deque()  # our QoS 1 publishes, oldest first
 
     # ------------------------------------------------------------------ connection
     @property
@@ -484,15 +497,28 @@ class MqttTransport:
             if info.rc not in (mqtt.MQTT_ERR_SUCCESS, mqtt.MQTT_ERR_NO_CONN):  # NO_CONN: queued for the reconnect
                 raise TransportError(f"node {self.node_id}: MQTT publish failed: {mqtt.error_string(info.rc)}")
             sent += len(msg)
+            self._unacked.append(info)
+        while self._unacked and _acked(self._unacked[0]):
+            self._unacked.popleft()
         self.stats.messages_out += len(messages)
         self.stats.bytes_out += sent
         return sent
 
     # ------------------------------------------------------------------ fleet state
     def unavailable(self) -> set[int]:
-        """Neighbours not worth waiting for: gone offline (last will) or with other weights."""
+        """Neighbours not worth waiting for: those with other fixed weights or protocol.
+
+        A last-will "offline" is deliberately not enough: Mosquitto publishes the wills of
+        all its clients when it shuts down, so after a broker restart every neighbour would
+        look dead. A dead neighbour costs its deadline until it is stale instead.
+        """
         with self._lock:
-            return set(self._offline) | set(self.incompatible)
+            return set(self.incompatible)
+
+    def offline(self) -> set[int]:
+        """Neighbours whose last status is "offline" (informational)."""
+        with self._lock:
+            return set(self._offline)
 
     def take_returned(self) -> set[int]:
         """Neighbours that came back online since the last call."""
@@ -518,11 +544,26 @@ class MqttTransport:
     def protocol_name(self) -> str:
         return "5" if self._v5 else "3.1.1"
 
+    def flush(self, timeout: float = 10.0) -> bool:
+        """Wait until the broker acknowledged everything published (the last round's frame must
+        reach the broker before the process exits); False on timeout."""
+        end = time.monotonic() + timeout
+        while self._unacked:
+            if _acked(self._unacked[0]):
+                self._unacked.popleft()
+            elif time.monotonic() >= end:
+                return False
+            else:
+                time.sleep(0.01)
+        return True
+
     def close(self, *, graceful: bool = True) -> None:
-        """Say "offline" (retained), wait for queued messages, disconnect."""
+        """Flush, say "offline" (retained), disconnect."""
         client = self._client
         if client is None:
             return
+        if graceful:
+            self.flush()
         self._closing = True
         if graceful and self._connected.is_set():
             info = client.publish(topic(self.fleet, self.node_id, "status"), b"offline", qos=1, retain=True)

@@ -90,3 +90,17 @@ def big_onnx(models_dir: Path) -> Path:
     path = models_dir / "big.onnx"
     onnx.save(build_onnx(spec), str(path))
     return path
+
+
+@pytest.fixture(scope="session")
+def big_tflite(models_dir: Path) -> Path:
+    """The same conv stack as :func:`big_onnx`, as a .tflite file."""
+    torch = pytest.importorskip("torch")
+    litert_torch = pytest.importorskip("litert_torch")
+    from torch import nn
+
+    torch.manual_seed(0)
+    module = nn.Sequential(*[nn.Conv2d(64, 64, 3, padding=1) for _ in range(3)]).eval()
+    path = models_dir / "big.tflite"
+    litert_torch.convert(module, (torch.zeros(1, 64, 48, 48),)).export(str(path))
+    return path

@@ -1,0 +1,71 @@
+"""TFLite export through litert-torch: parity with LiteRT, metadata, int8 (AEQ), rounding, size."""
+
+from __future__ import annotations
+
+import numpy as np
+import pytest
+import torch
+
+pytest.importorskip("litert_torch")
+pytest.importorskip("ai_edge_litert")
+
+from dslth_edge.exporters.metadata import read_tflite_metadata  # noqa: E402
+from dslth_edge.exporters.report import size_bound  # noqa: E402
+from dslth_edge.exporters.runtime import TfliteRunner  # noqa: E402
+from dslth_edge.exporters.tflite import tflite_bytes  # noqa: E402
+from dslth_edge.masking import masked_layers, set_masks, topk_mask  # noqa: E402
+from dslth_edge.models import ModelSpec, build_model  # noqa: E402
+from dslth_edge.runinfo import load_run  # noqa: E402
+from dslth_edge.shrink import round_channels, shrink  # noqa: E402
+
+
+def test_fp32_parity_and_metadata(trained_run, exported_tflite) -> None:
+    path, report = exported_tflite["tflite"]
+    info = load_run(trained_run)
+    x, _ = info.test_arrays(100)
+    with torch.no_grad():
+        ref = info.model(torch.from_numpy(x)).numpy()
+    runner = TfliteRunner(path)
+    assert runner.input_quantization is None  # fp32 in, fp32 out
+    assert float(np.abs(runner.run(x) - ref).max()) <= 1e-4
+    meta = read_tflite_metadata(path)
+    assert meta["node"] == 0 and meta["weights_fingerprint"] == info.fingerprint
+    assert meta["class_names"][3] == "class3" and meta["input"]["layout"] == "NCHW"
+    shrunk = next(r for r in report.rows if r.variant == "shrunk")
+    assert shrunk.file_bytes == path.stat().st_size <= size_bound(shrunk.params, 4)
+
+
+def test_int8_rounded(trained_run, exported_tflite) -> None:
+    path, report = exported_tflite["tflite-int8"]
+    q, r = report.quantization, report.rounding
+    assert q["route"] == "aeq" and q["drop_points"] <= 1.0
+    assert r["multiple"] == 8  # x86-host's channel multiple
+    for layer, width in report.shrink["widths"].items():
+        assert width % 8 == 0 or layer == "fc", (layer, width)
+    runner = TfliteRunner(path)
+    assert runner.input_quantization is not None and runner.output_quantization is not None
+    io = q["io"]
+    assert (io["input"]["scale"], io["input"]["zero_point"]) == pytest.approx(runner.input_quantization)
+    assert (io["output"]["scale"], io["output"]["zero_point"]) == pytest.approx(runner.output_quantization)
+    assert read_tflite_metadata(path)["input"]["quantization"]["zero_point"] == io["input"]["zero_point"]
+    int8 = next(x for x in report.rows if x.variant == "shrunk+int8")
+    assert int8.file_bytes == path.stat().st_size <= size_bound(int8.params, 1)
+    # int8 against the rounded fp32 model's own predictions: a label-free fidelity check
+    info = load_run(trained_run)
+    set_masks(info.model, round_channels(info.model, info.input_shape, 8).masks)
+    x, _ = info.test_arrays(300)
+    with torch.no_grad():
+        fp32 = info.model(torch.from_numpy(x)).numpy().argmax(1)
+    assert float((runner.run(x).argmax(1) == fp32).mean()) >= 0.95
+
+
+def test_resnet_parity() -> None:
+    """Residual adds convert too (module level, no run)."""
+    shape = (3, 32, 32)
+    model = build_model(ModelSpec("resnet-8", shape, 10, keep=1.0, granularity="channel", init="signed-constant")).eval()
+    set_masks(model, [topk_mask(layer.scores, 0.3, "channel") for _, layer in masked_layers(model)])
+    shrunk = shrink(model, shape)
+    x = np.random.default_rng(0).standard_normal((100, *shape)).astype(np.float32)
+    with torch.no_grad():
+        ref = model(torch.from_numpy(x)).numpy()
+    assert float(np.abs(TfliteRunner(tflite_bytes(shrunk, shape)).run(x) - ref).max()) <= 1e-4

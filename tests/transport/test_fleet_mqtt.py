@@ -1,0 +1,277 @@
+"""The fleet over a real broker (Mosquitto, and the embedded amqtt): equivalence with the
+simulator, a killed node, a restarted broker, a rogue publisher, credentials and ACLs.
+
+Small on purpose (MCU CNN, synthetic data, a handful of rounds): the machine is shared.
+Most nodes run as threads of this process (each with its own MQTT client); the node
+that is killed with SIGKILL runs as its own ``dslth-edge train --fleet`` process.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import signal
+import subprocess
+import sys
+import threading
+import time
+from dataclasses import replace
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+import paho.mqtt.client as mqtt
+import pytest
+import torch
+from paho.mqtt.enums import CallbackAPIVersion
+
+from dslth_edge.errors import TransportError
+from dslth_edge.fleet import FleetOptions, plan_fleet, simulate
+from dslth_edge.fleet_node import NodeRunOptions, run_fleet_node
+from dslth_edge.fleet_process import FleetRunOptions, run_fleet
+from dslth_edge.rundir import load_mask, read_metrics
+from dslth_edge.transport.mqtt import Hello, MqttOptions, MqttTransport, topic
+
+from .brokers import MOSQUITTO, MOSQUITTO_MISSING, Mosquitto, mosquitto_passwd
+from .conftest import needs_mosquitto
+
+ROOT = Path(__file__).resolve().parents[2]
+BASE = dict(nodes=6, topology="ring", dataset="synthetic", model="mcu-cnn", keep=0.5, partition="classes:2",
+            eval_every=0, eval_samples=200)
+
+
+@pytest.fixture(autouse=True)
+def one_thread():
+    """Bit-identical masks need the same torch thread count here and in node processes."""
+    before = torch.get_num_threads()
+    torch.set_num_threads(1)
+    yield
+    torch.set_num_threads(before)
+
+
+def fleet_options(tmp: Path, name: str, rounds: int, **kw: Any) -> FleetOptions:
+    return FleetOptions(out=str(tmp / name), rounds=rounds, fleet_id=kw.pop("fleet_id", "t"), **{**BASE, **kw})
+
+
+def simulated_masks(tmp: Path, rounds: int, **kw: Any) -> list[list[np.ndarray]]:
+    opts = fleet_options(tmp, "sim", rounds, **kw)
+    simulate(opts, write_plots=False)
+    return [load_mask(Path(opts.out) / f"node-{i}" / "mask.npz").masks for i in range(opts.nodes)]
+
+
+def run_masks(run_dir: Path, nodes: int) -> list[list[np.ndarray]]:
+    return [load_mask(run_dir / f"node-{i}" / "mask.npz").masks for i in range(nodes)]
+
+
+def same(a: list[list[np.ndarray]], b: list[list[np.ndarray]]) -> bool:
+    return all(np.array_equal(x, y) for ma, mb in zip(a, b) for x, y in zip(ma, mb))
+
+
+def start_threads(opts: FleetOptions, url: str, ids: list[int], node_opts: NodeRunOptions) -> tuple[list[threading.Thread], list[str]]:
+    """Nodes ``ids`` as threads of this process, each with its own MQTT client."""
+    plan = plan_fleet(opts)
+    errors: list[str] = []
+    nopts = replace(node_opts, mqtt=replace(node_opts.mqtt, url=url))
+
+    def run(i: int) -> None:
+        try:
+            run_fleet_node(plan, i, opts.out, nopts)
+        except Exception as exc:  # noqa: BLE001 - the test reports it
+            errors.append(f"node {i}: {type(exc).__name__}: {exc}")
+
+    threads = [threading.Thread(target=run, args=(i,), daemon=True) for i in ids]
+    for t in threads:
+        t.start()
+    return threads, errors
+
+
+def join(threads: list[threading.Thread], timeout: float) -> None:
+    end = time.monotonic() + timeout
+    for t in threads:
+        t.join(max(0.1, end - time.monotonic()))
+    assert not any(t.is_alive() for t in threads), "nodes did not finish in time"
+
+
+def rounds_of(run_dir: Path, i: int) -> list[int]:
+    return [r["round"] for r in read_metrics(run_dir / f"node-{i}" / "metrics.jsonl")]
+
+
+# ---------------------------------------------------------------------------- equivalence
+def test_equivalence_with_simulator(broker: Any, tmp_path: Path) -> None:
+    """The same seeded 6-node run, as `fleet run` processes over the broker and in memory: identical masks."""
+    rounds = 6
+    sim = simulated_masks(tmp_path, rounds)
+    opts = fleet_options(tmp_path, "mqtt", rounds)
+    summary = run_fleet(opts, FleetRunOptions(broker_url=broker.url, workers=2,
+                                              node=NodeRunOptions(round_deadline_s=60.0)), write_plots=False)
+    assert summary["rounds"] == rounds
+    assert (tmp_path / "mqtt" / "summary.json").is_file() and (tmp_path / "mqtt" / "summary.md").is_file()
+    assert same(sim, run_masks(tmp_path / "mqtt", opts.nodes)), f"masks differ from the simulator's ({broker.kind})"
+    for i in range(opts.nodes):
+        rows = read_metrics(tmp_path / "mqtt" / f"node-{i}" / "metrics.jsonl")
+        assert [r["round"] for r in rows] == list(range(rounds))
+        assert all(r["neighbours_heard"] == 2 and r["rejected"] == 0 for r in rows)
+
+
+# ---------------------------------------------------------------------------- broker restart
+def test_broker_restart_mid_run(broker: Any, tmp_path: Path) -> None:
+    """All nodes reconnect and finish; every round done exactly once; masks as the simulator's."""
+    rounds = 10
+    sim = simulated_masks(tmp_path, rounds)
+    opts = fleet_options(tmp_path, "mqtt", rounds)
+    threads, errors = start_threads(opts, broker.url, list(range(opts.nodes)),
+                                    NodeRunOptions(round_deadline_s=30.0, checkpoint_every=1))
+    run_dir = Path(opts.out)
+    end = time.monotonic() + 60
+    while min(len(rounds_of(run_dir, i)) for i in range(opts.nodes)) < 3 and time.monotonic() < end:
+        time.sleep(0.05)
+    broker.restart(down_s=1.5)
+    join(threads, 120)
+    assert not errors, errors
+    for i in range(opts.nodes):
+        assert rounds_of(run_dir, i) == list(range(rounds)), f"node {i} skipped or repeated a round"
+    assert same(sim, run_masks(run_dir, opts.nodes)), "a round was lost or applied twice across the restart"
+
+
+# ---------------------------------------------------------------------------- kill -9
+def _node_cmd(opts: FleetOptions, i: int, url: str, *extra: str) -> list[str]:
+    return [sys.executable, "-m", "dslth_edge", "train", "--fleet", opts.fleet_id, "--id", str(i), "--nodes", str(opts.nodes),
+            "--broker", url, "--topology", opts.topology, "--partition", opts.partition, "--dataset", opts.dataset,
+            "--model", opts.model, "--keep", str(opts.keep), "--rounds", str(opts.rounds), "--eval-every", "0",
+            "--out", str(opts.out), "--profile", opts.profiles[0], "--round-deadline", "2", "--stale-after", "2",
+            "--checkpoint-every", "1", "--json", *extra]
+
+
+def test_kill_node_and_resume(broker: Any, tmp_path: Path) -> None:
+    """SIGKILL one node process: the others keep their deadlines and finish; it resumes, rejoins, finishes."""
+    rounds, victim, deadline = 25, 1, 2.0
+    opts = fleet_options(tmp_path, "mqtt", rounds, nodes=4)
+    env = {**os.environ, "OMP_NUM_THREADS": "1", "PYTHONPATH": str(ROOT)}
+    proc = subprocess.Popen(_node_cmd(opts, victim, broker.url), env=env, stdout=subprocess.DEVNULL, stderr=subprocess.PIPE)
+    others = [i for i in range(opts.nodes) if i != victim]
+    threads, errors = start_threads(opts, broker.url, others,
+                                    NodeRunOptions(round_deadline_s=deadline, stale_after=2, checkpoint_every=1))
+    run_dir = Path(opts.out)
+    end = time.monotonic() + 90
+    while len(rounds_of(run_dir, victim)) < 4 and time.monotonic() < end:
+        assert proc.poll() is None, proc.stderr.read().decode() if proc.stderr else ""
+        time.sleep(0.05)
+    proc.send_signal(signal.SIGKILL)
+    proc.wait()
+    killed_at = len(rounds_of(run_dir, victim))
+    assert killed_at < rounds
+    time.sleep(2 * deadline)  # the others go on without it meanwhile
+    again = subprocess.run(_node_cmd(opts, victim, broker.url, "--resume"), env=env, capture_output=True, timeout=150)
+    assert again.returncode == 0, again.stderr.decode()[-2000:]
+    join(threads, 150)
+    assert not errors, errors
+    for i in range(opts.nodes):
+        assert rounds_of(run_dir, i) == list(range(rounds)), f"node {i}"
+        assert (run_dir / f"node-{i}" / "mask.npz").is_file()
+    for i in others:
+        rows = read_metrics(run_dir / f"node-{i}" / "metrics.jsonl")
+        # every round finished within its deadline (plus this round's own compute)
+        assert all(r["t_round_s"] <= deadline + r["t_compute_s"] + 1.5 for r in rows), [r["t_round_s"] for r in rows]
+    # the victim's neighbours heard it again after its restart (it rejoined m̄)
+    heard_after = [r for i in (0, 2) for r in read_metrics(run_dir / f"node-{i}" / "metrics.jsonl")[killed_at + 2:]
+                   if r["neighbours_heard"] == 2 or r["stale"] == 0]
+    assert heard_after, "the restarted node never rejoined its neighbours"
+
+
+# ---------------------------------------------------------------------------- rogue publisher
+def test_rogue_frames_rejected(broker: Any, tmp_path: Path) -> None:
+    """Garbage, truncated, oversized, replayed and wrong-fingerprint frames on node 0's topic: all
+    refused and counted; the final masks equal a clean run's."""
+    from dslth_edge.exchange import Exchange
+    from dslth_edge.models import masked_layer_shapes
+
+    rounds = 8
+    sim = simulated_masks(tmp_path, rounds)
+    opts = fleet_options(tmp_path, "mqtt", rounds)
+    plan = plan_fleet(opts)
+    # a valid frame of node 0 (round 0), and one made with other fixed weights
+    from dslth_edge.fleet import make_node
+
+    n0 = make_node(plan, 0, None, None)
+    frame = n0.exchange.encode(n0.current_masks(), 0)
+    other = Exchange(node_id=0, shapes=masked_layer_shapes(n0.model), fingerprint=bytes(32), fleet=opts.fleet_id)
+    wrong_fp = other.encode(n0.current_masks(), 3)
+    rogue_payloads = [b"garbage" * 10, frame[: len(frame) // 2], b"DSLM" + bytes(3_000_000), frame, wrong_fp,
+                      b"DSLC" + bytes(30)]
+    threads, errors = start_threads(opts, broker.url, list(range(opts.nodes)), NodeRunOptions(round_deadline_s=30.0))
+    run_dir = Path(opts.out)
+    end = time.monotonic() + 60
+    while min(len(rounds_of(run_dir, i)) for i in range(opts.nodes)) < 3 and time.monotonic() < end:
+        time.sleep(0.05)
+    rogue = mqtt.Client(CallbackAPIVersion.VERSION2, client_id="rogue", protocol=mqtt.MQTTv311)
+    rogue.connect("127.0.0.1", broker.port)
+    rogue.loop_start()
+    for payload in rogue_payloads:
+        rogue.publish(topic(opts.fleet_id, 0, "mask"), payload, qos=1).wait_for_publish(10)
+    rogue.disconnect()
+    rogue.loop_stop()
+    join(threads, 120)
+    assert not errors, errors
+    counted = {i: sum(r["rejected"] + r["duplicates"] for r in read_metrics(run_dir / f"node-{i}" / "metrics.jsonl"))
+               for i in (1, 5)}  # node 0's neighbours on the ring
+    assert all(c >= len(rogue_payloads) for c in counted.values()), counted
+    assert all(sum(r["rejected"] for r in read_metrics(run_dir / f"node-{i}" / "metrics.jsonl")) >= len(rogue_payloads) - 1
+               for i in (1, 5))
+    assert same(sim, run_masks(run_dir, opts.nodes)), "a rogue frame changed a mask"
+
+
+# ---------------------------------------------------------------------------- credentials and ACL
+@needs_mosquitto
+def test_acl_and_wrong_password(tmp_path: Path) -> None:
+    """A node's credentials cannot publish on another node's topic; a wrong password is one clear error, exit 3."""
+    pw = tmp_path / "passwd"
+    mosquitto_passwd(pw, {"node-1": "s3cret-1", "node-2": "s3cret-2"})
+    acl = tmp_path / "acl"
+    acl.write_text("pattern write dslth/t/%u/#\npattern read dslth/t/#\n".replace("%u/#", "%u/#"))
+    # users are named node-<id>; the ACL maps the user to its id via a per-user block
+    acl.write_text("user node-1\ntopic write dslth/t/1/#\ntopic read dslth/t/#\n\n"
+                   "user node-2\ntopic write dslth/t/2/#\ntopic read dslth/t/#\n")
+    b = Mosquitto(tmp_path / "mq", password_file=pw, acl_file=acl).start()
+    try:
+        def transport(i: int, user: str, password: str, neighbours: list[int]) -> MqttTransport:
+            return MqttTransport(MqttOptions(url=b.url, username=user, password=password), fleet="t", node_id=i,
+                                 neighbours=neighbours, hello=Hello(node=i, fleet="t", fingerprint="00"),
+                                 max_frame_bytes=1 << 16).connect()
+
+        t1 = transport(1, "node-1", "s3cret-1", [2])
+        t2 = transport(2, "node-2", "s3cret-2", [1])
+        assert t2.wait_for_peers(5) == set()
+        t1.publish(b"DSLM from one")
+        assert [e.payload for e in t2.poll(3)] == [b"DSLM from one"]
+        # node-1's credentials, pretending to be node 2: the broker drops it
+        forged = mqtt.Client(CallbackAPIVersion.VERSION2, client_id="forger", protocol=mqtt.MQTTv5)
+        forged.username_pw_set("node-1", "s3cret-1")
+        forged.connect("127.0.0.1", b.port)
+        forged.loop_start()
+        forged.publish(topic("t", 2, "mask"), b"DSLM forged", qos=1).wait_for_publish(5)
+        forged.disconnect()
+        forged.loop_stop()
+        assert t1.poll(1.5) == []
+        t1.close()
+        t2.close()
+        with pytest.raises(TransportError, match="refused node 1.*node-1"):
+            transport(1, "node-1", "wrong", [2])
+        # the CLI: one line, exit code 3
+        secret = tmp_path / "pwfile"
+        secret.write_text("wrong\n")
+        env = {**os.environ, "PYTHONPATH": str(ROOT)}
+        res = subprocess.run([sys.executable, "-m", "dslth_edge", "train", "--fleet", "t", "--id", "1", "--nodes", "3",
+                              "--broker", b.url, "--username", "node-1", "--password-file", str(secret), "--dataset",
+                              "synthetic", "--model", "mcu-cnn", "--keep", "0.5", "--rounds", "2", "--profile",
+                              "jetson-nano", "--out", str(tmp_path / "cli"), "--json"],
+                             env=env, capture_output=True, timeout=120)
+        err = res.stderr.decode().strip().splitlines()
+        assert res.returncode == 3, res.stderr.decode()
+        assert len(err) == 1 and err[0].startswith("error:") and "node-1" in err[0], err
+    finally:
+        b.stop()
+
+
+def test_mosquitto_skip_reason() -> None:
+    """The reason a missing Mosquitto gives is the install hint."""
+    assert "apt-get install mosquitto" in MOSQUITTO_MISSING and MOSQUITTO == "/usr/sbin/mosquitto"

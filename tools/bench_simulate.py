@@ -1,0 +1,100 @@
+#!/usr/bin/env python3
+"""Cost of one simulated fleet round against plain dense SGD steps of the same model.
+
+Target: one simulated 20-node round of the paper CNN (mce-pl, 1 local step, batch 64)
+costs <= 1.5x the time of 20 plain dense SGD steps of that model in the same process.
+Both sides use the same inputs (Fashion-MNIST, or --synthetic), the same thread count
+and are timed after a warm-up. The simulated round includes everything a node does:
+aggregation shifts, top-k, the step, frame encoding, decoding every neighbour's frame,
+m̄, fine-tuning (no evaluation: --eval-every 0).
+
+    python tools/bench_simulate.py [--nodes 20] [--model paper-cnn] [--rounds 3] [--threads 1]
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import sys
+import time
+from pathlib import Path
+
+import torch
+import torch.nn.functional as F
+
+from dslth_edge.data import load_dataset, make_synthetic
+from dslth_edge.fleet import FleetOptions, make_node, plan_fleet
+from dslth_edge.models import ModelSpec, build_model
+from dslth_edge.transport.memory import MemoryHub
+
+PAPER = Path(__file__).resolve().parents[1].parent / "shared" / "paper"
+
+
+def main(argv: list[str] | None = None) -> int:
+    ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    ap.add_argument("--nodes", type=int, default=20)
+    ap.add_argument("--model", default="paper-cnn")
+    ap.add_argument("--algorithm", default="mce-pl")
+    ap.add_argument("--batch-size", type=int, default=64)
+    ap.add_argument("--rounds", type=int, default=3, help="timed rounds (after one warm-up round)")
+    ap.add_argument("--threads", type=int, default=1)
+    ap.add_argument("--keep", type=float, default=None)
+    ap.add_argument("--synthetic", action="store_true")
+    ap.add_argument("--json", action="store_true")
+    args = ap.parse_args(argv)
+    torch.set_num_threads(args.threads)
+    ds = make_synthetic(shape=(1, 28, 28)) if args.synthetic else load_dataset("fashion-mnist")
+    paper = args.nodes == 20 and (PAPER / "adjacency_20.txt").exists()
+    opts = FleetOptions(nodes=args.nodes, topology=str(PAPER / "adjacency_20.txt") if paper else "ring",
+                        dataset="synthetic" if args.synthetic else "fashion-mnist",
+                        partition_file=str(PAPER / "train_counts_4.txt") if paper else None,
+                        partition="iid", profiles=("jetson-nano", "raspberry-pi-4", "nrf52840"),
+                        algorithm=args.algorithm, model=args.model, keep=args.keep, rounds=10_000, eval_every=0,
+                        overrides={"batch_size": args.batch_size})
+    plan = plan_fleet(opts, ds)
+    hub = MemoryHub()
+    nodes = [make_node(plan, i, hub.connect(i, plan.topology.neighbours(i)), None) for i in range(args.nodes)]
+
+    def fleet_round() -> tuple[float, float]:
+        t0 = time.perf_counter()
+        for n in nodes:
+            n.begin_round()
+        t1 = time.perf_counter()
+        for n in nodes:
+            n.finish_round()
+        return t1 - t0, time.perf_counter() - t1
+
+    fleet_round()  # warm-up
+    halves = [fleet_round() for _ in range(args.rounds)]
+    t_round = sum(a + b for a, b in halves) / args.rounds
+    t_begin = sum(a for a, _ in halves) / args.rounds
+
+    dense = build_model(ModelSpec(args.model, tuple(ds.x_train.shape[1:]), ds.num_classes, dense=True))
+    opt = torch.optim.SGD(dense.parameters(), lr=0.01, momentum=0.9, weight_decay=5e-4)
+    batches = [torch.from_numpy(ds.x_train[i * args.batch_size:(i + 1) * args.batch_size]) for i in range(args.nodes)]
+    labels = [torch.from_numpy(ds.y_train[i * args.batch_size:(i + 1) * args.batch_size]) for i in range(args.nodes)]
+
+    def dense_steps() -> float:
+        t0 = time.perf_counter()
+        for x, y in zip(batches, labels):
+            opt.zero_grad(set_to_none=True)
+            F.cross_entropy(dense(x), y).backward()
+            opt.step()
+        return time.perf_counter() - t0
+
+    dense_steps()
+    t_dense = sum(dense_steps() for _ in range(args.rounds)) / args.rounds
+    res = {"nodes": args.nodes, "model": args.model, "algorithm": args.algorithm, "batch_size": args.batch_size,
+           "threads": args.threads, "keeps": sorted(set(plan.keeps)), "round_s": t_round, "begin_half_s": t_begin,
+           "finish_half_s": t_round - t_begin, "dense_steps_s": t_dense, "ratio": t_round / t_dense, "target": 1.5}
+    if args.json:
+        print(json.dumps(res, indent=2))
+    else:
+        print(f"{args.nodes}-node {args.algorithm} round of {args.model} (batch {args.batch_size}, {args.threads} thread(s)): "
+              f"{t_round:.3f} s (begin {t_begin:.3f} s, finish {t_round - t_begin:.3f} s); "
+              f"{args.nodes} dense SGD steps: {t_dense:.3f} s; ratio {t_round / t_dense:.2f} (target <= 1.5)")
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())
