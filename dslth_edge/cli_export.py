@@ -26,7 +26,8 @@ __all__ = ["export"]
 @click.option("--round-channels", is_flag=True, help="Round kept channels up to the profile's channel multiple (re-admits the best pruned channels).")
 @click.option("--channel-multiple", default=None, type=int, help="Round kept channels up to this multiple (implies --round-channels).")
 @click.option("--eval-samples", default=None, type=int, help="Evaluate on the first N test samples of the node (default: all).")
-@click.option("--int8-route", default="aeq", show_default=True, help="TFLite int8: aeq (ai-edge-quantizer) | pt2e (litert-torch PT2E).")
+@click.option("--int8-route", default="auto", show_default=True,
+              help="TFLite int8: auto (ai-edge-quantizer, or PT2E when that is more faithful) | aeq | pt2e.")
 @click.option("--no-dense", "no_dense", is_flag=True, help="Skip converting the masked-dense model (its file size column stays empty).")
 @click.option("--json", "as_json", is_flag=True, help="Print the report as JSON.")
 def export(run: str, node: int | None, fmt: str, quantize: str, calibration: int, out: str | None, round_channels: bool,

@@ -74,6 +74,8 @@ def run(as_json: bool, no_plots: bool, profiles: str, lr: Any, batch_size: Any, 
     from .live import LiveTable
     from .transport.mqtt import ENV_PASSWORD, MqttOptions, read_secret
 
+    # simulate's --threads: torch threads per node (default 1: bit-identical to the simulator run with 1)
+    torch_threads = kw.pop("threads", None) or 1
     overrides = {"lr": lr, "batch_size": batch_size, "local_steps": local_steps, "ft_recompute": ft_recompute,
                  "drop_threshold": drop_threshold}
     opts = FleetOptions(profiles=tuple(p.strip() for p in profiles.split(",") if p.strip()),
@@ -85,7 +87,7 @@ def run(as_json: bool, no_plots: bool, profiles: str, lr: Any, batch_size: Any, 
     mqtt = MqttOptions(username=username, password=read_secret(env=ENV_PASSWORD, file=password_file), ca_file=ca_file)
     run_opts = FleetRunOptions(
         node=NodeRunOptions(mqtt=mqtt, round_deadline_s=deadline, deadline_max_s=deadline_max, stale_after=stale_after,
-                            checkpoint_every=checkpoint_every, fleet_key_file=fleet_key_file),
+                            checkpoint_every=checkpoint_every, fleet_key_file=fleet_key_file, torch_threads=torch_threads),
         broker_url=broker_url, workers=workers, timeout_s=timeout_s,
     )
     table = LiveTable(opts.nodes, opts.rounds, disabled=as_json)

@@ -39,9 +39,10 @@ __all__ = ["simulate"]
 @click.option("--ft-recompute", is_flag=True, default=None, help="(5) with a fresh gradient instead of the step's.")
 @click.option("--drop-threshold", default=None, type=float, help="Structured option: drop channels keeping less than this fraction.")
 @click.option("--out", default=None, help="Run directory (default runs/fleet-<algorithm>-<dataset>-<time>).")
+@click.option("--threads", default=None, type=int, help="torch threads (default: torch's; 1 is fastest on a busy shared machine).")
 @click.option("--no-plots", is_flag=True, help="Skip the PNG plots.")
 @click.option("--json", "as_json", is_flag=True, help="Print the summary as JSON (no progress display).")
-def simulate(as_json: bool, no_plots: bool, profiles: str, lr: Any, batch_size: Any, local_steps: Any,
+def simulate(as_json: bool, no_plots: bool, threads: Any, profiles: str, lr: Any, batch_size: Any, local_steps: Any,
              ft_recompute: Any, drop_threshold: Any, **kw: Any) -> None:
     """Simulate a fleet: N nodes, the same Node code as on devices, in one process.
 
@@ -54,7 +55,12 @@ def simulate(as_json: bool, no_plots: bool, profiles: str, lr: Any, batch_size: 
     from rich.console import Console
     from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, TimeElapsedColumn, TimeRemainingColumn
 
+    import torch
+
     from .fleet import FleetOptions, simulate as run_simulate
+
+    if threads:
+        torch.set_num_threads(threads)
 
     overrides = {"lr": lr, "batch_size": batch_size, "local_steps": local_steps, "ft_recompute": ft_recompute,
                  "drop_threshold": drop_threshold}

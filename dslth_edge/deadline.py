@@ -12,7 +12,7 @@ from __future__ import annotations
 
 from collections import deque
 
-__all__ = ["AdaptiveDeadline", "FixedDeadline"]
+__all__ = ["AdaptiveDeadline", "FixedDeadline", "StartupDeadline"]
 
 
 class FixedDeadline:
@@ -53,3 +53,29 @@ class AdaptiveDeadline:
     def observe(self, wait_s: float, *, complete: bool) -> None:
         if complete:
             self._waits.append(wait_s)
+
+
+class StartupDeadline:
+    """``inner``, except that the first round after a (re)start may wait up to ``first_s``.
+
+    A node's neighbours start their round 0 only after *their* neighbours said hello, so
+    a node whose own neighbours are up can still wait a whole start-up (another device
+    loading torch and its data) for their first frames. Without this, a short fixed
+    deadline lets it run round 0 alone, mark the neighbours stale and race ahead
+    without ever hearing them. That first wait is not learned from.
+    """
+
+    def __init__(self, inner: "FixedDeadline | AdaptiveDeadline", first_s: float) -> None:
+        self.inner = inner
+        self.first_s = first_s
+        self._first = True
+
+    def next_s(self) -> float:
+        s = self.inner.next_s()
+        return max(s, self.first_s) if self._first else s
+
+    def observe(self, wait_s: float, *, complete: bool) -> None:
+        if self._first:
+            self._first = False
+            return
+        self.inner.observe(wait_s, complete=complete)

@@ -119,6 +119,10 @@ class Exchange:
         for r in [r for r in self._future if r < round]:
             del self._future[r]
         synchronous = getattr(transport, "synchronous", False)
+        # take what already arrived even when nobody is waited for: that is how a neighbour
+        # out of step (or one we run ahead of, after our restart) is heard again
+        for env in transport.poll(0):
+            self._accept(transport, env.sender, env.kind, env.payload, round, accept, out)
         while not self._all_in(expected, round, out):
             remaining = deadline - time.monotonic()
             if remaining <= 0:
@@ -143,9 +147,11 @@ class Exchange:
         out.bytes += len(payload)
         try:
             frame = self.store.decode(payload, shapes=self.shapes, fingerprint=self.fingerprint, fleet=self.fleet, key=self.key)
-        except MissingBaseError:
+        except MissingBaseError as exc:
             transport.publish(key_request(sender, round), kind="ctl")
             out.key_requests_sent += 1
+            if exc.sender == sender and exc.base_round >= round:  # a verified frame: it is past this round
+                self.newest[sender] = max(self.newest.get(sender, -1), exc.base_round)
             return
         except FrameError:
             out.rejected += 1

@@ -17,7 +17,7 @@ from dataclasses import dataclass, replace
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
-from .deadline import AdaptiveDeadline, FixedDeadline
+from .deadline import AdaptiveDeadline, FixedDeadline, StartupDeadline
 from .errors import UsageError
 from .node import Node, RoundResult
 from .transport.mqtt import Hello, MqttOptions, MqttTransport, read_secret
@@ -104,11 +104,14 @@ def run_fleet_node(
     try:
         if resume:
             exchange.reconnected()  # our old deltas' bases are gone from the neighbours' stores
-        if opts.round_deadline_s is None:
-            node.deadline_policy = AdaptiveDeadline(max_s=opts.deadline_max_s)
-        else:
-            node.deadline_policy = FixedDeadline(opts.round_deadline_s)
-        transport.wait_for_peers(opts.start_timeout_s)
+        policy = (AdaptiveDeadline(max_s=opts.deadline_max_s) if opts.round_deadline_s is None
+                  else FixedDeadline(opts.round_deadline_s))
+        missing = transport.wait_for_peers(opts.start_timeout_s)
+        # every neighbour is up, but on a fresh start each begins round 0 only once *its*
+        # neighbours are (up to start_timeout_s): round 0 waits for that, not one deadline.
+        # A resumed node's neighbours are normally mid-run already: no such wait.
+        first_s = opts.start_timeout_s if node.round == 0 and not missing else 0.0
+        node.deadline_policy = StartupDeadline(policy, first_s)
         if on_start is not None:
             on_start(node)
         while node.round < node.config.rounds:

@@ -23,7 +23,7 @@ from pathlib import Path
 from types import SimpleNamespace
 from typing import Any
 
-from .errors import DslthError, TransportError, UsageError
+from .errors import DslthError, TransportError
 from .fleet_node import NodeRunOptions, run_fleet_node
 from .rundir import NodePaths, read_metrics
 from .transport.mqtt import ENV_PASSWORD, MqttOptions

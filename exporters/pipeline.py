@@ -23,7 +23,17 @@ from ..errors import ExportError, UsageError
 from ..masking import set_masks
 from ..rundir import atomic_write_bytes
 from ..runinfo import RunInfo, accuracy, load_run
-from ..shrink import count_macs, count_nonzero_params, count_params, round_channels, save_shrunk, shrink, shrunk_info, to_plain
+from ..shrink import (
+    count_macs,
+    count_nonzero_params,
+    count_params,
+    fold_batchnorm,
+    round_channels,
+    save_shrunk,
+    shrink,
+    shrunk_info,
+    to_plain,
+)
 from .metadata import add_onnx_metadata, add_tflite_metadata
 from .report import ExportReport, VariantRow, write_report
 from .runtime import Runner, open_runner
@@ -38,6 +48,9 @@ _NEEDS = {
 }
 PARITY_TOL = 1e-4  # fp32 file vs torch, max abs logit difference
 SHRINK_TOL = 1e-5  # shrunk vs masked torch model
+INT8_ROUTES = ("auto", "aeq", "pt2e")
+AUTO_AGREEMENT = 0.99  # "auto": keep ai-edge-quantizer's file when it agrees this often with fp32
+SELECT_SAMPLES = 500  # training inputs (disjoint from calibration) that judge the int8 routes
 
 
 @dataclass(frozen=True)
@@ -54,7 +67,7 @@ class ExportOptions:
     channel_multiple: int | None = None  # explicit multiple (implies rounding)
     parity_samples: int = 100
     eval_samples: int | None = None  # None: the node's whole test split
-    int8_route: str = "aeq"  # TFLite static int8: "aeq" (ai-edge-quantizer) or "pt2e" (litert-torch)
+    int8_route: str = "auto"  # TFLite static int8: "auto", "aeq" (ai-edge-quantizer) or "pt2e" (litert-torch)
     compare_dense: bool = True  # also convert the masked-dense model for the size column
 
 
@@ -104,24 +117,45 @@ def _convert(module: torch.nn.Module, shape: tuple[int, int, int], fmt: str) -> 
     return tflite_bytes(module, shape)
 
 
+def _agreement(runner: Runner, ref_top1: np.ndarray, x: np.ndarray) -> float:
+    """Share of inputs on which ``runner`` predicts the fp32 model's class (label-free fidelity)."""
+    return float((runner.run(x).argmax(1) == ref_top1).mean()) if len(x) else 1.0
+
+
 def _quantize(fmt: str, mode: str, float_bytes: bytes, shrunk: torch.nn.Module, shape: tuple[int, int, int],
-              calib: np.ndarray, route: str) -> bytes:
+              calib: np.ndarray, select: np.ndarray, route: str) -> tuple[bytes, str, dict[str, Any]]:
+    """(quantized file, route that made it, agreement with fp32 per route tried, or why one failed).
+
+    TFLite static int8, route "auto": ai-edge-quantizer first (integer-only graph, about a
+    second); if its top-1 agreement with the fp32 model on ``select`` (training inputs
+    not used for calibration: no test data is looked at) is below :data:`AUTO_AGREEMENT`,
+    PT2E (histogram ranges) is tried too and the more faithful file is kept.
+    """
     if fmt == "onnx":
         from .onnx import quantize_onnx
 
-        return quantize_onnx(float_bytes, mode, calib)
+        return quantize_onnx(float_bytes, mode, calib), "onnxruntime", {}
     from .tflite import quantize_tflite, tflite_int8_pt2e
 
-    if mode == "int8" and route == "pt2e":
-        return tflite_int8_pt2e(shrunk, shape, calib)
-    return quantize_tflite(float_bytes, mode, calib)
-
-
-def _route(fmt: str, mode: str, int8_route: str) -> str:
-    """Which quantizer made a file: onnxruntime, ai-edge-quantizer ("aeq") or litert-torch PT2E."""
-    if fmt == "onnx":
-        return "onnxruntime"
-    return "pt2e" if mode == "int8" and int8_route == "pt2e" else "aeq"
+    if mode != "int8":
+        return quantize_tflite(float_bytes, mode, calib), "aeq", {}
+    if route == "pt2e":
+        return tflite_int8_pt2e(shrunk, shape, calib), "pt2e", {}
+    aeq = quantize_tflite(float_bytes, mode, calib)
+    if route == "aeq":
+        return aeq, "aeq", {}
+    with torch.no_grad():
+        ref = shrunk(torch.from_numpy(np.ascontiguousarray(select))).numpy().argmax(1)
+    tried = {"aeq": _agreement(open_runner(aeq, "tflite"), ref, select)}
+    if tried["aeq"] >= AUTO_AGREEMENT:
+        return aeq, "aeq", tried
+    try:
+        pt2e = tflite_int8_pt2e(shrunk, shape, calib)
+    except ExportError as exc:  # PT2E does not annotate every graph (e.g. conv-BN-ReLU-maxpool): keep aeq
+        tried["pt2e_failed"] = str(exc)[:300]
+        return aeq, "aeq", tried
+    tried["pt2e"] = _agreement(open_runner(pt2e, "tflite"), ref, select)
+    return (pt2e, "pt2e", tried) if tried["pt2e"] > tried["aeq"] else (aeq, "aeq", tried)
 
 
 def _with_metadata(fmt: str, data: bytes, meta: dict[str, Any]) -> bytes:
@@ -143,11 +177,29 @@ def _io_quantization(runner: Runner) -> dict[str, Any] | None:
     return {"input": fmt(qi), "output": fmt(qo)}
 
 
+def _file_metadata(info: RunInfo, provenance: dict[str, Any], quant: dict[str, Any] | None, quantize: str,
+                   widths: dict[str, int], acc: dict[str, Any]) -> dict[str, Any]:
+    """The document stored inside the exported file (see exporters/metadata.py)."""
+    io = (quant or {}).get("io") or {}
+    return {
+        **{k: provenance[k] for k in ("node", "profile", "keep", "weights_fingerprint", "model", "round", "channel_multiple")},
+        "class_names": info.class_names,
+        "normalisation": {**info.normalisation(), "formula": "x = (pixel / 255 - mean) / std, NCHW"},
+        "input": {"shape": [1, *info.input_shape], "layout": "NCHW", "dtype": "int8" if io.get("input") else "float32",
+                  "quantization": io.get("input")},
+        "output": {"shape": [1, info.spec.num_classes], "kind": "logits", "dtype": "int8" if io.get("output") else "float32",
+                   "quantization": io.get("output")},
+        "accuracy": acc,
+        "quantize": quantize,
+        "widths": widths,
+    }
+
+
 def export_node(opts: ExportOptions) -> ExportReport:
     """Export one node's final model; returns the report (also merged into report.json)."""
     check_extra(opts.format, opts.quantize)
-    if opts.int8_route not in ("aeq", "pt2e"):
-        raise UsageError(f"unknown int8 route {opts.int8_route!r}: choose aeq or pt2e")
+    if opts.int8_route not in INT8_ROUTES:
+        raise UsageError(f"unknown int8 route {opts.int8_route!r}: choose one of {', '.join(INT8_ROUTES)}")
     if opts.calibration < 1 and opts.quantize == "int8":
         raise UsageError(f"--calibration must be positive, got {opts.calibration}")
     t0 = time.perf_counter()
@@ -187,9 +239,10 @@ def export_node(opts: ExportOptions) -> ExportReport:
     shrink_json = save_shrunk(shrunk, info.node_dir / "exports", provenance)
     seconds["shrink"] = time.perf_counter() - t
 
-    # ---- fp32 file and its parity
+    # ---- fp32 file and its parity (BatchNorm folded into the convs: the deployed form)
     t = time.perf_counter()
-    float_bytes = _convert(shrunk, shape, opts.format)
+    deploy = fold_batchnorm(shrunk)
+    float_bytes = _convert(deploy, shape, opts.format)
     float_runner = open_runner(float_bytes, opts.format)
     parity = float(np.abs(float_runner.run(x_par) - ref).max()) if len(x_par) else 0.0
     if parity > PARITY_TOL:
@@ -204,7 +257,7 @@ def export_node(opts: ExportOptions) -> ExportReport:
     notes = list(info.notes)
     if opts.compare_dense:
         t = time.perf_counter()
-        dense_bytes = _convert(to_plain(model), shape, opts.format)
+        dense_bytes = _convert(fold_batchnorm(to_plain(model)), shape, opts.format)
         seconds["convert_dense"] = time.perf_counter() - t
         dense_size: int | None = len(dense_bytes)
     else:
@@ -217,37 +270,30 @@ def export_node(opts: ExportOptions) -> ExportReport:
     q_modes = [opts.quantize] if opts.quantize != "none" else []
     if "int8" not in q_modes:
         q_modes.append("int8")
-    calib = info.train_sample(opts.calibration, seed=info.node_id)
+    pool = info.train_sample(opts.calibration + SELECT_SAMPLES, seed=info.node_id)
+    order = np.random.default_rng(info.node_id).permutation(len(pool))
+    calib, select = pool[order[: opts.calibration]], pool[order[opts.calibration :]]
     for mode in q_modes:
         t = time.perf_counter()
-        q_bytes = _quantize(opts.format, mode, float_bytes, shrunk, shape, calib, opts.int8_route)
+        # the int8 row of an fp32 export goes the same route as --quantize int8 would
+        q_bytes, used, tried = _quantize(opts.format, mode, float_bytes, deploy, shape, calib, select, opts.int8_route)
         q_runner = open_runner(q_bytes, opts.format)
         acc_q = float((q_runner.run(x_test).argmax(1) == y_test).mean()) if len(y_test) else float("nan")
         seconds[f"quantize_{mode}"] = time.perf_counter() - t
-        rows.append(VariantRow(f"shrunk+{mode}", params, nonzero, macs, len(q_bytes), acc_q, q_runner.backend,
-                               bytes_per_param=1.0))
+        rows.append(VariantRow(f"shrunk+{mode}", params, nonzero, macs, len(q_bytes), acc_q,
+                               f"{q_runner.backend} ({used})", bytes_per_param=1.0))
         if mode == opts.quantize:
             final_bytes, final_runner = q_bytes, q_runner
-            quant = {"mode": mode, "route": _route(opts.format, mode, opts.int8_route),
+            quant = {"mode": mode, "route": used, "route_agreement": tried, "selection_samples": int(len(select)) if tried else 0,
                      "calibration_samples": int(len(calib)) if mode == "int8" else 0,
                      "io": _io_quantization(q_runner), "accuracy_fp32": acc_float, "accuracy": acc_q,
                      "drop_points": 100 * (acc_float - acc_q)}
 
     # ---- metadata, then the one write under the final name
     final_acc = next(r.accuracy for r in rows if r.variant == ("shrunk" if opts.quantize == "none" else f"shrunk+{opts.quantize}"))
-    meta = {
-        **{k: provenance[k] for k in ("node", "profile", "keep", "weights_fingerprint", "model", "round", "channel_multiple")},
-        "class_names": info.class_names,
-        "normalisation": {**info.normalisation(), "formula": "x = (pixel / 255 - mean) / std, NCHW"},
-        "input": {"shape": [1, *shape], "layout": "NCHW", "dtype": "int8" if quant and quant["io"] else "float32",
-                  "quantization": quant["io"]["input"] if quant and quant["io"] else None},
-        "output": {"shape": [1, info.spec.num_classes], "kind": "logits",
-                   "quantization": quant["io"]["output"] if quant and quant["io"] else None},
-        "accuracy": {"this_file": final_acc, "masked_model": acc_masked, "recorded_by_run": info.recorded_accuracy,
-                     "test_samples": int(len(y_test))},
-        "quantize": opts.quantize,
-        "widths": shrunk_info(shrunk).widths(),
-    }
+    meta = _file_metadata(info, provenance, quant, opts.quantize, shrunk_info(shrunk).widths(),
+                          {"this_file": final_acc, "masked_model": acc_masked, "recorded_by_run": info.recorded_accuracy,
+                           "test_samples": int(len(y_test))})
     data = _with_metadata(opts.format, final_bytes, meta)
     if opts.format == "tflite":  # the metadata rewrite must leave a runnable, identical model
         check = open_runner(data, "tflite").run(x_par[:4])

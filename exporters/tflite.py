@@ -2,12 +2,13 @@
 
 - fp32: ``litert_torch.convert(module, (sample,))``; the file keeps the NCHW float32
   input of the torch model (the converter inserts the NHWC transposes).
-- int8 (default route): ai-edge-quantizer's ``static_wi8_ai8`` recipe on the fp32
-  file, calibrated with the node's own training inputs. It yields an integer-only
-  graph with int8 input and output tensors (what TFLite Micro and NPUs need) in about a
-  second. The alternative, litert-torch's PT2E flow (``int8_route="pt2e"``), was
-  measured on the same models: similar accuracy, but 20-30x slower to produce and it
-  leaves float DEQUANTIZE islands around adds and pooling (see docs/export.md).
+- int8, two routes (the pipeline's "auto" picks between them, see exporters/pipeline.py):
+  ai-edge-quantizer's ``static_wi8_ai8`` recipe on the fp32 file (integer-only graph
+  with int8 input and output tensors, what TFLite Micro and NPUs need; about a second;
+  min/max activation ranges), or litert-torch's PT2E flow (histogram activation
+  ranges: more faithful on some models, 20-40x slower, and it may leave float
+  DEQUANTIZE islands around adds and pooling). Both calibrate on the node's own
+  training inputs. Measurements in docs/export.md.
 - dynamic: ai-edge-quantizer's ``dynamic_wi8_afp32`` (int8 weights, float activations).
 """
 
@@ -15,7 +16,9 @@ from __future__ import annotations
 
 import contextlib
 import io
+import logging
 import os
+import warnings
 from collections.abc import Iterator, Sequence
 from typing import Any
 
@@ -30,14 +33,28 @@ __all__ = ["INT8_ROUTES", "tflite_bytes", "quantize_tflite", "tflite_int8_pt2e",
 INT8_ROUTES = ("aeq", "pt2e")
 
 
+class _DropNoise(logging.Filter):
+    """litert-torch warns that a PT2E graph module is "in training mode": it cannot be
+    switched (exported graphs refuse .eval()); move_exported_model_to_eval already did."""
+
+    def filter(self, record: logging.LogRecord) -> bool:
+        return "converted in training mode" not in record.getMessage()
+
+
 @contextlib.contextmanager
 def _quiet() -> Iterator[None]:
-    """Silence litert-torch's progress log for the duration."""
+    """Silence litert-torch's progress log, its known warnings and torch's pytree deprecations."""
     saved = {k: os.environ.get(k) for k in ("LITERT_TORCH_SHOW_PROGRESS",)}
     os.environ["LITERT_TORCH_SHOW_PROGRESS"] = "n"
+    noise = _DropNoise()
+    logging.getLogger().addFilter(noise)
     try:
-        yield
+        with warnings.catch_warnings():
+            warnings.simplefilter("ignore", FutureWarning)
+            warnings.simplefilter("ignore", DeprecationWarning)
+            yield
     finally:
+        logging.getLogger().removeFilter(noise)
         for k, v in saved.items():
             if v is None:
                 os.environ.pop(k, None)

@@ -93,7 +93,9 @@ def run(args: argparse.Namespace) -> dict:
         "what": args.what, "broker": args.broker, "nodes": args.nodes, "model": args.model, "rounds": args.rounds,
         "workers": args.workers, "cpus": os.cpu_count(), "wall_s": round(wall, 1),
         "fleet_seconds": round(summary["seconds"], 1),
-        "rounds_per_minute": round(60 * args.rounds / summary["seconds"], 2),
+        "rounds_per_minute": round(60 * args.rounds / summary["seconds"], 2),  # start-up included
+        # after start-up: one round is a node's mean round wall time (round 0 excluded)
+        "steady_rounds_per_minute": round(60 / statistics.fmean(r["t_round_s"] for r in rows), 2),
         "gossip_overhead": round(overhead, 4),
         "round_s_mean": round(statistics.fmean(r["t_round_s"] for r in rows), 3),
         "compute_s_mean": round(statistics.fmean(r["t_compute_s"] for r in rows), 3),

@@ -6,7 +6,7 @@ initial scores: which channels survive does not matter for speed) give three pla
 models: masked-dense (w ⊙ m, all channels: what a runtime without sparsity support
 computes), shrunk (dead channels removed) and shrunk+rounded (kept channels rounded up
 to --multiple). Each is converted to ONNX and TFLite and timed at batch 1 with
-onnxruntime and LiteRT at 1 and 2 threads. The table reports the MAC reduction, the
+onnxruntime and LiteRT at 1 and 2 threads, the variants timed in interleaved chunks. The table reports the MAC reduction, the
 measured speed-up and their ratio (target: speed-up >= 0.7 x MAC reduction).
 
     python tools/bench_shrink.py                       # paper-cnn, keep 0.1/0.3/0.5
@@ -26,7 +26,7 @@ import numpy as np
 import torch
 
 from dslth_edge.exporters.onnx import onnx_bytes
-from dslth_edge.exporters.runtime import OnnxRunner, TfliteRunner, time_runner
+from dslth_edge.exporters.runtime import OnnxRunner, TfliteRunner
 from dslth_edge.masking import masked_layers, set_masks, topk_mask
 from dslth_edge.models import ModelSpec, build_model
 from dslth_edge.shrink import count_macs, round_channels, shrink, shrunk_info, to_plain
@@ -48,36 +48,63 @@ def _variants(name: str, keep: float, multiple: int) -> dict[str, tuple[torch.nn
     return out
 
 
-def _time(module: torch.nn.Module, shape: tuple[int, int, int], threads: list[int], runs: int, tflite: bool) -> dict[str, float]:
-    x = np.random.default_rng(0).standard_normal((1, *shape)).astype(np.float32)
-    res: dict[str, float] = {}
+def _runners(module: torch.nn.Module, shape: tuple[int, int, int], threads: list[int], tflite: bool) -> dict[str, Any]:
+    """One runner per backend and thread count for ``module``."""
     data = onnx_bytes(module, shape)
-    for t in threads:
-        res[f"ort-{t}t"] = time_runner(OnnxRunner(data, threads=t), x, runs=runs)["median_ms"]
+    out: dict[str, Any] = {f"ort-{t}t": OnnxRunner(data, threads=t) for t in threads}
     if tflite:
         from dslth_edge.exporters.tflite import tflite_bytes
 
         fb = tflite_bytes(module, shape)
-        for t in threads:
-            res[f"litert-{t}t"] = time_runner(TfliteRunner(fb, threads=t), x, runs=runs)["median_ms"]
-    return res
+        out.update({f"litert-{t}t": TfliteRunner(fb, threads=t) for t in threads})
+    return out
 
 
-def bench(models: list[str], keeps: list[float], multiple: int, threads: list[int], runs: int, tflite: bool) -> list[dict[str, Any]]:
+def _interleaved(runners: dict[str, dict[str, Any]], shape: tuple[int, int, int], runs: int, chunks: int = 10) -> dict[str, dict[str, dict[str, float]]]:
+    """Batch-1 latency of every (variant, backend), measured in interleaved chunks.
+
+    On a shared machine other processes come and go; timing the variants in turns
+    exposes them to the same interference, so their ratios stay fair.
+    """
+    x = np.random.default_rng(0).standard_normal((1, *shape)).astype(np.float32)
+    samples: dict[tuple[str, str], list[float]] = {}
+    for variant, by_backend in runners.items():
+        for backend, r in by_backend.items():
+            for _ in range(20):  # warm-up
+                r.run(x)
+            samples[(variant, backend)] = []
+    per_chunk = max(1, runs // chunks)
+    for _ in range(chunks):
+        for variant, by_backend in runners.items():
+            for backend, r in by_backend.items():
+                for _ in range(per_chunk):
+                    t0 = time.perf_counter()
+                    r.run(x)
+                    samples[(variant, backend)].append(time.perf_counter() - t0)
+    out: dict[str, dict[str, dict[str, float]]] = {}
+    for (variant, backend), ts in samples.items():
+        a = np.asarray(ts) * 1e3
+        out.setdefault(variant, {})[backend] = {"median_ms": float(np.median(a)), "min_ms": float(a.min()),
+                                               "p10_ms": float(np.percentile(a, 10))}
+    return out
+
+
+def bench(models: list[str], keeps: list[float], multiple: int, threads: list[int], runs: int, tflite: bool,
+          stat: str = "p10_ms") -> list[dict[str, Any]]:
     rows = []
     for name in models:
         for keep in keeps:
             variants = _variants(name, keep, multiple)
+            runners = {v: _runners(m, SHAPES[name], threads, tflite) for v, (m, _, _) in variants.items()}
+            timing = _interleaved(runners, SHAPES[name], runs)
             dense_macs = variants["masked-dense"][1]
-            dense_t: dict[str, float] = {}
-            for vname, (module, macs, widths) in variants.items():
-                lat = _time(module, SHAPES[name], threads, runs, tflite)
-                if vname == "masked-dense":
-                    dense_t = lat
+            dense_t = {k: v[stat] for k, v in timing["masked-dense"].items()}
+            for vname, (_, macs, widths) in variants.items():
+                lat = {k: v[stat] for k, v in timing[vname].items()}
                 speedup = {k: dense_t[k] / v for k, v in lat.items()}
                 mac_red = dense_macs / macs
                 rows.append({"model": name, "keep": keep, "variant": vname, "macs": macs, "mac_reduction": mac_red,
-                             "latency_ms": lat, "speedup": speedup,
+                             "stat": stat, "latency_ms": lat, "timing": timing[vname], "speedup": speedup,
                              "efficiency": {k: s / mac_red for k, s in speedup.items()}, "widths": widths})
                 print(f"  {name} keep {keep} {vname}: " + ", ".join(f"{k} {v:.3f} ms" for k, v in lat.items()),
                       file=sys.stderr, flush=True)
@@ -89,7 +116,8 @@ def _print(rows: list[dict[str, Any]]) -> None:
     from rich.table import Table
 
     keys = list(rows[0]["latency_ms"])
-    table = Table(title=f"batch-1 latency, median (ms); speed-up vs masked-dense / MAC reduction (target >= {TARGET})")
+    stat = rows[0]["stat"].removesuffix("_ms")
+    table = Table(title=f"batch-1 latency, {stat} (ms); eff = speed-up vs masked-dense / MAC reduction (target >= {TARGET})")
     for col in ["model", "keep", "variant", "MACs", "MAC red.", *keys, *(f"eff {k}" for k in keys)]:
         table.add_column(col, justify="right")
     for r in rows:
@@ -105,7 +133,9 @@ def main() -> None:
     ap.add_argument("--keeps", default="0.1,0.3,0.5")
     ap.add_argument("--multiple", type=int, default=8, help="channel multiple for the rounded variant")
     ap.add_argument("--threads", default="1,2")
-    ap.add_argument("--runs", type=int, default=200, help="timed runs per configuration (median reported)")
+    ap.add_argument("--runs", type=int, default=200, help="timed runs per configuration")
+    ap.add_argument("--stat", default="p10", choices=["p10", "median", "min"],
+                    help="latency statistic (p10: robust on a shared machine, where the median carries other jobs' load)")
     ap.add_argument("--no-tflite", action="store_true", help="onnxruntime only")
     ap.add_argument("--json", action="store_true", help="print rows as JSON on stdout")
     a = ap.parse_args()
@@ -113,7 +143,7 @@ def main() -> None:
     torch.set_num_threads(1)
     t0 = time.perf_counter()
     rows = bench(a.models.split(","), [float(k) for k in a.keeps.split(",")], a.multiple,
-                 [int(t) for t in a.threads.split(",")], a.runs, not a.no_tflite)
+                 [int(t) for t in a.threads.split(",")], a.runs, not a.no_tflite, f"{a.stat}_ms")
     if a.json:
         print(json.dumps({"rows": rows, "seconds": time.perf_counter() - t0, "cpu_count": os.cpu_count()}, indent=2))
     else:

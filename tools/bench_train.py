@@ -45,6 +45,7 @@ def main() -> None:
     ap.add_argument("--data-dir", default=None)
     ap.add_argument("--preset", default="default")
     ap.add_argument("--batch-size", type=int, default=128)
+    ap.add_argument("--dense-lr", type=float, default=None, help="dense SGD lr (preset's dense_lr by default)")
     ap.add_argument("--seed", type=int, default=0)
     ap.add_argument("--threads", type=int, default=0, help="torch threads (0: torch's default)")
     ap.add_argument("--json", action="store_true")
@@ -53,7 +54,7 @@ def main() -> None:
         torch.set_num_threads(args.threads)
 
     ds = load_dataset(args.dataset, args.data_dir)
-    algo = get_preset(args.preset, "local", batch_size=args.batch_size)
+    algo = get_preset(args.preset, "local", batch_size=args.batch_size, dense_lr=args.dense_lr)
     spec = ModelSpec(args.model, ds.input_shape, ds.num_classes, keep=args.keep)
     masked = build_model(spec)
     dense = build_model(ModelSpec(args.model, ds.input_shape, ds.num_classes, dense=True))

@@ -127,9 +127,33 @@ def main(argv: list[str] | None = None) -> int:
         results["experiments"][exp] = rows
         (root / "results.json").parent.mkdir(parents=True, exist_ok=True)
         (root / "results.json").write_text(json.dumps(results, indent=1))
+    plot_curves(results, root)
     (root / "results.md").write_text(render(results, args))
     print(render(results, args))
     return 0
+
+
+def plot_curves(results: dict[str, Any], root: Path) -> None:
+    """<exp>_<setting>.png: mean accuracy against cumulative encoded bytes, one line per run (first seed)."""
+    try:
+        import matplotlib
+
+        matplotlib.use("Agg")
+        import matplotlib.pyplot as plt
+    except ImportError:
+        return
+    for exp, rows in results["experiments"].items():
+        for col in dict.fromkeys(r["col"] for r in rows):
+            fig, ax = plt.subplots(figsize=(6, 4))
+            for r in (r for r in rows if r["col"] == col):
+                curve = r["curve"][0]
+                ax.plot([max(b, 1) for _, _, b in curve], [100 * a for _, a, _ in curve], marker=".", label=r["row"])
+            ax.set(xscale="log", xlabel="cumulative bytes sent, encoded (all nodes; local: 1)", ylabel="mean accuracy (%)",
+                   title=f"{exp} {col}")
+            ax.grid(alpha=0.3), ax.legend(fontsize=8)
+            fig.tight_layout()
+            fig.savefig(root / f"{exp}_{col.replace(' ', '_')}.png", dpi=100)
+            plt.close(fig)
 
 
 def render(results: dict[str, Any], args: argparse.Namespace) -> str:

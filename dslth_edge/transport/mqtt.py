@@ -263,15 +263,22 @@ class MqttTransport:
         if proto not in ("auto", "5", "3.1.1"):
             raise UsageError(f"MQTT protocol must be auto, 5 or 3.1.1, got {proto!r}")
         use_v5 = proto in ("auto", "5")
+        # A probe is a clean connection: under our own client id it wipes the broker's session
+        # (subscriptions, frames queued while we were away). That is wanted for a fresh run
+        # only; a resumed node probes under another id and keeps its session.
+        probe_id = self.client_id if self.fresh else f"{self.client_id}-probe"
+        wiped = False
         if use_v5:
-            verdict = self._probe(addr, v5=True)
+            verdict = self._probe(addr, v5=True, client_id=probe_id)
             if verdict == "unsupported" and proto == "auto":
                 use_v5 = False
             elif verdict != "ok":
                 raise TransportError(verdict)
-        if not use_v5 or self.fresh:
+            else:
+                wiped = self.fresh
+        if not use_v5 or (self.fresh and not wiped):
             # 3.1.1 has no clean-start-then-persist: a clean connection clears the old session
-            verdict = self._probe(addr, v5=use_v5)
+            verdict = self._probe(addr, v5=use_v5, client_id=probe_id)
             if verdict != "ok":
                 raise TransportError(verdict)
         self._v5 = use_v5
@@ -294,9 +301,9 @@ class MqttTransport:
         props.SessionExpiryInterval = self.options.session_expiry_s
         return props
 
-    def _make_client(self, addr: BrokerAddress, *, v5: bool, persistent: bool) -> mqtt.Client:
+    def _make_client(self, addr: BrokerAddress, *, v5: bool, persistent: bool, client_id: str | None = None) -> mqtt.Client:
         client = mqtt.Client(
-            CallbackAPIVersion.VERSION2, client_id=self.client_id,
+            CallbackAPIVersion.VERSION2, client_id=client_id or self.client_id,
             protocol=mqtt.MQTTv5 if v5 else mqtt.MQTTv311,
             clean_session=None if v5 else not persistent,
         )
@@ -320,11 +327,11 @@ class MqttTransport:
             client.on_message = self._on_message
         return client
 
-    def _probe(self, addr: BrokerAddress, *, v5: bool) -> str:
+    def _probe(self, addr: BrokerAddress, *, v5: bool, client_id: str | None = None) -> str:
         """One short clean connection: "ok", "unsupported" (no MQTT 5) or an error line."""
         result: dict[str, Any] = {}
         done = threading.Event()
-        client = self._make_client(addr, v5=v5, persistent=False)
+        client = self._make_client(addr, v5=v5, persistent=False, client_id=client_id)
 
         def on_connect(c: mqtt.Client, u: Any, flags: Any, rc: Any, props: Any = None) -> None:
             result["rc"] = rc

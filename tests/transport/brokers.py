@@ -53,9 +53,15 @@ class Mosquitto:
             f"persistence_location {self.dir}/",
             "autosave_interval 1",
             "max_queued_messages 10000",
-            "log_dest none",
+            "log_dest stderr",
+            "log_type error",
+            "log_type warning",
             f"allow_anonymous {'false' if password_file else 'true'}",
         ]
+        if hasattr(os, "geteuid") and os.geteuid() == 0:
+            # started as root, mosquitto drops to user "mosquitto", which cannot read a
+            # pytest temporary directory (mode 700): stay the user that started it
+            lines.append("user root")
         if password_file:
             lines.append(f"password_file {password_file}")
         if acl_file:
@@ -68,11 +74,14 @@ class Mosquitto:
         return f"mqtt://127.0.0.1:{self.port}"
 
     def start(self) -> "Mosquitto":
-        self.proc = subprocess.Popen([MOSQUITTO, "-c", str(self.conf)], stdout=subprocess.DEVNULL,
-                                     stderr=subprocess.PIPE, start_new_session=True)
+        log = self.dir / "mosquitto.log"
+        with open(log, "ab") as fh:
+            self.proc = subprocess.Popen([MOSQUITTO, "-c", str(self.conf)], stdout=subprocess.DEVNULL,
+                                         stderr=fh, start_new_session=True)
         if not wait_port(self.port):
             self.stop()
-            raise RuntimeError(f"mosquitto did not start on port {self.port}")
+            tail = log.read_text(errors="replace").strip().splitlines()[-3:]
+            raise RuntimeError(f"mosquitto did not start on port {self.port}: {' | '.join(tail)}")
         return self
 
     def stop(self) -> None:
