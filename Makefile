@@ -35,11 +35,20 @@ $(STAMP): pyproject.toml | system-packages
 	$(PIP) install -q -e ".[$(EXTRAS)]"
 	@touch $(STAMP)
 
+# an 8-node fleet over the embedded broker, then shrink + export + a verdict per device
 demo: system-packages $(STAMP)
-	$(VENV)/bin/dslth-edge train --profile jetson-nano --dataset fashion-mnist --rounds 200 --out runs/demo-$$(date +%Y%m%d-%H%M%S)
+	$(PY) tools/demo.py
 
-test: system-packages $(STAMP)
-	$(PY) -m pytest -q
+# a second, runtime-only environment (tflite-runtime + numpy, no torch): the export tests
+# show that exported .tflite files run on older devices' interpreter too
+TFLRT := .venv-tflite-runtime
+$(TFLRT)/.installed:
+	@test -x $(TFLRT)/bin/python || $(PYTHON) -m venv $(TFLRT)
+	$(TFLRT)/bin/python -m pip install -q "tflite-runtime==2.14.0" "numpy<2"
+	@touch $@
+
+test: system-packages $(STAMP) $(TFLRT)/.installed
+	DSLTH_TFLITE_RUNTIME_PYTHON=$(CURDIR)/$(TFLRT)/bin/python $(PY) -m pytest -q
 
 clean:
-	rm -rf $(VENV) build dist *.egg-info .pytest_cache .hypothesis
+	rm -rf $(VENV) $(TFLRT) build dist *.egg-info .pytest_cache .hypothesis

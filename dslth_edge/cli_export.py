@@ -25,7 +25,7 @@ __all__ = ["export"]
 @click.option("--out", default=None, help="Output file (default DIR/node-I/exports/model[-int8|-dynamic].FORMAT).")
 @click.option("--round-channels", is_flag=True, help="Round kept channels up to the profile's channel multiple (re-admits the best pruned channels).")
 @click.option("--channel-multiple", default=None, type=int, help="Round kept channels up to this multiple (implies --round-channels).")
-@click.option("--eval-samples", default=None, type=int, help="Evaluate on the first N test samples of the node (default: all).")
+@click.option("--eval-samples", default=None, type=int, help="Evaluate on N test samples of the node, evenly spread over its classes (default: all).")
 @click.option("--int8-route", default="auto", show_default=True,
               help="TFLite int8: auto (ai-edge-quantizer, or PT2E when that is more faithful) | aeq | pt2e.")
 @click.option("--no-dense", "no_dense", is_flag=True, help="Skip converting the masked-dense model (its file size column stays empty).")

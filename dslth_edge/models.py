@@ -66,7 +66,9 @@ class _Factory:
         self.stream += 1
         return layer
 
-    def linear(self, fin: int, fout: int) -> nn.Module:
+    def linear(self, fin: int, fout: int, *, classifier: bool = False) -> nn.Module:
+        """A linear layer; the classifier's mask is always unstructured: its output
+        channels are the classes, and a pruned class row would be a class never predicted."""
         s = self.spec
         if s.dense:
             layer: nn.Module = nn.Linear(fin, fout, bias=False)
@@ -74,7 +76,7 @@ class _Factory:
                 layer.weight.copy_(init_weights(tuple(layer.weight.shape), s.weight_seed, self.stream, s.init))
         else:
             layer = MaskedLinear(
-                fin, fout, keep=self._keep(), granularity=s.granularity,
+                fin, fout, keep=self._keep(), granularity="unstructured" if classifier else s.granularity,
                 seed=s.weight_seed, stream=self.stream, score_seed=s.score_seed, init=s.init,
             )
         self.stream += 1
@@ -105,7 +107,7 @@ class PaperCNN(nn.Module):
         if h3 < 1 or w3 < 1:
             raise UsageError(f"paper-cnn needs inputs of at least 8x8, got {h}x{w}")
         self.fc1 = f.linear(256 * h3 * w3, 192)
-        self.fc2 = f.linear(192, num_classes)
+        self.fc2 = f.linear(192, num_classes, classifier=True)
         _link(self.conv1, None), _link(self.conv2, self.conv1), _link(self.conv3, self.conv2)
         _link(self.fc1, self.conv3), _link(self.fc2, self.fc1)
 
@@ -138,7 +140,7 @@ class McuCNN(nn.Module):
         c = input_shape[0]
         self.block1, self.block2, self.block3 = ConvBNGate(f, c, 16, 3), ConvBNGate(f, 16, 32, 3), ConvBNGate(f, 32, 64, 3)
         self.pool = nn.MaxPool2d(2)
-        self.fc = f.linear(64, num_classes)
+        self.fc = f.linear(64, num_classes, classifier=True)
         _link(self.block1.conv, None), _link(self.block2.conv, self.block1.conv)
         _link(self.block3.conv, self.block2.conv), _link(self.fc, self.block3.conv)
 
@@ -171,7 +173,7 @@ class ResNet8(nn.Module):
         super().__init__()
         self.stem = ConvBNGate(f, input_shape[0], 16, 3)
         self.stack1, self.stack2, self.stack3 = ResidualStack(f, 16, 16, 1), ResidualStack(f, 16, 32, 2), ResidualStack(f, 32, 64, 2)
-        self.fc = f.linear(64, num_classes)
+        self.fc = f.linear(64, num_classes, classifier=True)
         prev = self.stem.conv
         for stack in (self.stack1, self.stack2, self.stack3):
             _link(stack.body1.conv, prev), _link(stack.body2.conv, stack.body1.conv)

@@ -143,8 +143,13 @@ def quantize_tflite(float_bytes: bytes, mode: str, calibration: np.ndarray | Non
     return bytes(result.quantized_model)
 
 
-def tflite_int8_pt2e(module: nn.Module, input_shape: Sequence[int], calibration: np.ndarray) -> bytes:
-    """Static int8 through litert-torch's PT2E quantizer (per-channel weights, histogram activations)."""
+def tflite_int8_pt2e(module: nn.Module, input_shape: Sequence[int], calibration: np.ndarray, *, attempts: int = 3) -> bytes:
+    """Static int8 through litert-torch's PT2E quantizer (per-channel weights, histogram activations).
+
+    litert-torch 0.10's annotator sometimes fails on conv → ReLU → max-pool graphs with
+    "'relu_1' not in ... observer" and succeeds on the same module the next time (it
+    depends on node iteration order), so a failed attempt is retried.
+    """
     lt = _litert_torch()
     try:
         from litert_torch.quantize.pt2e_quantizer import PT2EQuantizer, get_symmetric_quantization_config
@@ -154,17 +159,20 @@ def tflite_int8_pt2e(module: nn.Module, input_shape: Sequence[int], calibration:
     except ImportError as exc:
         raise ExportError(f"the PT2E route needs litert-torch with torchao: {exc}") from exc
     sample = torch.zeros(1, *input_shape)
-    quantizer = PT2EQuantizer().set_global(get_symmetric_quantization_config(is_per_channel=True))
-    try:
-        with _quiet():
-            graph = torch.export.export(module.eval(), (sample,)).module()
-            prepared = prepare_pt2e(graph, quantizer)
-            move_exported_model_to_eval(prepared)
-            with torch.no_grad():
-                for i in range(len(calibration)):  # the exported graph has a static batch of 1
-                    prepared(torch.from_numpy(np.ascontiguousarray(calibration[i : i + 1], dtype=np.float32)))
-            converted = convert_pt2e(prepared, fold_quantize=False)
-            move_exported_model_to_eval(converted)
-            return _model_bytes(lt.convert(converted, (sample,), quant_config=QuantConfig(pt2e_quantizer=quantizer)))
-    except Exception as exc:
-        raise ExportError(f"PT2E int8 conversion failed: {exc}") from exc
+    last: Exception | None = None
+    for _ in range(max(1, attempts)):
+        quantizer = PT2EQuantizer().set_global(get_symmetric_quantization_config(is_per_channel=True))
+        try:
+            with _quiet():
+                graph = torch.export.export(module.eval(), (sample,)).module()
+                prepared = prepare_pt2e(graph, quantizer)
+                move_exported_model_to_eval(prepared)
+                with torch.no_grad():
+                    for i in range(len(calibration)):  # the exported graph has a static batch of 1
+                        prepared(torch.from_numpy(np.ascontiguousarray(calibration[i : i + 1], dtype=np.float32)))
+                converted = convert_pt2e(prepared, fold_quantize=False)
+                move_exported_model_to_eval(converted)
+                return _model_bytes(lt.convert(converted, (sample,), quant_config=QuantConfig(pt2e_quantizer=quantizer)))
+        except Exception as exc:
+            last = exc
+    raise ExportError(f"PT2E int8 conversion failed ({attempts} attempts): {last}") from last

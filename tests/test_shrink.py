@@ -22,6 +22,7 @@ from dslth_edge.shrink import (  # noqa: E402
     SHRUNK_ARRAYS,
     count_macs,
     count_params,
+    fold_batchnorm,
     load_shrunk,
     round_channels,
     save_shrunk,
@@ -271,3 +272,13 @@ def test_costs() -> None:
     shrunk = shrink(model, (1, 28, 28))
     assert count_macs(shrunk, (1, 28, 28)) == 32 * 25 * 784 + 64 * 32 * 25 * 196 + 128 * 64 * 25 * 49 + 1152 * 96 + 96 * 10
     assert count_params(shrunk) == 32 * 25 + 64 * 32 * 25 + 128 * 64 * 25 + 1152 * 96 + 96 * 10
+
+
+def test_fold_batchnorm(zoo) -> None:
+    model, shape = zoo["mcu-cnn"], SHAPES["mcu-cnn"]
+    _pin(model, 0.3, "channel")
+    folded = fold_batchnorm(shrink(model, shape))
+    assert not any(isinstance(m, nn.BatchNorm2d) for m in folded.modules())
+    assert shrunk_info(folded).arch == "mcu-cnn"
+    assert _max_diff(model, folded, torch.randn(8, *shape)) <= TOL
+    set_masks(model, None)

@@ -11,7 +11,7 @@ import torch
 onnx = pytest.importorskip("onnx")
 
 from dslth_edge.exporters.metadata import read_onnx_metadata  # noqa: E402
-from dslth_edge.exporters.onnx import OPSET, check_onnx, onnx_bytes  # noqa: E402
+from dslth_edge.exporters.onnx import OPSET, check_onnx, onnx_bytes, quantize_onnx  # noqa: E402
 from dslth_edge.exporters.report import size_bound  # noqa: E402
 from dslth_edge.exporters.runtime import OnnxRunner  # noqa: E402
 from dslth_edge.masking import masked_layers, set_masks, topk_mask  # noqa: E402
@@ -88,3 +88,13 @@ def test_zoo_parity(name: str, shape: tuple[int, int, int]) -> None:
     with torch.no_grad():
         ref = model(torch.from_numpy(x)).numpy()
     assert float(np.abs(OnnxRunner(data).run(x) - ref).max()) <= 1e-4
+
+
+def test_dynamic_quantization(exported_onnx) -> None:
+    """--quantize dynamic: int8 weights, float activations; predictions stay those of fp32."""
+    path, _ = exported_onnx["onnx"]
+    data = quantize_onnx(path.read_bytes(), "dynamic")
+    assert len(data) < path.stat().st_size
+    x = np.random.default_rng(1).standard_normal((64, 1, 28, 28)).astype(np.float32)
+    agree = (OnnxRunner(data).run(x).argmax(1) == OnnxRunner(path).run(x).argmax(1)).mean()
+    assert agree >= 0.9

@@ -12,7 +12,7 @@ pytest.importorskip("ai_edge_litert")
 from dslth_edge.exporters.metadata import read_tflite_metadata  # noqa: E402
 from dslth_edge.exporters.report import size_bound  # noqa: E402
 from dslth_edge.exporters.runtime import TfliteRunner  # noqa: E402
-from dslth_edge.exporters.tflite import tflite_bytes  # noqa: E402
+from dslth_edge.exporters.tflite import quantize_tflite, tflite_bytes  # noqa: E402
 from dslth_edge.masking import masked_layers, set_masks, topk_mask  # noqa: E402
 from dslth_edge.models import ModelSpec, build_model  # noqa: E402
 from dslth_edge.runinfo import load_run  # noqa: E402
@@ -69,3 +69,13 @@ def test_resnet_parity() -> None:
     with torch.no_grad():
         ref = model(torch.from_numpy(x)).numpy()
     assert float(np.abs(TfliteRunner(tflite_bytes(shrunk, shape)).run(x) - ref).max()) <= 1e-4
+
+
+def test_dynamic_quantization(exported_tflite) -> None:
+    """--quantize dynamic: int8 weights, float input/output."""
+    path, _ = exported_tflite["tflite"]
+    data = quantize_tflite(path.read_bytes(), "dynamic")
+    runner = TfliteRunner(data)
+    assert runner.input_quantization is None and len(data) < path.stat().st_size
+    x = np.random.default_rng(1).standard_normal((64, 1, 28, 28)).astype(np.float32)
+    assert (runner.run(x).argmax(1) == TfliteRunner(path).run(x).argmax(1)).mean() >= 0.9
