@@ -204,20 +204,10 @@ def policy_replay(history: Sequence[Masks], key_interval: int = KEY_INTERVAL) ->
     shapes = [m.shape for m in history[0]]
     n = sum(m.size for m in history[0])
     frames = []
-    last_key = 0
     for r, masks in enumerate(history):
         f = enc.encode(masks, round=r, shapes=shapes, sender=0, fingerprint=FP, fleet=FLEET)
         row = {"round": r, "kind": f.kind, "base_round": f.base_round,
                "payload_bpp": 8 * f.payload_bytes / n, "frame_bpp": f.bits_per_param}
-        # what-if (NOT the real policy): the delta also tried on r-2 when that is held and
-        # not older than the last key frame, keeping the smaller (masks oscillate, see report)
-        row["best_base_frame_bpp"] = row["frame_bpp"]
-        if f.base_round is not None and r - 2 >= 0 and r - 2 >= last_key:
-            g = encode_frame_stats(masks, round=r, base=(r - 2, history[r - 2]), shapes=shapes, sender=0,
-                                   fingerprint=FP, fleet=FLEET)
-            row["best_base_frame_bpp"] = min(row["frame_bpp"], g.bits_per_param)
-        if f.base_round is None:
-            last_key = r
         frames.append(row)
     def mean(key: str, kind: str | None = None) -> float | None:
         xs = [f[key] for f in frames if kind is None or f["kind"] == kind]
@@ -226,7 +216,6 @@ def policy_replay(history: Sequence[Masks], key_interval: int = KEY_INTERVAL) ->
         "rounds": len(frames), "key_interval": key_interval,
         "keys": sum(f["kind"] == "key" for f in frames), "deltas": sum(f["kind"] != "key" for f in frames),
         "mean_frame_bpp": mean("frame_bpp"), "mean_payload_bpp": mean("payload_bpp"),
-        "whatif_best_of_r1_r2_base_mean_frame_bpp": mean("best_base_frame_bpp"),
         "mean_key_frame_bpp": mean("frame_bpp", "key"), "mean_delta_frame_bpp": mean("frame_bpp", "delta"),
         "per_round": frames,
     }
@@ -307,8 +296,6 @@ def print_history_summary(a: dict) -> None:
     print(f"    mean {p['mean_frame_bpp']:.4f} bits/param whole frame ({p['mean_payload_bpp']:.4f} payload); "
           f"key frames {p['mean_key_frame_bpp']:.4f}, deltas {_fmt(p['mean_delta_frame_bpp'])}  "
           f"[raw bitmap 1.0, dense fp32 32]")
-    print(f"    what-if (not the real policy): delta on the better of r-1 / r-2: mean "
-          f"{p['whatif_best_of_r1_r2_base_mean_frame_bpp']:.4f} b/p")
     if "live" in a:
         print(f"    node 0's live Exchange in the run: mean {a['live']['mean_frame_bpp']:.4f} b/p, "
               f"{a['live']['keys']} key frames")
@@ -494,13 +481,13 @@ def print_overview(report: dict) -> None:
         return
     print("\n== overview (bits/param; auto = the encoder's per-layer choice; payload only unless 'frame')")
     print(f"  {'history':<34}{'case':<26}{'order0':>9}{'per-chan':>10}{'auto':>9}{'x order0':>10}"
-          + "".join(f"{c:>13}" for c in CODEC_ORDER))
+          + "".join(f"{c:>15}" for c in CODEC_ORDER))
     for a in report["histories"]:
         for pk in a["picks"]:
             row = f"  {a['label']:<34}{pk['case']:<26}{pk['order0_bound_bpp']:>9.4f}{pk['channel_bound_bpp']:>10.4f}"
             auto = pk["codecs"]["auto"]
             row += f"{auto['bpp']:>9.4f}{_fmt(auto['ratio'], '.4f'):>10}"
-            row += "".join(f"{pk['codecs'][c]['bpp']:>13.4f}" if c in pk["codecs"] else f"{'-':>13}" for c in CODEC_ORDER)
+            row += "".join(f"{pk['codecs'][c]['bpp']:>15.4f}" if c in pk["codecs"] else f"{'-':>15}" for c in CODEC_ORDER)
             print(row)
         p = a["policy"]
         print(f"  {a['label']:<34}{'policy mean, ' + str(p['rounds']) + ' rounds':<26}{'':>9}{'':>10}"

@@ -85,10 +85,12 @@ def main() -> None:
             s.step()
         if (step + 1) % max(1, steps // 10) == 0 or step + 1 == steps:
             row = {"step": step + 1, "epoch": (step + 1) * args.batch_size / len(ds.y_train),
-                   "mask_acc": accuracy(masked, ds.x_test, ds.y_test), "dense_acc": accuracy(dense, ds.x_test, ds.y_test)}
+                   "mask_acc": accuracy(masked, ds.x_test, ds.y_test), "dense_acc": accuracy(dense, ds.x_test, ds.y_test),
+                   "step_ratio_so_far": t_mask / t_dense}
             curve.append(row)
             if not args.json:
-                print(f"step {row['step']:5d}  epoch {row['epoch']:.2f}  mask {100 * row['mask_acc']:.2f}%  dense {100 * row['dense_acc']:.2f}%", flush=True)
+                print(f"step {row['step']:5d}  epoch {row['epoch']:.2f}  mask {100 * row['mask_acc']:.2f}%  dense {100 * row['dense_acc']:.2f}%  "
+                      f"step time mask/dense {row['step_ratio_so_far']:.3f}x", flush=True)
     result = {
         "model": args.model, "dataset": args.dataset, "keep": args.keep, "epochs": args.epochs, "steps": steps,
         "batch_size": args.batch_size, "preset": algo.to_dict(), "threads": torch.get_num_threads(),

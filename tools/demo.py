@@ -44,7 +44,7 @@ def main() -> int:
 
     console.rule("[bold]1. fleet: masks gossiped over the embedded MQTT broker")
     cmd = [sys.executable, "-m", "dslth_edge", "fleet", "run", "--nodes", str(args.nodes), "--profiles", args.profiles,
-           "--dataset", "fashion-mnist", "--partition", "classes:2", "--model", "mcu-cnn", "--granularity", "channel",
+           "--dataset", "fashion-mnist", "--partition", "classes:2", "--model", "mcu-cnn", "--granularity", "unstructured",
            "--rounds", str(args.rounds), "--eval-every", "20", "--out", str(run)]
     console.print("$ " + " ".join(cmd[1:]).replace("-m dslth_edge", "dslth-edge"), style="dim")
     if subprocess.run(cmd).returncode != 0:
