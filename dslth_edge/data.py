@@ -33,6 +33,7 @@ from typing import Any, Iterator, Sequence
 import numpy as np
 
 from dslth_edge.errors import DatasetError
+from dslth_edge.textmatrix import read_int_matrix
 
 __all__ = [
     "KNOWN_DATASETS",
@@ -696,25 +697,7 @@ def _apportion(total: int, weights: Sequence[float] | np.ndarray) -> np.ndarray:
 def load_count_matrix(path: str | Path) -> np.ndarray:
     """Read a whitespace-separated (nodes x classes) matrix of non-negative ints."""
     p = Path(path)
-    try:
-        text = p.read_text()
-    except OSError as exc:
-        raise DatasetError(f"partition file {p}: cannot read: {exc.strerror or exc}") from exc
-    rows = []
-    for lineno, line in enumerate(text.splitlines(), 1):
-        line = line.split("#", 1)[0].strip()
-        if not line:
-            continue
-        try:
-            rows.append([int(tok) for tok in line.split()])
-        except ValueError:
-            raise DatasetError(f"partition file {p}: line {lineno} holds a non-integer") from None
-    if not rows:
-        raise DatasetError(f"partition file {p}: empty")
-    widths = {len(r) for r in rows}
-    if len(widths) != 1:
-        raise DatasetError(f"partition file {p}: rows have different lengths {sorted(widths)}")
-    m = np.array(rows, dtype=np.int64)
+    m = read_int_matrix(p, "partition file", DatasetError)
     if (m < 0).any():
         raise DatasetError(f"partition file {p}: negative count")
     return m

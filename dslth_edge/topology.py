@@ -20,6 +20,7 @@ from typing import Iterable, Sequence
 import numpy as np
 
 from dslth_edge.errors import UsageError
+from dslth_edge.textmatrix import read_int_matrix
 
 __all__ = [
     "TopologyError",
@@ -377,25 +378,7 @@ def _adjacency_problem(a: np.ndarray) -> str | None:
 def from_file(path: str | Path) -> Topology:
     """Read a whitespace-separated 0/1 adjacency matrix (rows = nodes; '#' comments)."""
     p = Path(path)
-    try:
-        text = p.read_text()
-    except OSError as exc:
-        raise TopologyError(f"adjacency file {p}: cannot read: {exc.strerror or exc}") from exc
-    rows = []
-    for lineno, line in enumerate(text.splitlines(), 1):
-        line = line.split("#", 1)[0].strip()
-        if not line:
-            continue
-        try:
-            rows.append([int(tok) for tok in line.split()])
-        except ValueError:
-            raise TopologyError(f"adjacency file {p}: line {lineno} holds a non-integer entry") from None
-    if not rows:
-        raise TopologyError(f"adjacency file {p}: empty")
-    widths = {len(r) for r in rows}
-    if len(widths) != 1:
-        raise TopologyError(f"adjacency file {p}: rows have different lengths {sorted(widths)}")
-    a = np.array(rows, dtype=np.int64)
+    a = read_int_matrix(p, "adjacency file", TopologyError)
     problem = _adjacency_problem(a)
     if problem:
         raise TopologyError(f"adjacency file {p}: {problem}")
