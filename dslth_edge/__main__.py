@@ -1,5 +1,5 @@
 """``python -m dslth_edge``: the same CLI as the ``dslth-edge`` console script."""
 
-from .cli import main
+from dslth_edge.cli import main
 
 main()

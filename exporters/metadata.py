@@ -14,7 +14,7 @@ import json
 from pathlib import Path
 from typing import Any
 
-from ..errors import ExportError
+from dslth_edge.errors import ExportError
 
 __all__ = ["METADATA_KEY", "METADATA_FORMAT", "add_onnx_metadata", "read_onnx_metadata", "add_tflite_metadata", "read_tflite_metadata"]
 

@@ -23,7 +23,7 @@ import numpy as np
 import torch
 from torch import nn
 
-from ..errors import ExportError
+from dslth_edge.errors import ExportError
 
 __all__ = ["OPSET", "INPUT_NAME", "OUTPUT_NAME", "onnx_bytes", "check_onnx", "quantize_onnx"]
 

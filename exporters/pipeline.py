@@ -19,11 +19,11 @@ from typing import Any
 import numpy as np
 import torch
 
-from ..errors import ExportError, UsageError
-from ..masking import set_masks
-from ..rundir import atomic_write_bytes
-from ..runinfo import RunInfo, accuracy, load_run
-from ..shrink import (
+from dslth_edge.errors import ExportError, UsageError
+from dslth_edge.learn.masking import set_masks
+from dslth_edge.runs.rundir import atomic_write_bytes
+from dslth_edge.runs.runinfo import RunInfo, accuracy, load_run
+from dslth_edge.exporters.shrink import (
     count_macs,
     count_nonzero_params,
     count_params,
@@ -34,9 +34,9 @@ from ..shrink import (
     shrunk_info,
     to_plain,
 )
-from .metadata import add_onnx_metadata, add_tflite_metadata
-from .report import ExportReport, VariantRow, write_report
-from .runtime import Runner, open_runner
+from dslth_edge.exporters.metadata import add_onnx_metadata, add_tflite_metadata
+from dslth_edge.exporters.report import ExportReport, VariantRow, write_report
+from dslth_edge.exporters.runtime import Runner, open_runner
 
 __all__ = ["FORMATS", "QUANTIZE_MODES", "ExportOptions", "check_extra", "default_output", "export_node"]
 
@@ -100,19 +100,19 @@ def _channel_multiple(info: RunInfo, opts: ExportOptions) -> int | None:
         return None
     if not info.profile:
         raise UsageError("--round-channels needs the run's profile (none recorded): pass --channel-multiple N")
-    from ..profiles import load_profile
+    from dslth_edge.device.profiles import load_profile
 
     return int(load_profile(info.profile).compute.channel_multiple)
 
 
 def _convert(module: torch.nn.Module, shape: tuple[int, int, int], fmt: str) -> bytes:
     if fmt == "onnx":
-        from .onnx import check_onnx, onnx_bytes
+        from dslth_edge.exporters.onnx import check_onnx, onnx_bytes
 
         data = onnx_bytes(module, shape)
         check_onnx(data)
         return data
-    from .tflite import tflite_bytes
+    from dslth_edge.exporters.tflite import tflite_bytes
 
     return tflite_bytes(module, shape)
 
@@ -132,10 +132,10 @@ def _quantize(fmt: str, mode: str, float_bytes: bytes, shrunk: torch.nn.Module, 
     PT2E (histogram ranges) is tried too and the more faithful file is kept.
     """
     if fmt == "onnx":
-        from .onnx import quantize_onnx
+        from dslth_edge.exporters.onnx import quantize_onnx
 
         return quantize_onnx(float_bytes, mode, calib), "onnxruntime", {}
-    from .tflite import quantize_tflite, tflite_int8_pt2e
+    from dslth_edge.exporters.tflite import quantize_tflite, tflite_int8_pt2e
 
     if mode != "int8":
         return quantize_tflite(float_bytes, mode, calib), "aeq", {}

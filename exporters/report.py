@@ -12,7 +12,7 @@ from dataclasses import asdict, dataclass, field
 from pathlib import Path
 from typing import Any
 
-from ..rundir import write_json
+from dslth_edge.runs.rundir import write_json
 
 __all__ = ["REPORT_JSON", "VariantRow", "ExportReport", "write_report", "size_bound"]
 

@@ -15,7 +15,7 @@ from typing import Any, Protocol
 
 import numpy as np
 
-from ..errors import ExportError
+from dslth_edge.errors import ExportError
 
 __all__ = [
     "Runner",

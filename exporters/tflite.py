@@ -26,7 +26,7 @@ import numpy as np
 import torch
 from torch import nn
 
-from ..errors import ExportError
+from dslth_edge.errors import ExportError
 
 __all__ = ["INT8_ROUTES", "tflite_bytes", "quantize_tflite", "tflite_int8_pt2e", "signature_input_name"]
 
@@ -99,7 +99,7 @@ def tflite_bytes(module: nn.Module, input_shape: Sequence[int]) -> bytes:
 
 def signature_input_name(model_bytes: bytes) -> tuple[str, str]:
     """(signature key, its single input's name) of a converted model."""
-    from .runtime import tflite_interpreter_class
+    from dslth_edge.exporters.runtime import tflite_interpreter_class
 
     cls, _ = tflite_interpreter_class()
     sigs = cls(model_content=model_bytes).get_signature_list()

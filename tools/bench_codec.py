@@ -31,7 +31,7 @@ auto <= 1.02x the order-0 bound on every key frame and every delta whose bound i
 
 For recorded or trained histories it also replays the real sending policy over the
 whole history (``MaskEncoderState(key_interval=10, optimistic=True)``, as
-``dslth_edge.exchange.Exchange`` does: a key frame every 10 rounds, deltas on the
+``dslth_edge.fleet.exchange.Exchange`` does: a key frame every 10 rounds, deltas on the
 previous round otherwise) and reports the mean bits/param per round; the target is
 <= 0.25 bits/param at keep 0.3 (raw bitmap: 1, dense fp32 weights: 32).
 """
@@ -62,7 +62,7 @@ RATIO_TARGET = 1.02
 BOUND_FLOOR = 0.01  # bits/param: deltas below this are exempt from the ratio target
 TIME_TARGET_MS = 30.0
 POLICY_TARGET_BPP = 0.25  # mean whole-frame bits/param over a run at keep 0.3, real policy
-KEY_INTERVAL = 10  # as dslth_edge.exchange.Exchange
+KEY_INTERVAL = 10  # as dslth_edge.fleet.exchange.Exchange
 
 # CNN-like layer stacks (dim 0 = output channels) of about 1M and 10M parameters.
 SHAPES_1M = [(32, 3, 3, 3), (64, 32, 3, 3), (128, 64, 3, 3), (256, 128, 3, 3), (256, 256, 3, 3), (10, 2304)]

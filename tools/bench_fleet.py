@@ -30,10 +30,10 @@ from pathlib import Path
 ROOT = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(ROOT))
 
-from dslth_edge.fleet import FleetOptions  # noqa: E402
-from dslth_edge.fleet_node import NodeRunOptions  # noqa: E402
-from dslth_edge.fleet_process import FleetRunOptions, run_fleet  # noqa: E402
-from dslth_edge.rundir import read_metrics  # noqa: E402
+from dslth_edge.fleet.plan import FleetOptions  # noqa: E402
+from dslth_edge.fleet.device_node import NodeRunOptions  # noqa: E402
+from dslth_edge.fleet.processes import FleetRunOptions, run_fleet  # noqa: E402
+from dslth_edge.runs.rundir import read_metrics  # noqa: E402
 from tests.transport.brokers import Embedded, Mosquitto  # noqa: E402
 
 

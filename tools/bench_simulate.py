@@ -24,8 +24,8 @@ import torch
 import torch.nn.functional as F
 
 from dslth_edge.data import load_dataset, make_synthetic
-from dslth_edge.fleet import FleetOptions, make_node, plan_fleet
-from dslth_edge.models import ModelSpec, build_model
+from dslth_edge.fleet.plan import FleetOptions, make_node, plan_fleet
+from dslth_edge.learn.models import ModelSpec, build_model
 from dslth_edge.transport.memory import MemoryHub
 
 PAPER = Path(__file__).resolve().parents[1].parent / "shared" / "paper"

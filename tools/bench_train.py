@@ -20,9 +20,9 @@ import numpy as np
 import torch
 import torch.nn.functional as F
 
-from dslth_edge.algorithm import get_preset
+from dslth_edge.learn.algorithm import get_preset
 from dslth_edge.data import batch_indices, load_dataset
-from dslth_edge.models import ModelSpec, build_model
+from dslth_edge.learn.models import ModelSpec, build_model
 
 
 @torch.no_grad()

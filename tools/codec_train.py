@@ -19,7 +19,7 @@ import numpy as np
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
-from dslth_edge.fleet import FleetOptions, make_node, plan_fleet  # noqa: E402
+from dslth_edge.fleet.plan import FleetOptions, make_node, plan_fleet  # noqa: E402
 from dslth_edge.transport.memory import MemoryHub  # noqa: E402
 
 DEFAULT_DATA_DIR = "/usr/share/datasets/fashion-mnist"

@@ -27,7 +27,7 @@ from rich.table import Table
 from dslth_edge.exporters.pipeline import ExportOptions, export_node
 from dslth_edge.profiler.measure import ProfileOptions, profile_model
 from dslth_edge.profiler.verdict import judge
-from dslth_edge.profiles import load_profile
+from dslth_edge.device.profiles import load_profile
 
 PROFILES = "jetson-nano,raspberry-pi-4,esp32-s3,stm32h743"
 console = Console()

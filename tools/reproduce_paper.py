@@ -28,8 +28,9 @@ from typing import Any
 import torch
 
 from dslth_edge.data import load_dataset
-from dslth_edge.fleet import FleetOptions, simulate
-from dslth_edge.summary import bytes_to_reach
+from dslth_edge.fleet.plan import FleetOptions
+from dslth_edge.fleet.simulator import simulate
+from dslth_edge.fleet.summary import bytes_to_reach
 
 PAPER = Path(__file__).resolve().parents[1].parent / "shared" / "paper"
 ALGOS = ("mce-pl", "consensus", "local", "dpsgd", "dpsgd-ft")

@@ -23,17 +23,17 @@ report     rich tables, the --json document, the PNG histogram
 
 from __future__ import annotations
 
-from .analysis import ModelInfo, OpCost, analyze_onnx, analyze_tflite, analyze_torch_module, model_format
-from .backends import BACKENDS, BackendInfo, OpTime, PerOpProfile, make_runner, resolve_backend
-from .calibrate import Calibration, calibrate
-from .host_profile import default_host_profile_path, write_host_profile
-from .host import HostInfo, host_info, is_this_machine
-from .measure import MemoryFigures, ProfileOptions, ProfileResult, profile_model
-from .memory import RssTracker, current_rss_bytes, peak_rss_bytes, reset_peak_rss
-from .predictor import DeviceModel, LayerEstimate, Prediction, op_costs_from_layer_costs, padded_macs, predict
-from .report import SCHEMA_ID, report_to_dict, result_to_dict, write_histogram
-from .stats import PERCENTILES, LatencyStats, percentile, summarize
-from .verdict import Check, Verdict, judge
+from dslth_edge.profiler.analysis import ModelInfo, OpCost, analyze_onnx, analyze_tflite, analyze_torch_module, model_format
+from dslth_edge.profiler.backends import BACKENDS, BackendInfo, OpTime, PerOpProfile, make_runner, resolve_backend
+from dslth_edge.profiler.calibrate import Calibration, calibrate
+from dslth_edge.profiler.host_profile import default_host_profile_path, write_host_profile
+from dslth_edge.profiler.host import HostInfo, host_info, is_this_machine
+from dslth_edge.profiler.measure import MemoryFigures, ProfileOptions, ProfileResult, profile_model
+from dslth_edge.profiler.memory import RssTracker, current_rss_bytes, peak_rss_bytes, reset_peak_rss
+from dslth_edge.profiler.predictor import DeviceModel, LayerEstimate, Prediction, op_costs_from_layer_costs, padded_macs, predict
+from dslth_edge.profiler.report import SCHEMA_ID, report_to_dict, result_to_dict, write_histogram
+from dslth_edge.profiler.stats import PERCENTILES, LatencyStats, percentile, summarize
+from dslth_edge.profiler.verdict import Check, Verdict, judge
 
 __all__ = [
     # measuring

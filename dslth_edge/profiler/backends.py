@@ -27,7 +27,7 @@ from typing import Any
 
 from dslth_edge.errors import UsageError
 
-from .analysis import ModelInfo, analyze_onnx, analyze_tflite, analyze_torch_module, model_format, tflite_interpreter_class
+from dslth_edge.profiler.analysis import ModelInfo, analyze_onnx, analyze_tflite, analyze_torch_module, model_format, tflite_interpreter_class
 
 __all__ = [
     "BACKENDS",
@@ -452,7 +452,7 @@ class LiteRtRunner(Runner):
 
 
 class TorchRunner(Runner):
-    """A shrunk model built by :func:`dslth_edge.shrink.load_shrunk` (never an unpickled module)."""
+    """A shrunk model built by :func:`dslth_edge.exporters.shrink.load_shrunk` (never an unpickled module)."""
 
     backend = "torch"
 
@@ -469,9 +469,9 @@ class TorchRunner(Runner):
 
     def load(self) -> None:
         try:
-            from dslth_edge.shrink import load_shrunk  # type: ignore[attr-defined]
+            from dslth_edge.exporters.shrink import load_shrunk  # type: ignore[attr-defined]
         except ImportError as exc:
-            raise UsageError(f"--backend torch needs dslth_edge.shrink.load_shrunk ({exc})") from None
+            raise UsageError(f"--backend torch needs dslth_edge.exporters.shrink.load_shrunk ({exc})") from None
         self._saved_threads = self._torch.get_num_threads()  # process-wide: restored by close()
         self._torch.set_num_threads(self.threads)
         self._module = load_shrunk(self.path).eval()

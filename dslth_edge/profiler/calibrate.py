@@ -40,8 +40,8 @@ from typing import Any
 
 from dslth_edge.errors import UsageError
 
-from .analysis import OpCost, analyze_onnx
-from .predictor import DeviceModel, padded_macs, predict
+from dslth_edge.profiler.analysis import OpCost, analyze_onnx
+from dslth_edge.profiler.predictor import DeviceModel, padded_macs, predict
 
 __all__ = [
     "NetSpec",
@@ -377,7 +377,7 @@ def calibrate(
     """Measure every network of the suite with onnxruntime (N threads) and fit the model."""
     import onnx
 
-    from .backends import OnnxRuntimeRunner
+    from dslth_edge.profiler.backends import OnnxRuntimeRunner
 
     specs = list(suite) if suite is not None else calibration_suite()
     t_start = time.perf_counter()

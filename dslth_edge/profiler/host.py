@@ -16,7 +16,7 @@ from dataclasses import asdict, dataclass
 from typing import TYPE_CHECKING, Any
 
 if TYPE_CHECKING:  # pragma: no cover
-    from dslth_edge.profiles import Profile
+    from dslth_edge.device.profiles import Profile
 
 __all__ = ["HostInfo", "host_info", "host_marker", "is_this_machine"]
 

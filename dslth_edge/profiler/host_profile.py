@@ -23,8 +23,8 @@ import tempfile
 from pathlib import Path
 from typing import Any
 
-from .calibrate import Calibration
-from .host import host_info, host_marker
+from dslth_edge.profiler.calibrate import Calibration
+from dslth_edge.profiler.host import host_info, host_marker
 
 __all__ = ["TEMPLATE_PROFILE", "default_host_profile_path", "host_profile_toml", "write_host_profile"]
 
@@ -49,7 +49,7 @@ def _toml_value(v: Any) -> str:
 
 def host_profile_toml(cal: Calibration, *, template: str = TEMPLATE_PROFILE) -> str:
     """The text of a host profile: the template's structure with this machine's measured fields."""
-    from dslth_edge.profiles import SCHEMA, load_profile
+    from dslth_edge.device.profiles import SCHEMA, load_profile
 
     base = load_profile(template).to_dict()
     host = host_info()
@@ -145,7 +145,7 @@ def write_host_profile(cal: Calibration, path: str | os.PathLike[str] | None = N
 
     The text is validated with the profile loader before it replaces anything.
     """
-    from dslth_edge.profiles import load_profile
+    from dslth_edge.device.profiles import load_profile
 
     target = Path(path) if path is not None else default_host_profile_path()
     target = target.expanduser()

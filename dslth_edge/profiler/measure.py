@@ -23,11 +23,11 @@ from typing import Any
 
 from dslth_edge.errors import UsageError
 
-from .analysis import ModelInfo
-from .backends import BackendInfo, PerOpProfile, Runner, make_runner
-from .host import HostInfo, host_info
-from .memory import RssTracker
-from .stats import LatencyStats, summarize
+from dslth_edge.profiler.analysis import ModelInfo
+from dslth_edge.profiler.backends import BackendInfo, PerOpProfile, Runner, make_runner
+from dslth_edge.profiler.host import HostInfo, host_info
+from dslth_edge.profiler.memory import RssTracker
+from dslth_edge.profiler.stats import LatencyStats, summarize
 
 __all__ = ["ProfileOptions", "MemoryFigures", "ProfileResult", "profile_model"]
 

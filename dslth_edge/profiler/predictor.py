@@ -28,7 +28,7 @@ so they already fold typical memory traffic in). :mod:`.calibrate` fits both for
 
 Inputs: per-operator costs (:class:`~dslth_edge.profiler.analysis.OpCost`, from an ONNX
 graph, a .tflite file or a torch module) or the planner's
-:class:`~dslth_edge.costs.LayerCost` list with keep ratios.
+:class:`~dslth_edge.learn.costs.LayerCost` list with keep ratios.
 """
 
 from __future__ import annotations
@@ -40,11 +40,11 @@ from typing import TYPE_CHECKING, Any
 
 from dslth_edge.errors import UsageError
 
-from .analysis import OpCost, analyze_onnx
+from dslth_edge.profiler.analysis import OpCost, analyze_onnx
 
 if TYPE_CHECKING:  # pragma: no cover
-    from dslth_edge.costs import LayerCost
-    from dslth_edge.profiles import Profile
+    from dslth_edge.learn.costs import LayerCost
+    from dslth_edge.device.profiles import Profile
 
 __all__ = [
     "BYTES_PER_VALUE",

@@ -12,13 +12,13 @@ import os
 from collections.abc import Callable, Sequence
 from typing import TYPE_CHECKING, Any
 
-from .measure import ProfileResult
-from .verdict import Verdict
+from dslth_edge.profiler.measure import ProfileResult
+from dslth_edge.profiler.verdict import Verdict
 
 if TYPE_CHECKING:  # pragma: no cover
     from rich.console import Console
 
-    from .calibrate import Calibration
+    from dslth_edge.profiler.calibrate import Calibration
 
 __all__ = [
     "SCHEMA_ID",

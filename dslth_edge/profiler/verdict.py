@@ -20,13 +20,13 @@ from __future__ import annotations
 from dataclasses import asdict, dataclass
 from typing import TYPE_CHECKING, Any
 
-from .host import is_this_machine
-from .predictor import Prediction, predict
+from dslth_edge.profiler.host import is_this_machine
+from dslth_edge.profiler.predictor import Prediction, predict
 
 if TYPE_CHECKING:  # pragma: no cover
-    from dslth_edge.profiles import Profile
+    from dslth_edge.device.profiles import Profile
 
-    from .measure import ProfileResult
+    from dslth_edge.profiler.measure import ProfileResult
 
 __all__ = ["Check", "Verdict", "judge"]
 

@@ -2,7 +2,7 @@
 
 from __future__ import annotations
 
-from .base import Envelope, Transport
-from .memory import MemoryHub, MemoryTransport
+from dslth_edge.transport.base import Envelope, Transport
+from dslth_edge.transport.memory import MemoryHub, MemoryTransport
 
 __all__ = ["Envelope", "Transport", "MemoryHub", "MemoryTransport"]

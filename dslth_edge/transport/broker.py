@@ -17,7 +17,7 @@ import socket
 import threading
 from typing import Any
 
-from ..errors import TransportError, UsageError
+from dslth_edge.errors import TransportError, UsageError
 
 __all__ = ["EmbeddedBroker", "broker_config", "free_port", "run_broker"]
 

@@ -5,7 +5,7 @@ from __future__ import annotations
 from collections import defaultdict, deque
 from collections.abc import Iterable
 
-from .base import Envelope
+from dslth_edge.transport.base import Envelope
 
 __all__ = ["MemoryHub", "MemoryTransport"]
 

@@ -39,9 +39,9 @@ from paho.mqtt.enums import CallbackAPIVersion
 from paho.mqtt.properties import Properties
 from paho.mqtt.packettypes import PacketTypes
 
-from ..errors import TransportError, UsageError
-from ..wire import CODEC_NAMES, DEFAULT_MAX_MESSAGE_BYTES, VERSION as WIRE_VERSION, Chunker, FrameError, Reassembler
-from .base import Envelope
+from dslth_edge.errors import TransportError, UsageError
+from dslth_edge.wire import CODEC_NAMES, DEFAULT_MAX_MESSAGE_BYTES, VERSION as WIRE_VERSION, Chunker, FrameError, Reassembler
+from dslth_edge.transport.base import Envelope
 
 __all__ = [
     "PROTOCOL",

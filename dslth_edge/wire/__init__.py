@@ -19,10 +19,10 @@ arrays of those shapes. Every malformed input raises a :class:`FrameError` subcl
 
 from __future__ import annotations
 
-from .chunks import CHUNK_MAGIC, DEFAULT_MAX_MESSAGE_BYTES, Chunker, Reassembler
-from .codecs import CODEC_NAMES
-from .delta import MaskEncoderState, PeerMaskStore
-from .errors import (
+from dslth_edge.wire.chunks import CHUNK_MAGIC, DEFAULT_MAX_MESSAGE_BYTES, Chunker, Reassembler
+from dslth_edge.wire.codecs import CODEC_NAMES
+from dslth_edge.wire.delta import MaskEncoderState, PeerMaskStore
+from dslth_edge.wire.errors import (
     ChecksumError,
     ChunkError,
     CodecError,
@@ -38,8 +38,8 @@ from .errors import (
     UnknownCodecError,
     VersionError,
 )
-from .frame import MAGIC, VERSION, decode_frame, default_max_frame_bytes, encode_frame, encode_frame_stats
-from .results import BaseLookup, DecodedFrame, EncodedFrame, LayerStats, Masks
+from dslth_edge.wire.frame import MAGIC, VERSION, decode_frame, default_max_frame_bytes, encode_frame, encode_frame_stats
+from dslth_edge.wire.results import BaseLookup, DecodedFrame, EncodedFrame, LayerStats, Masks
 
 __all__ = [
     # frames

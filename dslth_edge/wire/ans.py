@@ -30,8 +30,8 @@ from collections.abc import Iterator, Sequence
 import constriction
 import numpy as np
 
-from .bitio import bytes_to_words, words_to_bytes
-from .errors import CodecError
+from dslth_edge.wire.bitio import bytes_to_words, words_to_bytes
+from dslth_edge.wire.errors import CodecError
 
 __all__ = [
     "PRECISION",

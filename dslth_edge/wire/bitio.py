@@ -8,7 +8,7 @@ from __future__ import annotations
 
 import numpy as np
 
-from .errors import CodecError
+from dslth_edge.wire.errors import CodecError
 
 __all__ = [
     "put_varint",

@@ -15,8 +15,8 @@ import numpy as np
 import pyroaring
 import zstandard
 
-from .errors import CodecError
-from .layer import LayerBits, LayerGeometry
+from dslth_edge.wire.errors import CodecError
+from dslth_edge.wire.layer import LayerBits, LayerGeometry
 
 __all__ = [
     "encode_raw",

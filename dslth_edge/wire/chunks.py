@@ -25,8 +25,8 @@ from collections import OrderedDict
 from collections.abc import Callable, Hashable
 from dataclasses import dataclass, field
 
-from .errors import ChunkError, LengthError, MagicError, VersionError
-from .frame import MAGIC as FRAME_MAGIC
+from dslth_edge.wire.errors import ChunkError, LengthError, MagicError, VersionError
+from dslth_edge.wire.frame import MAGIC as FRAME_MAGIC
 
 __all__ = ["CHUNK_MAGIC", "DEFAULT_MAX_MESSAGE_BYTES", "Chunker", "Reassembler"]
 

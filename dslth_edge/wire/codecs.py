@@ -11,9 +11,9 @@ from dataclasses import dataclass
 
 import numpy as np
 
-from . import bitmaps, entropy
-from .errors import UnknownCodecError
-from .layer import LayerBits, LayerGeometry
+from dslth_edge.wire import bitmaps, entropy
+from dslth_edge.wire.errors import UnknownCodecError
+from dslth_edge.wire.layer import LayerBits, LayerGeometry
 
 __all__ = ["Codec", "CODECS", "CODEC_NAMES", "codec_by_id", "resolve_codecs", "choose_encoding"]
 

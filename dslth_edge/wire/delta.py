@@ -18,8 +18,8 @@ from typing import Any
 
 import numpy as np
 
-from .frame import decode_frame, encode_frame_stats
-from .results import DecodedFrame, EncodedFrame, Masks
+from dslth_edge.wire.frame import decode_frame, encode_frame_stats
+from dslth_edge.wire.results import DecodedFrame, EncodedFrame, Masks
 
 __all__ = ["MaskEncoderState", "PeerMaskStore"]
 

@@ -16,10 +16,10 @@ from __future__ import annotations
 
 import numpy as np
 
-from .ans import PRECISION, decode_segments, encode_segments, ideal_bits, model_k
-from .bitio import get_varint, pack_uints, put_varint, unpack_uints
-from .errors import CodecError
-from .layer import LayerBits, LayerGeometry
+from dslth_edge.wire.ans import PRECISION, decode_segments, encode_segments, ideal_bits, model_k
+from dslth_edge.wire.bitio import get_varint, pack_uints, put_varint, unpack_uints
+from dslth_edge.wire.errors import CodecError
+from dslth_edge.wire.layer import LayerBits, LayerGeometry
 
 __all__ = [
     "encode_order0",

@@ -27,8 +27,8 @@ from collections.abc import Iterable, Sequence
 import google_crc32c
 import numpy as np
 
-from .codecs import Codec, choose_encoding, codec_by_id, resolve_codecs
-from .errors import (
+from dslth_edge.wire.codecs import Codec, choose_encoding, codec_by_id, resolve_codecs
+from dslth_edge.wire.errors import (
     ChecksumError,
     CodecError,
     FingerprintError,
@@ -42,8 +42,8 @@ from .errors import (
     ShapeError,
     VersionError,
 )
-from .layer import LayerBits, LayerGeometry, max_payload_bytes
-from .results import BaseLookup, DecodedFrame, EncodedFrame, LayerStats, Masks
+from dslth_edge.wire.layer import LayerBits, LayerGeometry, max_payload_bytes
+from dslth_edge.wire.results import BaseLookup, DecodedFrame, EncodedFrame, LayerStats, Masks
 
 __all__ = [
     "MAGIC",

@@ -10,18 +10,6 @@ pytest.importorskip("torch_pruning")
 pytest.importorskip("onnxruntime")
 
 
-@pytest.fixture(scope="session")
-def trained_run(tmp_path_factory: pytest.TempPathFactory) -> Path:
-    """runs/<id> of a finished solo mcu-cnn node (channel masks, keep 0.3): its node-0 has mask.npz."""
-    from dslth_edge.train import TrainOptions, train
-
-    out = tmp_path_factory.mktemp("export-run") / "run"
-    train(TrainOptions(profile="x86-host", dataset="synthetic", model="mcu-cnn", rounds=20, keep=0.3,
-                       granularity="channel", out=str(out), eval_every=10, checkpoint_every=10))
-    assert (out / "node-0" / "mask.npz").is_file()
-    return out
-
-
 def _export(run: Path, directory: Path, kinds: dict[str, dict]) -> dict[str, tuple[Path, object]]:
     from dslth_edge.exporters.pipeline import ExportOptions, export_node
 

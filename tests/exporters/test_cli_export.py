@@ -10,7 +10,7 @@ import pytest
 from click.testing import CliRunner
 
 from dslth_edge.cli import cli, main
-from dslth_edge.cli_export import export
+from dslth_edge.cli.export import export
 from dslth_edge.errors import CheckpointError, ExportError
 from dslth_edge.exporters import pipeline
 

@@ -14,10 +14,10 @@ from dslth_edge.exporters.metadata import read_onnx_metadata  # noqa: E402
 from dslth_edge.exporters.onnx import OPSET, check_onnx, onnx_bytes, quantize_onnx  # noqa: E402
 from dslth_edge.exporters.report import size_bound  # noqa: E402
 from dslth_edge.exporters.runtime import OnnxRunner  # noqa: E402
-from dslth_edge.masking import masked_layers, set_masks, topk_mask  # noqa: E402
-from dslth_edge.models import ModelSpec, build_model  # noqa: E402
-from dslth_edge.runinfo import load_run  # noqa: E402
-from dslth_edge.shrink import load_shrunk, shrink  # noqa: E402
+from dslth_edge.learn.masking import masked_layers, set_masks, topk_mask  # noqa: E402
+from dslth_edge.learn.models import ModelSpec, build_model  # noqa: E402
+from dslth_edge.runs.runinfo import load_run  # noqa: E402
+from dslth_edge.exporters.shrink import load_shrunk, shrink  # noqa: E402
 
 
 def test_fp32_file_matches_the_masked_model(trained_run, exported_onnx) -> None:

@@ -21,7 +21,7 @@ import pytest
 import torch
 
 from dslth_edge.exporters.runtime import TfliteRunner, tflite_interpreter_class
-from dslth_edge.runinfo import load_run
+from dslth_edge.runs.runinfo import load_run
 
 RUN = r"""
 import sys

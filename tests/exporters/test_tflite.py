@@ -13,10 +13,10 @@ from dslth_edge.exporters.metadata import read_tflite_metadata  # noqa: E402
 from dslth_edge.exporters.report import size_bound  # noqa: E402
 from dslth_edge.exporters.runtime import TfliteRunner  # noqa: E402
 from dslth_edge.exporters.tflite import quantize_tflite, tflite_bytes  # noqa: E402
-from dslth_edge.masking import masked_layers, set_masks, topk_mask  # noqa: E402
-from dslth_edge.models import ModelSpec, build_model  # noqa: E402
-from dslth_edge.runinfo import load_run  # noqa: E402
-from dslth_edge.shrink import round_channels, shrink  # noqa: E402
+from dslth_edge.learn.masking import masked_layers, set_masks, topk_mask  # noqa: E402
+from dslth_edge.learn.models import ModelSpec, build_model  # noqa: E402
+from dslth_edge.runs.runinfo import load_run  # noqa: E402
+from dslth_edge.exporters.shrink import round_channels, shrink  # noqa: E402
 
 
 def test_fp32_parity_and_metadata(trained_run, exported_tflite) -> None:

@@ -10,9 +10,9 @@ from pathlib import Path
 import pytest
 from click.testing import CliRunner
 
-from dslth_edge.cli_profile import parse_input_shape, profile
+from dslth_edge.cli.profile import parse_input_shape, profile
 from dslth_edge.errors import UsageError
-from dslth_edge.profiles import load_profile
+from dslth_edge.device.profiles import load_profile
 
 DOC = Path(__file__).resolve().parents[2] / "docs" / "profile-json.md"
 FAST = ["--runs", "8", "--warmup", "1"]

@@ -100,10 +100,10 @@ def test_bad_options(small_onnx: Path, tmp_path: Path) -> None:
 
 
 def test_torch_backend_on_a_shrunk_directory(tmp_path: Path) -> None:
-    """The torch backend builds the module with dslth_edge.shrink.load_shrunk (no pickles)."""
+    """The torch backend builds the module with dslth_edge.exporters.shrink.load_shrunk (no pickles)."""
     pytest.importorskip("torch")
-    shrink = pytest.importorskip("dslth_edge.shrink")
-    from dslth_edge.models import build_model
+    shrink = pytest.importorskip("dslth_edge.exporters.shrink")
+    from dslth_edge.learn.models import build_model
 
     shape = (3, 16, 16)
     module = shrink.shrink(build_model("mcu-cnn", shape, 10, keep=0.5, granularity="channel").eval(), shape)

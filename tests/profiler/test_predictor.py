@@ -2,7 +2,7 @@
 
 Accuracy: calibrate this machine, write the host profile, load it back like
 ``--profile host.toml`` would, predict every zoo model (paper-cnn, mcu-cnn, resnet-8) at
-keep 0.1 / 0.3 / 0.5 (shrunk by dslth_edge.shrink, exported with torch.onnx.export),
+keep 0.1 / 0.3 / 0.5 (shrunk by dslth_edge.exporters.shrink, exported with torch.onnx.export),
 and measure each with onnxruntime on 1 thread. Target: median |pred - meas| / meas <= 25 %.
 Measurements are round-robin best-of-passes medians (the machine is shared).
 """
@@ -24,7 +24,7 @@ from dslth_edge.profiler.calibrate import (
 )
 from dslth_edge.profiler.host_profile import write_host_profile
 from dslth_edge.profiler.predictor import DeviceModel, op_costs_from_layer_costs, padded_macs, predict
-from dslth_edge.profiles import load_profile
+from dslth_edge.device.profiles import load_profile
 
 TARGET = 0.25
 
@@ -80,7 +80,7 @@ def test_layer_costs_agree_with_the_shrunk_onnx_graph(tmp_path: Path) -> None:
     """The planner's LayerCost route and the ONNX-graph route give the same MACs."""
     pytest.importorskip("torch")
     pytest.importorskip("onnx")
-    from dslth_edge.models import build_model, layer_costs
+    from dslth_edge.learn.models import build_model, layer_costs
     from dslth_edge.profiler.analysis import analyze_onnx
 
     from .zoo import export_onnx, shrunk_or_scaled

@@ -31,12 +31,12 @@ _RUN = textwrap.dedent(
     args = [sys.argv[1], "--runs", "5", "--warmup", "1", "--json"]
     if sys.argv[3] == "main":  # the console script's group, `profile` registered on it
         import dslth_edge.cli as cli
-        from dslth_edge.cli_profile import profile
+        from dslth_edge.cli.profile import profile
         if "profile" not in cli.cli.commands:
             cli.cli.add_command(profile)
         cli.cli.main(["profile", *args], prog_name="dslth-edge", standalone_mode=False)
     else:  # the profile command alone
-        from dslth_edge.cli_profile import profile
+        from dslth_edge.cli.profile import profile
         profile.main(args, prog_name="dslth-edge profile", standalone_mode=False)
     leaked = sorted(m for m in sys.modules if m.split(".")[0] in BLOCKED)
     print("LEAKED=" + json.dumps(leaked), file=sys.stderr)

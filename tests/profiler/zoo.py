@@ -2,8 +2,8 @@
 
 A channel-shrunk model at keep ``k`` keeps ``round(k * C)`` channels of every prunable
 layer (the classifier keeps its outputs); these builders make exactly that architecture
-with ordinary layers, so the profiler tests do not depend on dslth_edge.shrink. When
-``dslth_edge.shrink`` exists, :func:`shrunk_or_scaled` uses it instead.
+with ordinary layers, so the profiler tests do not depend on dslth_edge.exporters.shrink. When
+``dslth_edge.exporters.shrink`` exists, :func:`shrunk_or_scaled` uses it instead.
 """
 
 from __future__ import annotations
@@ -105,14 +105,14 @@ def scaled_model(name: str, shape: tuple[int, int, int], classes: int, keep: flo
 
 def shrunk_or_scaled(name: str, shape: tuple[int, int, int], classes: int, keep: float) -> tuple[nn.Module, str]:
     """(module, how): the real shrink of a channel-masked zoo model at ``keep`` when
-    dslth_edge.shrink (and torch-pruning) is available, else :func:`scaled_model`."""
+    dslth_edge.exporters.shrink (and torch-pruning) is available, else :func:`scaled_model`."""
     try:
-        from dslth_edge.models import build_model
-        from dslth_edge.shrink import shrink
+        from dslth_edge.learn.models import build_model
+        from dslth_edge.exporters.shrink import shrink
     except ImportError:
         return scaled_model(name, shape, classes, keep), "width-scaled stand-in"
     masked = build_model(name, shape, classes, keep=keep, granularity="channel").eval()
-    return shrink(masked, shape), "dslth_edge.shrink"
+    return shrink(masked, shape), "dslth_edge.exporters.shrink"
 
 
 def export_onnx(model: nn.Module, shape: tuple[int, int, int], path: str) -> str:

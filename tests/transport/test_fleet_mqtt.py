@@ -26,10 +26,11 @@ import torch
 from paho.mqtt.enums import CallbackAPIVersion
 
 from dslth_edge.errors import TransportError
-from dslth_edge.fleet import FleetOptions, plan_fleet, simulate
-from dslth_edge.fleet_node import NodeRunOptions, run_fleet_node
-from dslth_edge.fleet_process import FleetRunOptions, run_fleet
-from dslth_edge.rundir import load_mask, read_metrics
+from dslth_edge.fleet.plan import FleetOptions, plan_fleet
+from dslth_edge.fleet.simulator import simulate
+from dslth_edge.fleet.device_node import NodeRunOptions, run_fleet_node
+from dslth_edge.fleet.processes import FleetRunOptions, run_fleet
+from dslth_edge.runs.rundir import load_mask, read_metrics
 from dslth_edge.transport.mqtt import Hello, MqttOptions, MqttTransport, topic
 
 from .brokers import MOSQUITTO, MOSQUITTO_MISSING, Mosquitto, mosquitto_passwd
@@ -214,15 +215,15 @@ def test_kill_node_and_resume(broker: Any, tmp_path: Path) -> None:
 def test_rogue_frames_rejected(broker: Any, tmp_path: Path) -> None:
     """Garbage, truncated, oversized, replayed and wrong-fingerprint frames on node 0's topic: all
     refused and counted; the final masks equal a clean run's."""
-    from dslth_edge.exchange import Exchange
-    from dslth_edge.models import masked_layer_shapes
+    from dslth_edge.fleet.exchange import Exchange
+    from dslth_edge.learn.models import masked_layer_shapes
 
     rounds = 8
     sim = simulated_masks(tmp_path, rounds)
     opts = fleet_options(tmp_path, "mqtt", rounds)
     plan = plan_fleet(opts)
     # a valid frame of node 0 (round 0), and one made with other fixed weights
-    from dslth_edge.fleet import make_node
+    from dslth_edge.fleet.plan import make_node
 
     n0 = make_node(plan, 0, None, None)
     frame = n0.exchange.encode(n0.current_masks(), 0)

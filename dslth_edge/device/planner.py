@@ -1,0 +1,399 @@
+"""Plan a device's keep ratio from its hardware profile and a model's layer costs.
+
+:func:`plan` returns the largest keep ratio ``k`` on a fixed grid (1.00, 0.99, ...,
+down to a floor, 0.02 by default) for which four predicted quantities fit the
+profile's budgets:
+
+``latency``
+    ``sum_l macs_l(k) / effective_macs_per_s(dtype) + n_layers * per_op_overhead``
+``storage``
+    exported weight bytes ``sum_l params_l(k) * bytes_per_value(dtype)``
+``ram``
+    all weight bytes plus the peak over layers of
+    ``(in_elems * k_in + out_elems * k_out) * bytes_per_value(dtype)``
+``traffic``
+    one mask frame per round, ``sum_l params_l * H(density_l) / 8`` bytes plus a fixed
+    header allowance, against ``uplink bytes/s * round period``. ``H`` is the binary
+    entropy, the order-0 bound the entropy codec reaches. One frame is published to
+    the broker per round whatever the number of neighbours, so the budget is per
+    frame, not per neighbour.
+
+With ``granularity="channel"`` a layer keeps a fraction ``k_out`` of its output
+channels (``k`` for prunable layers, 1.0 for the classifier) and receives a fraction
+``k_in`` of its input channels (the ``k_out`` of the layer named in ``input_from``,
+1.0 for the network input), so ``macs_l(k) = macs_l * k_out * k_in`` and likewise for
+params. With ``granularity="unstructured"`` the mask zeroes individual weights but
+the exported model stays dense: latency, storage and RAM do not shrink with ``k``;
+only the mask traffic depends on it.
+
+``H`` is not monotone (a 0.5-dense mask is the most expensive to send, an all-ones
+mask is free), so the traffic constraint's feasible set is not an interval. The grid
+scan from the top handles that: the result is exactly the largest feasible grid
+point, and the binding budget is the one that rules out the next grid step up.
+"""
+
+from __future__ import annotations
+
+import math
+from dataclasses import asdict, dataclass
+from typing import Any, Sequence
+
+from dslth_edge.learn.costs import LayerCost
+from dslth_edge.errors import ProfileError
+from dslth_edge.device.profiles import BYTES_PER_VALUE, DTYPES, Profile
+
+__all__ = [
+    "GRANULARITIES",
+    "CONSTRAINTS",
+    "FRAME_HEADER_BYTES",
+    "LAYER_HEADER_BYTES",
+    "DEFAULT_STEP",
+    "DEFAULT_FLOOR",
+    "PlanError",
+    "LayerKeep",
+    "Prediction",
+    "Check",
+    "Plan",
+    "binary_entropy",
+    "layer_keeps",
+    "predict",
+    "check_budgets",
+    "plan",
+    "format_quantity",
+]
+
+GRANULARITIES: tuple[str, ...] = ("channel", "unstructured")
+#: Constraint names, in report order.
+CONSTRAINTS: tuple[str, ...] = ("latency", "storage", "ram", "traffic")
+#: Fixed allowance per mask frame (version, ids, round, fingerprint, MAC/CRC).
+FRAME_HEADER_BYTES = 64
+#: Allowance per layer in a frame (layer id, length fields, codec state).
+LAYER_HEADER_BYTES = 16
+DEFAULT_STEP = 0.01
+DEFAULT_FLOOR = 0.02
+
+_UNITS = {"latency": "ms", "storage": "B", "ram": "B", "traffic": "B"}
+_REL_TOL = 1e-9  # predicted <= budget * (1 + tol): absorbs float noise at exact ties
+
+
+class PlanError(ProfileError):
+    """No keep ratio on the grid fits the profile's budgets (or the plan's inputs are bad)."""
+
+
+def binary_entropy(p: float) -> float:
+    """H(p) in bits: the order-0 cost per mask bit of a mask with density ``p``."""
+    if p <= 0.0 or p >= 1.0:
+        return 0.0
+    return -(p * math.log2(p) + (1.0 - p) * math.log2(1.0 - p))
+
+
+@dataclass(frozen=True)
+class LayerKeep:
+    """One layer at a keep ratio: its keep fractions and exported size."""
+
+    name: str
+    keep_out: float  # fraction of output channels in the export
+    keep_in: float  # fraction of input channels in the export
+    mask_density: float  # fraction of ones in this layer's own mask (its keep ratio)
+    params: float  # exported weights
+    macs: float  # exported MACs per sample
+
+
+@dataclass(frozen=True)
+class Prediction:
+    """Predicted costs of a model at one keep ratio."""
+
+    keep: float
+    latency_ms: float
+    weight_bytes: float
+    ram_bytes: float
+    frame_bytes: float
+    layers: tuple[LayerKeep, ...]
+
+    def value(self, constraint: str) -> float:
+        return {
+            "latency": self.latency_ms,
+            "storage": self.weight_bytes,
+            "ram": self.ram_bytes,
+            "traffic": self.frame_bytes,
+        }[constraint]
+
+
+@dataclass(frozen=True)
+class Check:
+    """One constraint at the chosen keep ratio, and at the next grid step up."""
+
+    name: str  # "latency" | "storage" | "ram" | "traffic"
+    unit: str  # "ms" or "B"
+    predicted: float
+    budget: float
+    ok: bool
+    next_predicted: float | None = None  # at keep + step; None when keep is 1.0
+    next_ok: bool | None = None
+
+    @property
+    def usage(self) -> float:
+        """predicted / budget (1.0 = exactly at the budget)."""
+        return self.predicted / self.budget
+
+    def describe(self) -> str:
+        return (
+            f"{format_quantity(self.predicted, self.unit)} predicted vs "
+            f"{format_quantity(self.budget, self.unit, budget=True)} budget"
+        )
+
+
+@dataclass(frozen=True)
+class Plan:
+    """The planner's answer for one profile and one model."""
+
+    profile: str
+    keep_ratio: float
+    binding: str  # a name from CONSTRAINTS, or "none" when keep 1.0 fits
+    granularity: str
+    dtype: str
+    export_format: str
+    channel_multiple: int
+    can_train: bool
+    step: float
+    floor: float
+    checks: tuple[Check, ...]
+    layers: tuple[LayerKeep, ...]
+    notes: tuple[str, ...]
+
+    @property
+    def keep(self) -> float:
+        """Alias of :attr:`keep_ratio`."""
+        return self.keep_ratio
+
+    def check(self, name: str) -> Check:
+        for c in self.checks:
+            if c.name == name:
+                return c
+        raise KeyError(name)
+
+    @property
+    def keep_ratios(self) -> dict[str, float]:
+        """Per-layer keep ratio (the density of each layer's own mask)."""
+        return {layer.name: layer.mask_density for layer in self.layers}
+
+    def explain(self) -> str:
+        """One line: the keep ratio, the binding budget and why."""
+        head = f"keep {self.keep_ratio:.2f}"
+        if self.binding == "none":
+            return f"{head} — no budget binds: the dense model fits every budget"
+        c = self.check(self.binding)
+        line = f"{head} — bound by {c.name}: {c.describe()}"
+        if c.next_predicted is not None:
+            up = self.keep_ratio + self.step
+            line += f" (keep {up:.2f} would need {format_quantity(c.next_predicted, c.unit)})"
+        return line
+
+    def to_dict(self) -> dict[str, Any]:
+        data = asdict(self)
+        data["checks"] = [dict(c, usage=c["predicted"] / c["budget"]) for c in data["checks"]]
+        data["layers"] = [dict(layer) for layer in data["layers"]]
+        data["notes"] = list(self.notes)
+        data["keep_ratios"] = self.keep_ratios
+        data["explanation"] = self.explain()
+        return data
+
+
+def format_quantity(value: float, unit: str, *, budget: bool = False) -> str:
+    """Human form of a latency (ms) or a byte count (B -> KiB / MiB / GiB)."""
+    if unit == "ms":
+        return f"{value:g} ms" if budget else f"{value:.4g} ms"
+    if unit == "B":
+        for scale, name in ((1 << 30, "GiB"), (1 << 20, "MiB"), (1 << 10, "KiB")):
+            if value >= scale:
+                return f"{value / scale:.4g} {name}"
+        return f"{value:.0f} B"
+    return f"{value:.4g} {unit}"
+
+
+# --------------------------------------------------------------------------- model
+
+
+def _validate(granularity: str, dtype: str) -> None:
+    if granularity not in GRANULARITIES:
+        raise PlanError(
+            f"unknown granularity {granularity!r}; expected one of {', '.join(GRANULARITIES)}"
+        )
+    if dtype not in DTYPES:
+        raise PlanError(f"unknown dtype {dtype!r}; expected one of {', '.join(DTYPES)}")
+
+
+def layer_keeps(
+    costs: Sequence[LayerCost], keep: float, granularity: str = "channel"
+) -> tuple[LayerKeep, ...]:
+    """Per-layer keep fractions and exported params/MACs at keep ratio ``keep``."""
+    if granularity not in GRANULARITIES:
+        raise PlanError(
+            f"unknown granularity {granularity!r}; expected one of {', '.join(GRANULARITIES)}"
+        )
+    if not costs:
+        raise PlanError("the model has no weight layers to plan")
+    if granularity == "unstructured":
+        # The mask zeroes weights but removes no channel: the export stays dense.
+        return tuple(
+            LayerKeep(c.name, 1.0, 1.0, keep, float(c.params), float(c.macs)) for c in costs
+        )
+    out_keep = {c.name: (keep if c.prunable_out else 1.0) for c in costs}
+    layers = []
+    for c in costs:
+        if c.input_from is None:
+            k_in = 1.0
+        elif c.input_from in out_keep:
+            k_in = out_keep[c.input_from]
+        else:
+            raise PlanError(
+                f"layer {c.name!r} takes its input from unknown layer {c.input_from!r}"
+            )
+        k_out = out_keep[c.name]
+        layers.append(
+            LayerKeep(c.name, k_out, k_in, k_out, c.params * k_out * k_in, c.macs * k_out * k_in)
+        )
+    return tuple(layers)
+
+
+def predict(
+    costs: Sequence[LayerCost],
+    profile: Profile,
+    keep: float,
+    *,
+    granularity: str = "channel",
+    dtype: str | None = None,
+) -> Prediction:
+    """Predicted latency, weight bytes, RAM bytes and frame bytes at keep ratio ``keep``."""
+    dtype = dtype or profile.export.dtype
+    _validate(granularity, dtype)
+    layers = layer_keeps(costs, keep, granularity)
+    bpv = BYTES_PER_VALUE[dtype]
+    macs_per_s = profile.effective_macs_per_s(dtype)
+
+    compute_s = sum(layer.macs for layer in layers) / macs_per_s
+    latency_ms = compute_s * 1e3 + len(layers) * profile.compute.per_op_overhead_us * 1e-3
+    weight_bytes = sum(layer.params for layer in layers) * bpv
+    peak_act = max(
+        (c.in_elems * layer.keep_in + c.out_elems * layer.keep_out) * bpv
+        for c, layer in zip(costs, layers)
+    )
+    mask_bits = sum(c.params * binary_entropy(layer.mask_density) for c, layer in zip(costs, layers))
+    frame_bytes = mask_bits / 8.0 + FRAME_HEADER_BYTES + LAYER_HEADER_BYTES * len(layers)
+    return Prediction(
+        keep=keep,
+        latency_ms=latency_ms,
+        weight_bytes=weight_bytes,
+        ram_bytes=weight_bytes + peak_act,
+        frame_bytes=frame_bytes,
+        layers=layers,
+    )
+
+
+def _budgets(profile: Profile) -> dict[str, float]:
+    return {
+        "latency": profile.latency_budget_ms,
+        "storage": profile.model_storage_budget_bytes,
+        "ram": profile.model_ram_budget_bytes,
+        "traffic": profile.traffic_budget_bytes,
+    }
+
+
+def check_budgets(prediction: Prediction, profile: Profile) -> tuple[Check, ...]:
+    """Each constraint's predicted value against the profile's budget."""
+    budgets = _budgets(profile)
+    checks = []
+    for name in CONSTRAINTS:
+        value = prediction.value(name)
+        budget = budgets[name]
+        checks.append(Check(name, _UNITS[name], value, budget, value <= budget * (1 + _REL_TOL)))
+    return tuple(checks)
+
+
+# --------------------------------------------------------------------------- plan
+
+
+def plan(
+    costs: Sequence[LayerCost],
+    profile: Profile,
+    *,
+    granularity: str = "channel",
+    dtype: str | None = None,
+    step: float = DEFAULT_STEP,
+    floor: float = DEFAULT_FLOOR,
+) -> Plan:
+    """The largest keep ratio on the grid ``1, 1-step, ..., floor`` that fits every budget.
+
+    ``dtype`` defaults to the profile's export dtype. Raises :class:`PlanError` when even
+    the floor does not fit, naming each budget that cannot be met and the numbers.
+    """
+    dtype = dtype or profile.export.dtype
+    _validate(granularity, dtype)
+    if not costs:
+        raise PlanError("the model has no weight layers to plan")
+    if not (0.0 < step <= 1.0):
+        raise PlanError(f"grid step must be in (0, 1], got {step!r}")
+    n = round(1.0 / step)
+    if abs(n * step - 1.0) > 1e-9:
+        raise PlanError(f"grid step must divide 1 (e.g. 0.01, 0.05), got {step!r}")
+    if not (0.0 < floor <= 1.0):
+        raise PlanError(f"floor must be in (0, 1], got {floor!r}")
+    lowest = max(1, math.ceil(floor * n - 1e-9))
+
+    notes = []
+    if not profile.can_train:
+        notes.append(
+            f"{profile.name} cannot train (can_train = false): it is an inference target; "
+            "its mask is trained on a gateway and the shrunk model is deployed to it"
+        )
+    if granularity == "unstructured":
+        notes.append(
+            "unstructured masks leave the exported model dense: latency, storage and RAM "
+            "do not shrink with the keep ratio; only the mask traffic does"
+        )
+    else:
+        notes.append(
+            f"the shrinker may round kept channel counts to a multiple of "
+            f"{profile.compute.channel_multiple}; predictions use exact fractions"
+        )
+
+    above: tuple[Check, ...] | None = None  # checks at the grid step above the current one
+    checks: tuple[Check, ...] = ()
+    for i in range(n, lowest - 1, -1):
+        keep = i / n
+        prediction = predict(costs, profile, keep, granularity=granularity, dtype=dtype)
+        checks = check_budgets(prediction, profile)
+        if all(c.ok for c in checks):
+            binding = "none"
+            if above is not None:
+                failing = [c for c in above if not c.ok]
+                binding = max(failing, key=lambda c: c.usage).name
+                checks = tuple(
+                    Check(c.name, c.unit, c.predicted, c.budget, c.ok, a.predicted, a.ok)
+                    for c, a in zip(checks, above)
+                )
+            return Plan(
+                profile=profile.name,
+                keep_ratio=keep,
+                binding=binding,
+                granularity=granularity,
+                dtype=dtype,
+                export_format=profile.export.format,
+                channel_multiple=profile.compute.channel_multiple,
+                can_train=profile.can_train,
+                step=1.0 / n,
+                floor=lowest / n,
+                checks=checks,
+                layers=prediction.layers,
+                notes=tuple(notes),
+            )
+        above = checks
+
+    failing = "; ".join(f"{c.name}: {c.describe()}" for c in checks if not c.ok)
+    extra = ""
+    if granularity == "unstructured":
+        extra = " (unstructured masks do not shrink the dense export; try --granularity channel)"
+    raise PlanError(
+        f"profile {profile.name!r} cannot meet its budget even at the floor keep "
+        f"{lowest / n:.2f} ({granularity}, {dtype}): {failing}{extra}"
+    )

@@ -1,0 +1,215 @@
+"""``fleet run``: a fleet as OS processes around an MQTT broker, with a live table.
+
+The launcher starts the embedded broker unless one is given, writes one spec file per
+worker and starts ``W`` worker processes (``python -m dslth_edge.fleet.processes SPEC``),
+each hosting its share of the nodes in threads, every node with its own MQTT client.
+Progress is read from the nodes' ``metrics.jsonl`` (the same files the simulator
+writes), so the launcher needs no channel to its workers and survives their crashes.
+At the end it writes the simulator's ``summary.json``/``summary.md``/plots.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import signal
+import subprocess
+import sys
+import threading
+import time
+from collections.abc import Callable
+from dataclasses import asdict, dataclass, field
+from pathlib import Path
+from types import SimpleNamespace
+from typing import Any
+
+from dslth_edge.errors import DslthError, TransportError
+from dslth_edge.fleet.device_node import NodeRunOptions, run_fleet_node
+from dslth_edge.runs.rundir import NodePaths, read_metrics
+from dslth_edge.transport.mqtt import ENV_PASSWORD, MqttOptions
+
+__all__ = ["FleetRunOptions", "NodeStatus", "run_fleet", "worker_main", "node_status"]
+
+
+@dataclass(frozen=True)
+class FleetRunOptions:
+    """``fleet run`` beyond the simulator's options."""
+
+    node: NodeRunOptions = field(default_factory=NodeRunOptions)
+    broker_url: str | None = None  # None: start the embedded broker on a free loopback port
+    broker_host: str = "127.0.0.1"
+    workers: int | None = None  # default: one per CPU core, at most one per node
+    timeout_s: float | None = None  # give up (kill the workers) after this long
+
+
+@dataclass
+class NodeStatus:
+    """What the live table shows for one node (from its metrics.jsonl)."""
+
+    node: int
+    round: int = 0  # rounds done
+    acc: float | None = None
+    loss: float | None = None
+    bytes_sent: int = 0
+    bytes_received: int = 0
+    stale: int = 0
+    rejected: int = 0
+
+
+def node_status(run_dir: Path, node: int) -> NodeStatus:
+    rows = read_metrics(NodePaths.of(run_dir, node).metrics)
+    st = NodeStatus(node, round=len(rows))
+    for r in rows:
+        st.bytes_sent += int(r.get("bytes_sent", 0))
+        st.bytes_received += int(r.get("bytes_received", 0))
+        st.rejected += int(r.get("rejected", 0))
+        if r.get("acc") is not None:
+            st.acc = r["acc"]
+    if rows:
+        st.loss, st.stale = rows[-1].get("loss"), int(rows[-1].get("stale", 0))
+    return st
+
+
+def _history(run_dir: Path, nodes: int, rounds: int) -> list[list[dict[str, Any]]]:
+    per_node = [read_metrics(NodePaths.of(run_dir, i).metrics) for i in range(nodes)]
+    short = [i for i, rows in enumerate(per_node) if len(rows) < rounds]
+    if short:
+        raise TransportError(f"node(s) {short[:10]} did not finish all {rounds} rounds; see their metrics.jsonl "
+                             f"and {run_dir}/worker-*.log")
+    return [[per_node[i][k] for i in range(nodes)] for k in range(rounds)]
+
+
+def _spec(fleet: Any, node_ids: list[int], run_dir: Path, node_opts: NodeRunOptions) -> dict[str, Any]:
+    mqtt = asdict(node_opts.mqtt)
+    mqtt["password"] = None  # passed in the environment, never written to disk
+    return {"fleet": asdict(fleet), "nodes": node_ids, "run_dir": str(run_dir),
+            "node": {**asdict(node_opts), "mqtt": mqtt}}
+
+
+def run_fleet(
+    fleet: Any,
+    opts: FleetRunOptions,
+    *,
+    on_start: Callable[[Any, Path, str], None] | None = None,
+    on_tick: Callable[[list[NodeStatus]], None] | None = None,
+    write_plots: bool = True,
+) -> dict[str, Any]:
+    """Run ``fleet`` (a :class:`~dslth_edge.fleet.FleetOptions`) as processes; returns the summary."""
+    from dslth_edge.fleet.plan import default_fleet_dir, plan_fleet
+    from dslth_edge.fleet.summary import build_summary, write_summary
+
+    plan = plan_fleet(fleet)  # validates everything before a process starts; the summary needs it
+    run_dir = Path(fleet.out) if fleet.out else default_fleet_dir(fleet)
+    if fleet.out is None:
+        fleet = _replace_out(fleet, str(run_dir))
+    run_dir.mkdir(parents=True, exist_ok=True)
+    workers = max(1, min(opts.workers or (os.cpu_count() or 1), fleet.nodes))
+    broker = None
+    url = opts.broker_url
+    if url is None:
+        from dslth_edge.transport.broker import EmbeddedBroker, free_port
+
+        broker = EmbeddedBroker(opts.broker_host, free_port(opts.broker_host)).start()
+        url = broker.url
+    node_opts = NodeRunOptions(**{**asdict(opts.node), "mqtt": MqttOptions(**{**asdict(opts.node.mqtt), "url": url})})
+    env = dict(os.environ)
+    if node_opts.mqtt.password is not None:
+        env[ENV_PASSWORD] = node_opts.mqtt.password
+    env.setdefault("OMP_NUM_THREADS", "1")
+    procs: list[subprocess.Popen[bytes]] = []
+    logs = []
+    try:
+        if on_start is not None:
+            on_start(plan, run_dir, url)
+        for w in range(workers):
+            ids = list(range(w, fleet.nodes, workers))
+            spec = run_dir / f"worker-{w}.json"
+            spec.write_text(json.dumps(_spec(fleet, ids, run_dir, node_opts), indent=2))
+            log = open(run_dir / f"worker-{w}.log", "wb")
+            logs.append(log)
+            procs.append(subprocess.Popen([sys.executable, "-m", "dslth_edge.fleet.processes", str(spec)],
+                                          stdout=log, stderr=subprocess.STDOUT, env=env))
+        t0 = time.perf_counter()
+        while any(p.poll() is None for p in procs):
+            if on_tick is not None:
+                on_tick([node_status(run_dir, i) for i in range(fleet.nodes)])
+            if opts.timeout_s is not None and time.perf_counter() - t0 > opts.timeout_s:
+                raise TransportError(f"fleet did not finish within {opts.timeout_s:.0f} s")
+            time.sleep(0.5)
+        seconds = time.perf_counter() - t0
+        if on_tick is not None:
+            on_tick([node_status(run_dir, i) for i in range(fleet.nodes)])
+        failed = [w for w, p in enumerate(procs) if p.returncode != 0]
+        if failed:
+            tail = (run_dir / f"worker-{failed[0]}.log").read_text(errors="replace").strip().splitlines()[-1:] or ["?"]
+            raise TransportError(f"worker(s) {failed} failed (exit {procs[failed[0]].returncode}): {tail[0]}")
+    finally:
+        for p in procs:
+            if p.poll() is None:
+                p.send_signal(signal.SIGTERM)
+        for p in procs:
+            try:
+                p.wait(10)
+            except subprocess.TimeoutExpired:
+                p.kill()
+        for log in logs:
+            log.close()
+        if broker is not None:
+            broker.stop()
+    history = _history(run_dir, fleet.nodes, fleet.rounds)
+    stand_ins = [SimpleNamespace(neighbours=plan.topology.neighbours(i), split=plan.splits[i]) for i in range(fleet.nodes)]
+    summary = build_summary(plan, stand_ins, history, run_dir, seconds=seconds)  # type: ignore[arg-type]
+    summary["transport"] = {"broker": "embedded (amqtt)" if broker is not None else url, "workers": workers}
+    write_summary(summary, run_dir, history, write_plots=write_plots)
+    return summary
+
+
+def _replace_out(fleet: Any, out: str) -> Any:
+    from dataclasses import replace
+
+    return replace(fleet, out=out)
+
+
+# ---------------------------------------------------------------------- worker process
+def worker_main(spec_path: str) -> int:
+    """Host the spec's nodes, one thread each; exit 0 when all finished, 3 on a transport error."""
+    from dslth_edge.fleet.plan import FleetOptions, plan_fleet
+
+    spec = json.loads(Path(spec_path).read_text())
+    fl = spec["fleet"]
+    fl["profiles"] = tuple(fl["profiles"])
+    fleet = FleetOptions(**fl)
+    nd = spec["node"]
+    node_opts = NodeRunOptions(**{**nd, "mqtt": MqttOptions(**nd["mqtt"])})
+    if node_opts.torch_threads:
+        import torch
+
+        torch.set_num_threads(node_opts.torch_threads)
+    plan = plan_fleet(fleet)
+    errors: list[str] = []
+    stop = threading.Event()
+    signal.signal(signal.SIGTERM, lambda *a: stop.set())
+
+    def run(i: int) -> None:
+        try:
+            run_fleet_node(plan, i, spec["run_dir"], node_opts, stop_requested=stop.is_set)
+        except DslthError as exc:
+            errors.append(f"node {i}: {exc}")
+        except Exception as exc:  # noqa: BLE001 - reported in the worker's log and exit code
+            errors.append(f"node {i}: {type(exc).__name__}: {exc}")
+        else:
+            return
+        print(f"error: {errors[-1]}", file=sys.stderr, flush=True)  # now: the launcher shows the log's last line
+
+    threads = [threading.Thread(target=run, args=(i,), name=f"node-{i}", daemon=True) for i in spec["nodes"]]
+    for t in threads:
+        t.start()
+    for t in threads:
+        t.join()
+    return 3 if errors else 0
+
+
+if __name__ == "__main__":
+    if len(sys.argv) != 2:
+        raise SystemExit(f"usage: {sys.executable} -m dslth_edge.fleet.processes SPEC.json  (started by `fleet run`)")
+    raise SystemExit(worker_main(sys.argv[1]))

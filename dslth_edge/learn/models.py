@@ -1,0 +1,267 @@
+"""The model zoo, built from masked layers over fixed seeded weights.
+
+Every model adapts to the input shape (C, H, W) and the class count. ``dense=True``
+builds the same architecture with ordinary trainable weights (same seeded init), the
+weight-training baseline. Normalisation is BatchNorm without affine parameters: nothing
+but the mask is learned, and a ChannelGate after it zeroes pruned channels.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+
+import torch
+from torch import nn
+
+from dslth_edge.learn.costs import LayerCost
+from dslth_edge.errors import UsageError
+from dslth_edge.learn.masking import ChannelGate, MaskedConv2d, MaskedLayer, MaskedLinear, init_weights, masked_layers
+
+__all__ = ["MODEL_NAMES", "ModelSpec", "arch_name", "build_model", "layer_costs", "masked_layer_shapes"]
+
+MODEL_NAMES = ("paper-cnn", "mcu-cnn", "resnet-8")
+
+
+@dataclass(frozen=True)
+class ModelSpec:
+    """Everything that determines a model's fixed weights and mask structure."""
+
+    name: str
+    input_shape: tuple[int, int, int]  # (C, H, W)
+    num_classes: int
+    keep: float | list[float] = 0.5  # one ratio, or one per masked layer
+    granularity: str = "unstructured"
+    weight_seed: int = 0  # shared by the whole fleet: identical w everywhere
+    score_seed: int = 0  # the node's own: initial scores
+    init: str = "kaiming-normal"
+    dense: bool = False
+
+
+class _Factory:
+    """Creates the layers of one model, numbering them so each gets its own weight stream."""
+
+    def __init__(self, spec: ModelSpec) -> None:
+        self.spec = spec
+        self.stream = 0
+
+    def _keep(self) -> float:
+        keep = self.spec.keep
+        if not isinstance(keep, list):
+            return keep
+        if self.stream >= len(keep):
+            raise UsageError(f"{self.spec.name} needs one keep ratio per masked layer, got only {len(keep)}")
+        return keep[self.stream]
+
+    def conv(self, cin: int, cout: int, k: int, *, stride: int = 1, padding: int = 0) -> nn.Module:
+        s = self.spec
+        if s.dense:
+            layer: nn.Module = nn.Conv2d(cin, cout, k, stride=stride, padding=padding, bias=False)
+            with torch.no_grad():
+                layer.weight.copy_(init_weights(tuple(layer.weight.shape), s.weight_seed, self.stream, s.init))
+        else:
+            layer = MaskedConv2d(
+                cin, cout, k, stride=stride, padding=padding, keep=self._keep(), granularity=s.granularity,
+                seed=s.weight_seed, stream=self.stream, score_seed=s.score_seed, init=s.init,
+            )
+        self.stream += 1
+        return layer
+
+    def linear(self, fin: int, fout: int, *, classifier: bool = False) -> nn.Module:
+        """A linear layer; the classifier's mask is always unstructured: its output
+        channels are the classes, and a pruned class row would be a class never predicted."""
+        s = self.spec
+        if s.dense:
+            layer: nn.Module = nn.Linear(fin, fout, bias=False)
+            with torch.no_grad():
+                layer.weight.copy_(init_weights(tuple(layer.weight.shape), s.weight_seed, self.stream, s.init))
+        else:
+            layer = MaskedLinear(
+                fin, fout, keep=self._keep(), granularity="unstructured" if classifier else s.granularity,
+                seed=s.weight_seed, stream=self.stream, score_seed=s.score_seed, init=s.init,
+            )
+        self.stream += 1
+        return layer
+
+    @staticmethod
+    def gate(layer: nn.Module) -> nn.Module:
+        return ChannelGate(layer) if isinstance(layer, MaskedLayer) else nn.Identity()
+
+
+def _link(consumer: nn.Module, producer: nn.Module | None) -> None:
+    if isinstance(consumer, MaskedLayer):
+        consumer._producer = [producer] if producer is not None else []  # resolved to names later
+
+
+class PaperCNN(nn.Module):
+    """The paper's CNN: 3 × (5×5 conv, ReLU, 2×2 max-pool) with 64/128/256 channels, fc 192, classifier.
+
+    No biases and no LRN (LRN mixes channels, so it is not channel-prunable).
+    """
+
+    def __init__(self, f: _Factory, input_shape: tuple[int, int, int], num_classes: int) -> None:
+        super().__init__()
+        c, h, w = input_shape
+        self.conv1, self.conv2, self.conv3 = f.conv(c, 64, 5, padding=2), f.conv(64, 128, 5, padding=2), f.conv(128, 256, 5, padding=2)
+        self.pool = nn.MaxPool2d(2)
+        h3, w3 = h // 8, w // 8
+        if h3 < 1 or w3 < 1:
+            raise UsageError(f"paper-cnn needs inputs of at least 8x8, got {h}x{w}")
+        self.fc1 = f.linear(256 * h3 * w3, 192)
+        self.fc2 = f.linear(192, num_classes, classifier=True)
+        _link(self.conv1, None), _link(self.conv2, self.conv1), _link(self.conv3, self.conv2)
+        _link(self.fc1, self.conv3), _link(self.fc2, self.fc1)
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:  # (B, C, H, W) -> (B, classes)
+        x = self.pool(torch.relu(self.conv1(x)))  # (B, 64, H/2, W/2)
+        x = self.pool(torch.relu(self.conv2(x)))  # (B, 128, H/4, W/4)
+        x = self.pool(torch.relu(self.conv3(x)))  # (B, 256, H/8, W/8)
+        x = torch.relu(self.fc1(x.flatten(1)))  # (B, 192)
+        return self.fc2(x)
+
+
+class ConvBNGate(nn.Module):
+    """conv → BatchNorm (no affine) → gate; the gate keeps pruned channels at zero."""
+
+    def __init__(self, f: _Factory, cin: int, cout: int, k: int, stride: int = 1) -> None:
+        super().__init__()
+        self.conv = f.conv(cin, cout, k, stride=stride, padding=k // 2)
+        self.bn = nn.BatchNorm2d(cout, affine=False)
+        self.gate = f.gate(self.conv)
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        return self.gate(self.bn(self.conv(x)))
+
+
+class McuCNN(nn.Module):
+    """A small CNN for microcontrollers: 3 × (3×3 conv, BN, ReLU) with 16/32/64 channels, GAP, classifier."""
+
+    def __init__(self, f: _Factory, input_shape: tuple[int, int, int], num_classes: int) -> None:
+        super().__init__()
+        c = input_shape[0]
+        self.block1, self.block2, self.block3 = ConvBNGate(f, c, 16, 3), ConvBNGate(f, 16, 32, 3), ConvBNGate(f, 32, 64, 3)
+        self.pool = nn.MaxPool2d(2)
+        self.fc = f.linear(64, num_classes, classifier=True)
+        _link(self.block1.conv, None), _link(self.block2.conv, self.block1.conv)
+        _link(self.block3.conv, self.block2.conv), _link(self.fc, self.block3.conv)
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        x = self.pool(torch.relu(self.block1(x)))  # (B, 16, H/2, W/2)
+        x = self.pool(torch.relu(self.block2(x)))  # (B, 32, H/4, W/4)
+        x = torch.relu(self.block3(x))  # (B, 64, H/4, W/4)
+        return self.fc(x.mean((2, 3)))  # global average pool -> (B, classes)
+
+
+class ResidualStack(nn.Module):
+    """MLPerf Tiny ResNet-8 stack: two 3×3 conv+BN, shortcut identity or strided 1×1 conv."""
+
+    def __init__(self, f: _Factory, cin: int, cout: int, stride: int) -> None:
+        super().__init__()
+        self.body1 = ConvBNGate(f, cin, cout, 3, stride)
+        self.body2 = ConvBNGate(f, cout, cout, 3)
+        # the 1x1 shortcut has no BN in the reference, so a pruned channel is already zero
+        self.shortcut = f.conv(cin, cout, 1, stride=stride) if (stride != 1 or cin != cout) else None
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        y = self.body2(torch.relu(self.body1(x)))
+        return torch.relu(y + (x if self.shortcut is None else self.shortcut(x)))
+
+
+class ResNet8(nn.Module):
+    """ResNet-8 as in MLPerf Tiny image classification: stem 16, stacks 16/32/64, GAP, classifier."""
+
+    def __init__(self, f: _Factory, input_shape: tuple[int, int, int], num_classes: int) -> None:
+        super().__init__()
+        self.stem = ConvBNGate(f, input_shape[0], 16, 3)
+        self.stack1, self.stack2, self.stack3 = ResidualStack(f, 16, 16, 1), ResidualStack(f, 16, 32, 2), ResidualStack(f, 32, 64, 2)
+        self.fc = f.linear(64, num_classes, classifier=True)
+        prev = self.stem.conv
+        for stack in (self.stack1, self.stack2, self.stack3):
+            _link(stack.body1.conv, prev), _link(stack.body2.conv, stack.body1.conv)
+            if stack.shortcut is not None:
+                _link(stack.shortcut, prev)
+            prev = stack.body2.conv  # representative of the add's channel group
+        _link(self.stem.conv, None), _link(self.fc, prev)
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        x = torch.relu(self.stem(x))
+        x = self.stack3(self.stack2(self.stack1(x)))
+        return self.fc(x.mean((2, 3)))
+
+
+_ARCHS = {"paper-cnn": PaperCNN, "mcu-cnn": McuCNN, "resnet-8": ResNet8}
+
+
+def arch_name(model: nn.Module) -> str | None:
+    """The zoo name of ``model``'s architecture (None for a model from elsewhere)."""
+    for name, cls in _ARCHS.items():
+        if type(model) is cls:
+            return name
+    return None
+
+
+def build_model(
+    spec: ModelSpec | str, input_shape: tuple[int, int, int] | None = None, num_classes: int | None = None, **kw: object
+) -> nn.Module:
+    """Build a zoo model from a spec (or a name, input shape, class count and spec fields).
+
+    Masked layers learn their ``input_from`` names here.
+    """
+    if isinstance(spec, str):
+        if input_shape is None or num_classes is None:
+            raise UsageError("build_model(name, ...) needs input_shape and num_classes")
+        spec = ModelSpec(spec, tuple(input_shape), num_classes, **kw)  # type: ignore[arg-type]
+    if spec.name not in _ARCHS:
+        raise UsageError(f"unknown model {spec.name!r}; choose one of {', '.join(MODEL_NAMES)}")
+    model = _ARCHS[spec.name](_Factory(spec), tuple(spec.input_shape), spec.num_classes)
+    n_masked = sum(1 for _ in masked_layers(model))
+    if isinstance(spec.keep, list) and not spec.dense and n_masked != len(spec.keep):
+        raise UsageError(f"{spec.name} needs one keep ratio per masked layer ({n_masked}), got {len(spec.keep)}")
+    names = {id(m): name for name, m in model.named_modules()}
+    for _, layer in masked_layers(model):
+        producer = getattr(layer, "_producer", [])
+        layer.input_from = names[id(producer[0])] if producer else None
+        if hasattr(layer, "_producer"):
+            del layer._producer
+    return model
+
+
+def masked_layer_shapes(model: nn.Module) -> list[tuple[int, ...]]:
+    """Weight shape of every masked layer, canonical order (dim 0 = output channels)."""
+    return [tuple(layer.weight.shape) for _, layer in masked_layers(model)]
+
+
+def layer_costs(model: nn.Module, input_shape: tuple[int, int, int]) -> list[LayerCost]:
+    """Dense per-sample cost of every masked layer, measured by one traced forward pass."""
+    shapes: dict[str, tuple[tuple[int, ...], tuple[int, ...]]] = {}
+    hooks = []
+    for name, layer in masked_layers(model):
+        def hook(mod: nn.Module, inp: tuple[torch.Tensor, ...], out: torch.Tensor, name: str = name) -> None:
+            shapes[name] = (tuple(inp[0].shape[1:]), tuple(out.shape[1:]))
+        hooks.append(layer.register_forward_hook(hook))
+    was_training = model.training
+    model.eval()
+    try:
+        with torch.no_grad():
+            model(torch.zeros(1, *input_shape))
+    finally:
+        for h in hooks:
+            h.remove()
+        model.train(was_training)
+    costs = []
+    layers = list(masked_layers(model))
+    for i, (name, layer) in enumerate(layers):
+        in_shape, out_shape = shapes[name]
+        params = layer.weight.numel()
+        out_elems = int(torch.tensor(out_shape).prod())
+        if isinstance(layer, MaskedConv2d):
+            kind = "depthwise" if layer.groups > 1 and layer.groups == layer.in_channels else "conv"
+            macs = out_elems * params // layer.out_channels
+        else:
+            kind, macs = "linear", params
+        costs.append(LayerCost(
+            name=name, kind=kind, in_channels=int(layer.weight.shape[1]) * getattr(layer, "groups", 1),
+            out_channels=int(layer.weight.shape[0]), params=params, macs=int(macs),
+            in_elems=int(torch.tensor(in_shape).prod()), out_elems=out_elems,
+            input_from=layer.input_from, prunable_out=i != len(layers) - 1,
+        ))
+    return costs

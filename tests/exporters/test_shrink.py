@@ -1,0 +1,284 @@
+"""shrink: masked model ≡ shrunk model, coupled channels, rounding, save/load without pickles."""
+
+from __future__ import annotations
+
+import json
+import math
+
+import numpy as np
+import pytest
+import torch
+from hypothesis import HealthCheck, given, settings
+from hypothesis import strategies as st
+from torch import nn
+
+pytest.importorskip("torch_pruning")
+
+from dslth_edge.errors import ExportError  # noqa: E402
+from dslth_edge.learn.masking import ChannelGate, MaskedConv2d, MaskedLinear, masked_layers, set_masks, topk_mask  # noqa: E402
+from dslth_edge.learn.models import ModelSpec, build_model  # noqa: E402
+from dslth_edge.exporters.shrink import (  # noqa: E402
+    SHRINK_JSON,
+    SHRUNK_ARRAYS,
+    count_macs,
+    count_params,
+    fold_batchnorm,
+    load_shrunk,
+    round_channels,
+    save_shrunk,
+    shrink,
+    shrunk_info,
+    to_plain,
+)
+
+SHAPES = {"paper-cnn": (1, 28, 28), "mcu-cnn": (1, 28, 28), "resnet-8": (3, 32, 32)}
+TOL = 1e-5
+
+
+def _randomise_bn(model: nn.Module, seed: int) -> None:
+    """Non-trivial running statistics: eval-mode equivalence must hold with real BN shifts."""
+    g = torch.Generator().manual_seed(seed)
+    for m in model.modules():
+        if isinstance(m, nn.BatchNorm2d):
+            m.running_mean.copy_(torch.randn(m.num_features, generator=g))
+            m.running_var.copy_(torch.rand(m.num_features, generator=g) * 1.5 + 0.5)
+
+
+@pytest.fixture(scope="module")
+def zoo() -> dict[str, nn.Module]:
+    models = {}
+    for i, (name, shape) in enumerate(SHAPES.items()):
+        m = build_model(ModelSpec(name, shape, 10, keep=1.0))
+        _randomise_bn(m, i)
+        models[name] = m.eval()
+    return models
+
+
+@pytest.fixture(scope="module")
+def real_inputs() -> dict[tuple[int, int, int], torch.Tensor]:
+    from dslth_edge.data import load_dataset
+
+    out = {}
+    for shape in set(SHAPES.values()):
+        ds = load_dataset("synthetic", synthetic_shape=shape, synthetic_train_size=100, synthetic_test_size=64)
+        out[shape] = torch.from_numpy(ds.x_test)
+    return out
+
+
+def _pin(model: nn.Module, keep: float, granularity: str) -> list[torch.Tensor]:
+    masks = [topk_mask(layer.scores, keep, granularity) for _, layer in masked_layers(model)]
+    set_masks(model, masks)
+    return masks
+
+
+def _max_diff(a: nn.Module, b: nn.Module, x: torch.Tensor) -> float:
+    with torch.no_grad():
+        return float((a(x) - b(x)).abs().max())
+
+
+def _alive(mask: torch.Tensor) -> set[int]:
+    return {int(i) for i in torch.nonzero(mask.reshape(mask.shape[0], -1).any(1)).flatten()}
+
+
+@pytest.mark.parametrize("granularity", ["unstructured", "channel"])
+@pytest.mark.parametrize("name", list(SHAPES))
+def test_shrunk_equals_masked(zoo, real_inputs, name: str, granularity: str) -> None:
+    model, shape = zoo[name], SHAPES[name]
+    x_rand = torch.randn(16, *shape, generator=torch.Generator().manual_seed(1))
+    for keep in (0.1, 0.3, 0.5):
+        _pin(model, keep, granularity)
+        shrunk = shrink(model, shape)
+        assert not any(isinstance(m, (MaskedConv2d, MaskedLinear, ChannelGate)) for m in shrunk.modules())
+        for x in (x_rand, real_inputs[shape]):
+            d = _max_diff(model, shrunk, x)
+            assert d <= TOL, f"{name} {granularity} keep {keep}: max |masked - shrunk| = {d:.2e}"
+        if granularity == "channel":
+            assert count_macs(shrunk, shape) < count_macs(model, shape)
+    set_masks(model, None)
+
+
+def test_every_dead_channel_goes_and_residual_unions_survive(zoo) -> None:
+    """Channel masks: widths are exactly the kept counts; an add keeps the union of its members."""
+    for name in SHAPES:
+        model = zoo[name]
+        masks = dict(zip([n for n, _ in masked_layers(model)], _pin(model, 0.3, "channel")))
+        widths = shrunk_info(shrink(model, SHAPES[name])).widths()
+        last = list(masks)[-1]
+        assert widths[last] == 10  # the classifier keeps every class
+        if name != "resnet-8":
+            for layer, m in masks.items():
+                if layer != last:
+                    assert widths[layer] == len(_alive(m)), layer
+            continue
+        union = lambda *ls: len(set().union(*(_alive(masks[n]) for n in ls)))  # noqa: E731
+        assert widths["stem.conv"] == widths["stack1.body2.conv"] == union("stem.conv", "stack1.body2.conv")
+        for s in ("stack2", "stack3"):
+            assert widths[f"{s}.body2.conv"] == widths[f"{s}.shortcut"] == union(f"{s}.body2.conv", f"{s}.shortcut")
+            assert widths[f"{s}.body1.conv"] == len(_alive(masks[f"{s}.body1.conv"]))
+    for m in zoo.values():
+        set_masks(m, None)
+
+
+@settings(max_examples=6, deadline=None, suppress_health_check=[HealthCheck.function_scoped_fixture])
+@given(data=st.data())
+def test_random_channel_masks_resnet(zoo, data) -> None:
+    """Any channel subsets (one channel at least per layer) shrink exactly, coupled through the adds."""
+    model = zoo["resnet-8"]
+    masks = []
+    for _, layer in masked_layers(model):
+        c = layer.weight.shape[0]
+        keep = data.draw(st.sets(st.integers(0, c - 1), min_size=1, max_size=c))
+        row = torch.zeros(c, dtype=torch.bool)
+        row[list(keep)] = True
+        masks.append(row.view(c, *([1] * (layer.weight.dim() - 1))).expand_as(layer.weight).clone())
+    set_masks(model, masks)
+    x = torch.randn(4, *SHAPES["resnet-8"], generator=torch.Generator().manual_seed(2))
+    try:
+        assert _max_diff(model, shrink(model, SHAPES["resnet-8"]), x) <= TOL
+    finally:
+        set_masks(model, None)
+
+
+def test_gated_channel_kept_by_the_add_outputs_zero(zoo) -> None:
+    """body2 drops channel 0, the shortcut keeps it: the channel stays, body2's part of it is exactly 0."""
+    model = zoo["resnet-8"]
+    masks = _pin(model, 1.0, "channel")
+    names = [n for n, _ in masked_layers(model)]
+    masks[names.index("stack2.body2.conv")][0] = False
+    set_masks(model, masks)
+    plain = to_plain(model)
+    bn = plain.stack2.body2.bn
+    assert float(bn.weight.detach()[0]) == 0.0 and float(bn.bias.detach()[0]) == 0.0
+    shrunk = shrink(model, SHAPES["resnet-8"])
+    assert shrunk_info(shrunk).widths()["stack2.body2.conv"] == 32
+    assert _max_diff(model, shrunk, torch.randn(4, *SHAPES["resnet-8"])) <= TOL
+    set_masks(model, None)
+
+
+class _DepthwiseNet(nn.Module):
+    """conv → BN → gate → depthwise → BN → gate → pointwise → GAP → fc (a DS-CNN block)."""
+
+    def __init__(self) -> None:
+        super().__init__()
+        kw = {"keep": 1.0, "granularity": "channel"}
+        self.conv = MaskedConv2d(1, 8, 3, padding=1, stream=0, **kw)
+        self.bn = nn.BatchNorm2d(8, affine=False)
+        self.gate = ChannelGate(self.conv)
+        self.dw = _Block(MaskedConv2d(8, 8, 3, padding=1, groups=8, stream=1, **kw))
+        self.pw = MaskedConv2d(8, 16, 1, stream=2, **kw)
+        self.fc = MaskedLinear(16, 4, stream=3, **kw)
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        x = torch.relu(self.gate(self.bn(self.conv(x))))
+        x = torch.relu(self.dw(x))
+        return self.fc(torch.relu(self.pw(x)).mean((2, 3)))
+
+
+class _Block(nn.Module):
+    def __init__(self, conv: MaskedConv2d) -> None:
+        super().__init__()
+        self.conv, self.bn, self.gate = conv, nn.BatchNorm2d(conv.out_channels, affine=False), ChannelGate(conv)
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        return self.gate(self.bn(self.conv(x)))
+
+
+def test_depthwise_coupling() -> None:
+    net = _DepthwiseNet()
+    _randomise_bn(net, 5)
+    net.eval()
+    masks = [layer.current_mask().clone() for _, layer in masked_layers(net)]
+    masks[0][[1, 2]] = False  # conv drops 1, 2: the depthwise keeps them alive (BN shift) -> they stay
+    masks[1][[2, 5, 6]] = False  # the depthwise drops 2, 5, 6: nothing reads them any more -> they go
+    set_masks(net, masks)
+    shrunk = shrink(net, (1, 8, 8))
+    widths = shrunk_info(shrunk).widths()
+    assert widths["conv"] == widths["dw.conv"] == 5
+    assert shrunk.dw.conv.groups == 5
+    assert shrunk_info(shrunk).arch is None
+    assert _max_diff(net, shrunk, torch.randn(4, 1, 8, 8)) <= TOL
+    with pytest.raises(ExportError, match="zoo"):
+        save_shrunk(shrunk, "/nonexistent-not-written", {})
+
+
+@pytest.mark.parametrize("granularity", ["channel", "unstructured"])
+def test_round_channels(zoo, granularity: str) -> None:
+    model, shape = zoo["paper-cnn"], SHAPES["paper-cnn"]
+    before = _pin(model, 0.1, granularity)
+    rr = round_channels(model, shape, 8)
+    assert [m is None for m in [layer.mask_override for _, layer in masked_layers(model)]] == [False] * 5  # untouched
+    for old, new in zip(before, rr.masks):
+        assert bool((new | old).eq(new).all())  # only re-admissions
+    set_masks(model, rr.masks)
+    widths = shrunk_info(shrink(model, shape)).widths()
+    dense = {"conv1": 64, "conv2": 128, "conv3": 256, "fc1": 192}
+    for layer, full in dense.items():
+        assert widths[layer] % 8 == 0 or widths[layer] == full, (layer, widths[layer])
+        assert widths[layer] == rr.widths_after[layer]
+        assert rr.widths_after[layer] == min(full, math.ceil(rr.widths_before[layer] / 8) * 8)
+    if granularity == "channel":
+        assert rr.readmitted  # 6/13/26/19 channels are not multiples of 8
+    set_masks(model, None)
+
+
+def test_round_channels_resnet_groups(zoo) -> None:
+    model, shape = zoo["resnet-8"], SHAPES["resnet-8"]
+    _pin(model, 0.3, "channel")
+    rr = round_channels(model, shape, 8)
+    set_masks(model, rr.masks)
+    shrunk = shrink(model, shape)
+    for layer, w in shrunk_info(shrunk).widths().items():
+        assert w % 8 == 0 or layer == "fc", (layer, w)
+    assert _max_diff(model, shrunk, torch.randn(2, *shape)) <= TOL
+    set_masks(model, None)
+
+
+def test_save_load_roundtrip(zoo, tmp_path) -> None:
+    model, shape = zoo["resnet-8"], SHAPES["resnet-8"]
+    _pin(model, 0.3, "channel")
+    shrunk = shrink(model, shape)
+    set_masks(model, None)
+    path = save_shrunk(shrunk, tmp_path, {"node": 3, "profile": "x86-host", "keep": 0.3, "weights_fingerprint": "ab" * 32})
+    doc = json.loads(path.read_text())
+    assert doc["provenance"]["node"] == 3 and doc["arch"] == "resnet-8"
+    assert doc["widths"] == shrunk_info(shrunk).widths()
+    with np.load(tmp_path / SHRUNK_ARRAYS, allow_pickle=False) as data:
+        assert all(data[k].dtype != object for k in data.files)
+    loaded = load_shrunk(tmp_path)
+    x = torch.randn(4, *shape)
+    with torch.no_grad():
+        assert torch.equal(loaded(x), shrunk(x))
+    assert count_params(loaded) == count_params(shrunk) == doc["params"]
+
+
+def test_load_refuses_pickles_and_damage(tmp_path) -> None:
+    model = build_model(ModelSpec("mcu-cnn", (1, 16, 16), 4, keep=0.5, granularity="channel"))
+    shrunk = shrink(model.eval(), (1, 16, 16))
+    save_shrunk(shrunk, tmp_path, {})
+    np.savez(tmp_path / SHRUNK_ARRAYS, **{"fc.weight": np.array([{"x": 1}], dtype=object)})
+    with pytest.raises(ExportError, match="unreadable"):
+        load_shrunk(tmp_path / SHRINK_JSON)
+    (tmp_path / SHRINK_JSON).write_text("{not json")
+    with pytest.raises(ExportError):
+        load_shrunk(tmp_path)
+    with pytest.raises(ExportError, match="no shrunk model"):
+        load_shrunk(tmp_path / "missing")
+
+
+def test_costs() -> None:
+    model = build_model(ModelSpec("paper-cnn", (1, 28, 28), 10, keep=0.5, granularity="channel")).eval()
+    dense_macs = 64 * 25 * 28 * 28 + 128 * 64 * 25 * 14 * 14 + 256 * 128 * 25 * 7 * 7 + 2304 * 192 + 192 * 10
+    assert count_macs(model, (1, 28, 28)) == dense_macs
+    shrunk = shrink(model, (1, 28, 28))
+    assert count_macs(shrunk, (1, 28, 28)) == 32 * 25 * 784 + 64 * 32 * 25 * 196 + 128 * 64 * 25 * 49 + 1152 * 96 + 96 * 10
+    assert count_params(shrunk) == 32 * 25 + 64 * 32 * 25 + 128 * 64 * 25 + 1152 * 96 + 96 * 10
+
+
+def test_fold_batchnorm(zoo) -> None:
+    model, shape = zoo["mcu-cnn"], SHAPES["mcu-cnn"]
+    _pin(model, 0.3, "channel")
+    folded = fold_batchnorm(shrink(model, shape))
+    assert not any(isinstance(m, nn.BatchNorm2d) for m in folded.modules())
+    assert shrunk_info(folded).arch == "mcu-cnn"
+    assert _max_diff(model, folded, torch.randn(8, *shape)) <= TOL
+    set_masks(model, None)
