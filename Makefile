@@ -6,7 +6,8 @@ VENV   := .venv
 PY     := $(VENV)/bin/python
 PIP    := $(PY) -m pip
 STAMP  := $(VENV)/.installed
-APT_PACKAGES := mosquitto dataset-fashion-mnist
+# gcc-arm-none-eabi: the export tests compile the TFLite Micro bundle (model_data.cc) for Cortex-M
+APT_PACKAGES := mosquitto dataset-fashion-mnist gcc-arm-none-eabi
 EXTRAS := export,broker,plot,test
 
 .PHONY: demo test venv system-packages clean

@@ -6,6 +6,12 @@ re-evaluated) → shrink (checked against the masked model on real inputs) → s
 quantization (calibrated on the node's own training inputs) → accuracy of every variant
 on the node's test split → metadata into the file → atomic write → report.json.
 Nothing is written under the output name unless every check passed.
+
+Format ``tflm`` is a TFLite file plus the TensorFlow Lite Micro bundle beside it
+(:mod:`dslth_edge.exporters.tflm`); its int8 file must be integer-only, and it is run in
+the TFLite Micro interpreter and LiteRT on the node's test samples (1 LSB, 99 % argmax
+agreement) before anything is written. After writing, the file is judged against the
+node's profile (:mod:`dslth_edge.exporters.budget`) and the verdict goes into the report.
 """
 
 from __future__ import annotations
@@ -36,16 +42,21 @@ from dslth_edge.exporters.shrink import (
 )
 from dslth_edge.exporters.metadata import add_onnx_metadata, add_tflite_metadata
 from dslth_edge.exporters.report import ExportReport, VariantRow, write_report
-from dslth_edge.exporters.runtime import Runner, open_runner
+from dslth_edge.exporters.runtime import Runner, open_runner, to_layout
 
-__all__ = ["FORMATS", "QUANTIZE_MODES", "ExportOptions", "check_extra", "default_output", "export_node"]
+__all__ = ["FORMATS", "QUANTIZE_MODES", "TFLM_MAX_LSB", "TFLM_MIN_AGREEMENT", "ExportOptions", "check_extra",
+           "default_output", "export_node"]
 
-FORMATS = ("onnx", "tflite")
+FORMATS = ("onnx", "tflite", "tflm")
 QUANTIZE_MODES = ("none", "dynamic", "int8")
 _NEEDS = {
     "onnx": ("onnx", "onnxruntime"),
     "tflite": ("litert_torch", "ai_edge_litert"),
+    "tflm": ("litert_torch", "ai_edge_litert", "tflite_micro"),
 }
+TFLM_MAX_LSB = 1  # TFLite Micro vs LiteRT, int8 outputs
+TFLM_MAX_ABS_FP32 = 1e-4  # TFLite Micro vs LiteRT, float outputs
+TFLM_MIN_AGREEMENT = 0.99  # argmax agreement, TFLite Micro vs LiteRT
 PARITY_TOL = 1e-4  # fp32 file vs torch, max abs logit difference
 SHRINK_TOL = 1e-5  # shrunk vs masked torch model
 INT8_ROUTES = ("auto", "aeq", "pt2e")
@@ -69,6 +80,7 @@ class ExportOptions:
     eval_samples: int | None = None  # None: the node's whole test split
     int8_route: str = "auto"  # TFLite static int8: "auto", "aeq" (ai-edge-quantizer) or "pt2e" (litert-torch)
     compare_dense: bool = True  # also convert the masked-dense model for the size column
+    judge: bool = True  # check the written file against the node's profile budgets
 
 
 def check_extra(fmt: str, quantize: str) -> None:
@@ -78,7 +90,7 @@ def check_extra(fmt: str, quantize: str) -> None:
     if quantize not in QUANTIZE_MODES:
         raise ExportError(f"unknown quantization {quantize!r}: choose one of {', '.join(QUANTIZE_MODES)}")
     needed = ["torch_pruning", *_NEEDS[fmt]]
-    if fmt == "tflite" and quantize != "none":
+    if fmt in ("tflite", "tflm") and quantize != "none":
         needed.append("ai_edge_quantizer")
     missing = [m for m in needed if importlib.util.find_spec(m) is None]
     if missing:
@@ -86,9 +98,16 @@ def check_extra(fmt: str, quantize: str) -> None:
 
 
 def default_output(node_dir: Path, fmt: str, quantize: str) -> Path:
-    """DIR/node-I/exports/model[-int8|-dynamic].onnx|tflite."""
+    """DIR/node-I/exports/model[-int8|-dynamic].onnx|tflite; tflm: DIR/node-I/exports/tflm[-int8]/model.tflite."""
     suffix = "" if quantize == "none" else f"-{quantize}"
+    if fmt == "tflm":
+        return node_dir / "exports" / f"tflm{suffix}" / "model.tflite"
     return node_dir / "exports" / f"model{suffix}.{fmt}"
+
+
+def _file_format(fmt: str) -> str:
+    """The model file's format: a TFLM bundle holds a .tflite file."""
+    return "tflite" if fmt == "tflm" else fmt
 
 
 def _channel_multiple(info: RunInfo, opts: ExportOptions) -> int | None:
@@ -105,7 +124,7 @@ def _channel_multiple(info: RunInfo, opts: ExportOptions) -> int | None:
     return int(load_profile(info.profile).compute.channel_multiple)
 
 
-def _convert(module: torch.nn.Module, shape: tuple[int, int, int], fmt: str) -> bytes:
+def _convert(module: torch.nn.Module, shape: tuple[int, int, int], fmt: str, layout: str = "NCHW") -> bytes:
     if fmt == "onnx":
         from dslth_edge.exporters.onnx import check_onnx, onnx_bytes
 
@@ -114,7 +133,7 @@ def _convert(module: torch.nn.Module, shape: tuple[int, int, int], fmt: str) -> 
         return data
     from dslth_edge.exporters.tflite import tflite_bytes
 
-    return tflite_bytes(module, shape)
+    return tflite_bytes(module, shape, layout=layout)
 
 
 def _agreement(runner: Runner, ref_top1: np.ndarray, x: np.ndarray) -> float:
@@ -123,13 +142,17 @@ def _agreement(runner: Runner, ref_top1: np.ndarray, x: np.ndarray) -> float:
 
 
 def _quantize(fmt: str, mode: str, float_bytes: bytes, shrunk: torch.nn.Module, shape: tuple[int, int, int],
-              calib: np.ndarray, select: np.ndarray, route: str) -> tuple[bytes, str, dict[str, Any]]:
+              calib: np.ndarray, select: np.ndarray, route: str,
+              integer_only: bool = False, layout: str = "NCHW") -> tuple[bytes, str, dict[str, Any]]:
     """(quantized file, route that made it, agreement with fp32 per route tried, or why one failed).
 
     TFLite static int8, route "auto": ai-edge-quantizer first (integer-only graph, about a
     second); if its top-1 agreement with the fp32 model on ``select`` (training inputs
     not used for calibration: no test data is looked at) is below :data:`AUTO_AGREEMENT`,
     PT2E (histogram ranges) is tried too and the more faithful file is kept.
+    ``integer_only`` (TFLite Micro int8): a PT2E file that keeps float operators is
+    never kept (PT2E may leave DEQUANTIZE → float op → QUANTIZE islands). ``calib`` and
+    ``select`` are NCHW; ``layout`` is the TFLite file's input layout.
     """
     if fmt == "onnx":
         from dslth_edge.exporters.onnx import quantize_onnx
@@ -138,23 +161,29 @@ def _quantize(fmt: str, mode: str, float_bytes: bytes, shrunk: torch.nn.Module, 
     from dslth_edge.exporters.tflite import quantize_tflite, tflite_int8_pt2e
 
     if mode != "int8":
-        return quantize_tflite(float_bytes, mode, calib), "aeq", {}
+        return quantize_tflite(float_bytes, mode, to_layout(calib, layout)), "aeq", {}
     if route == "pt2e":
-        return tflite_int8_pt2e(shrunk, shape, calib), "pt2e", {}
-    aeq = quantize_tflite(float_bytes, mode, calib)
+        return tflite_int8_pt2e(shrunk, shape, calib, layout=layout), "pt2e", {}
+    aeq = quantize_tflite(float_bytes, mode, to_layout(calib, layout))
     if route == "aeq":
         return aeq, "aeq", {}
     with torch.no_grad():
         ref = shrunk(torch.from_numpy(np.ascontiguousarray(select))).numpy().argmax(1)
-    tried = {"aeq": _agreement(open_runner(aeq, "tflite"), ref, select)}
+    tried = {"aeq": _agreement(open_runner(aeq, "tflite", layout=layout), ref, select)}
     if tried["aeq"] >= AUTO_AGREEMENT:
         return aeq, "aeq", tried
     try:
-        pt2e = tflite_int8_pt2e(shrunk, shape, calib)
+        pt2e = tflite_int8_pt2e(shrunk, shape, calib, layout=layout)
     except ExportError as exc:  # PT2E does not annotate every graph (e.g. conv-BN-ReLU-maxpool): keep aeq
         tried["pt2e_failed"] = str(exc)[:300]
         return aeq, "aeq", tried
-    tried["pt2e"] = _agreement(open_runner(pt2e, "tflite"), ref, select)
+    tried["pt2e"] = _agreement(open_runner(pt2e, "tflite", layout=layout), ref, select)
+    if integer_only:
+        from dslth_edge.exporters.tflm import float_ops
+
+        if float_ops(pt2e):
+            tried["pt2e_rejected"] = "not integer-only"
+            return aeq, "aeq", tried
     return (pt2e, "pt2e", tried) if tried["pt2e"] > tried["aeq"] else (aeq, "aeq", tried)
 
 
@@ -178,14 +207,16 @@ def _io_quantization(runner: Runner) -> dict[str, Any] | None:
 
 
 def _file_metadata(info: RunInfo, provenance: dict[str, Any], quant: dict[str, Any] | None, quantize: str,
-                   widths: dict[str, int], acc: dict[str, Any]) -> dict[str, Any]:
+                   widths: dict[str, int], acc: dict[str, Any], layout: str = "NCHW") -> dict[str, Any]:
     """The document stored inside the exported file (see exporters/metadata.py)."""
     io = (quant or {}).get("io") or {}
+    c, h, w = info.input_shape
     return {
         **{k: provenance[k] for k in ("node", "profile", "keep", "weights_fingerprint", "model", "round", "channel_multiple")},
         "class_names": info.class_names,
-        "normalisation": {**info.normalisation(), "formula": "x = (pixel / 255 - mean) / std, NCHW"},
-        "input": {"shape": [1, *info.input_shape], "layout": "NCHW", "dtype": "int8" if io.get("input") else "float32",
+        "normalisation": {**info.normalisation(), "formula": f"x = (pixel / 255 - mean) / std, {layout}"},
+        "input": {"shape": [1, c, h, w] if layout == "NCHW" else [1, h, w, c], "layout": layout,
+                  "dtype": "int8" if io.get("input") else "float32",
                   "quantization": io.get("input")},
         "output": {"shape": [1, info.spec.num_classes], "kind": "logits", "dtype": "int8" if io.get("output") else "float32",
                    "quantization": io.get("output")},
@@ -206,9 +237,17 @@ def export_node(opts: ExportOptions) -> ExportReport:
     seconds: dict[str, float] = {}
     info = load_run(opts.run, opts.node)
     model, shape = info.model, info.input_shape
-    out = Path(opts.out) if opts.out else default_output(info.node_dir, opts.format, opts.quantize)
-    if out.suffix.lstrip(".") != opts.format:
-        raise UsageError(f"--out {out} does not end in .{opts.format}")
+    fmt = _file_format(opts.format)
+    if opts.format == "tflm":  # --out names the bundle's folder
+        out = Path(opts.out) / "model.tflite" if opts.out else default_output(info.node_dir, "tflm", opts.quantize)
+    else:
+        out = Path(opts.out) if opts.out else default_output(info.node_dir, opts.format, opts.quantize)
+        if out.suffix.lstrip(".") != opts.format:
+            raise UsageError(f"--out {out} does not end in .{opts.format}")
+    hw = _node_profile(info)
+    tflm_target = opts.format == "tflm" or (hw is not None and fmt == "tflite" and _runs_tflm(hw))
+    integer_only = tflm_target and fmt == "tflite"  # int8 for TFLite Micro: int8 in/out, no float op
+    layout = "NHWC" if opts.format == "tflm" else "NCHW"  # the TFLM bundle takes channels-last input
     x_test, y_test = info.test_arrays(opts.eval_samples)
     x_par, _ = info.test_arrays(opts.parity_samples)
     seconds["load"] = time.perf_counter() - t0
@@ -242,11 +281,11 @@ def export_node(opts: ExportOptions) -> ExportReport:
     # ---- fp32 file and its parity (BatchNorm folded into the convs: the deployed form)
     t = time.perf_counter()
     deploy = fold_batchnorm(shrunk)
-    float_bytes = _convert(deploy, shape, opts.format)
-    float_runner = open_runner(float_bytes, opts.format)
+    float_bytes = _convert(deploy, shape, fmt, layout)
+    float_runner = open_runner(float_bytes, fmt, layout=layout)
     parity = float(np.abs(float_runner.run(x_par) - ref).max()) if len(x_par) else 0.0
     if parity > PARITY_TOL:
-        raise ExportError(f"{opts.format} file differs from the torch model by {parity:.2e} (> {PARITY_TOL:g}): not exporting")
+        raise ExportError(f"{fmt} file differs from the torch model by {parity:.2e} (> {PARITY_TOL:g}): not exporting")
     acc_float = float((float_runner.run(x_test).argmax(1) == y_test).mean()) if len(y_test) else float("nan")
     seconds["convert"] = time.perf_counter() - t
 
@@ -257,7 +296,7 @@ def export_node(opts: ExportOptions) -> ExportReport:
     notes = list(info.notes)
     if opts.compare_dense:
         t = time.perf_counter()
-        dense_bytes = _convert(fold_batchnorm(to_plain(model)), shape, opts.format)
+        dense_bytes = _convert(fold_batchnorm(to_plain(model)), shape, fmt)
         seconds["convert_dense"] = time.perf_counter() - t
         dense_size: int | None = len(dense_bytes)
     else:
@@ -276,8 +315,9 @@ def export_node(opts: ExportOptions) -> ExportReport:
     for mode in q_modes:
         t = time.perf_counter()
         # the int8 row of an fp32 export goes the same route as --quantize int8 would
-        q_bytes, used, tried = _quantize(opts.format, mode, float_bytes, deploy, shape, calib, select, opts.int8_route)
-        q_runner = open_runner(q_bytes, opts.format)
+        q_bytes, used, tried = _quantize(fmt, mode, float_bytes, deploy, shape, calib, select, opts.int8_route,
+                                         integer_only=integer_only and mode == "int8", layout=layout)
+        q_runner = open_runner(q_bytes, fmt, layout=layout)
         acc_q = float((q_runner.run(x_test).argmax(1) == y_test).mean()) if len(y_test) else float("nan")
         seconds[f"quantize_{mode}"] = time.perf_counter() - t
         rows.append(VariantRow(f"shrunk+{mode}", params, nonzero, macs, len(q_bytes), acc_q,
@@ -293,21 +333,104 @@ def export_node(opts: ExportOptions) -> ExportReport:
     final_acc = next(r.accuracy for r in rows if r.variant == ("shrunk" if opts.quantize == "none" else f"shrunk+{opts.quantize}"))
     meta = _file_metadata(info, provenance, quant, opts.quantize, shrunk_info(shrunk).widths(),
                           {"this_file": final_acc, "masked_model": acc_masked, "recorded_by_run": info.recorded_accuracy,
-                           "test_samples": int(len(y_test))})
-    data = _with_metadata(opts.format, final_bytes, meta)
-    if opts.format == "tflite":  # the metadata rewrite must leave a runnable, identical model
-        check = open_runner(data, "tflite").run(x_par[:4])
+                           "test_samples": int(len(y_test))}, layout)
+    data = _with_metadata(fmt, final_bytes, meta)
+    if fmt == "tflite":  # the metadata rewrite must leave a runnable, identical model
+        check = open_runner(data, "tflite", layout=layout).run(x_par[:4])
         if len(check) and float(np.abs(check - final_runner.run(x_par[:4])).max()) > 0:
             raise ExportError("adding TFLite metadata changed the model's outputs: not exporting")
-    atomic_write_bytes(out, data)
+    if integer_only and opts.quantize == "int8":  # an MCU's int8 file: int8 in, int8 out, no float op
+        from dslth_edge.exporters.tflm import require_integer_only
+
+        require_integer_only(data)
+    tflm: dict[str, Any] | None = None
+    if opts.format == "tflm":
+        t = time.perf_counter()
+        tflm_check = _tflm_check(data, x_test, layout)
+        from dslth_edge.exporters.tflm import write_bundle
+
+        tflm = {**write_bundle(out.parent, data, meta=meta, io=(quant or {}).get("io"), profile=hw,
+                               integer_only=integer_only and opts.quantize == "int8"),
+                "check": tflm_check}
+        seconds["tflm"] = time.perf_counter() - t
+    else:
+        atomic_write_bytes(out, data)
     rows[[r.variant for r in rows].index("shrunk" if opts.quantize == "none" else f"shrunk+{opts.quantize}")].file_bytes = len(data)
-    seconds["total"] = time.perf_counter() - t0
     report = ExportReport(
         file=str(out), format=opts.format, quantize=opts.quantize, provenance=provenance, rows=rows,
         parity={"max_abs_diff": parity, "samples": int(len(x_par)), "tolerance": PARITY_TOL, "runtime": float_runner.backend},
         shrink={"max_abs_diff_vs_masked": diff, "tolerance": SHRINK_TOL, "widths": shrunk_info(shrunk).widths(),
                 "shrink_json": str(shrink_json)},
-        rounding=rounding, quantization=quant, seconds=seconds, notes=notes,
+        rounding=rounding, quantization=quant, seconds=seconds, notes=notes, tflm=tflm,
     )
+    if opts.judge:
+        if hw is None:
+            notes.append("no profile recorded for this node: the file was not checked against a device budget")
+        else:
+            from dslth_edge.exporters.budget import judge_export
+
+            t = time.perf_counter()
+            arena = (tflm or {}).get("arena")
+            if arena is None and tflm_target:
+                from dslth_edge.exporters.tflm import measure_arena
+
+                arena = measure_arena(data).to_dict()
+            report.budget = judge_export(out, hw, arena=arena).to_dict()
+            seconds["judge"] = time.perf_counter() - t
+    seconds["total"] = time.perf_counter() - t0
     write_report(report)
     return report
+
+
+def _node_profile(info: RunInfo) -> Any:
+    """The node's hardware profile, or None when the run recorded none or it cannot be loaded (noted)."""
+    if not info.profile:
+        return None
+    from dslth_edge.device.profiles import load_profile
+    from dslth_edge.errors import ProfileError
+
+    try:
+        return load_profile(info.profile)
+    except ProfileError as exc:
+        info.notes.append(f"the node's profile {info.profile!r} cannot be loaded here ({exc}): no budget verdict")
+        return None
+
+
+def _runs_tflm(profile: Any) -> bool:
+    from dslth_edge.exporters.tflm import runs_tflm
+
+    return runs_tflm(profile)
+
+
+def _tflm_check(data: bytes, x: np.ndarray, layout: str) -> dict[str, Any]:
+    """Run the file in TFLite Micro and LiteRT (builtin kernels) on ``x``: max output difference, argmax agreement.
+
+    int8 outputs must agree within :data:`TFLM_MAX_LSB`, float outputs within
+    :data:`TFLM_MAX_ABS_FP32`, and the top-1 classes on :data:`TFLM_MIN_AGREEMENT` of
+    the inputs; otherwise :class:`ExportError` (nothing is written).
+    """
+    from dslth_edge.exporters.runtime import TfliteRunner
+    from dslth_edge.exporters.tflm import TflmRunner
+
+    micro = TflmRunner(data, layout=layout)
+    litert = TfliteRunner(data, delegate=False, layout=layout)
+    a, b = micro.run(x), litert.run(x)
+    q = litert.output_quantization
+    if len(x) == 0:
+        return {"samples": 0}
+    diff = float(np.abs(a - b).max())
+    agreement = float((a.argmax(1) == b.argmax(1)).mean())
+    check: dict[str, Any] = {"samples": int(len(x)), "argmax_agreement": agreement, "runtimes": ["tflite_micro", litert.backend]}
+    if q is not None:
+        lsb = int(round(diff / q[0]))
+        check["max_lsb_diff"] = lsb
+        if lsb > TFLM_MAX_LSB:
+            raise ExportError(f"TFLite Micro and LiteRT outputs differ by {lsb} LSB (> {TFLM_MAX_LSB}): not exporting")
+    else:
+        check["max_abs_diff"] = diff
+        if diff > TFLM_MAX_ABS_FP32:
+            raise ExportError(f"TFLite Micro and LiteRT outputs differ by {diff:.2e} (> {TFLM_MAX_ABS_FP32:g}): not exporting")
+    if agreement < TFLM_MIN_AGREEMENT:
+        raise ExportError(f"TFLite Micro and LiteRT agree on the class of only {100 * agreement:.1f}% of the "
+                          f"test samples (< {100 * TFLM_MIN_AGREEMENT:.0f}%): not exporting")
+    return check

@@ -58,6 +58,8 @@ class ExportReport:
     quantization: dict[str, Any] | None = None  # int8 input/output (scale, zero point), route, drop
     seconds: dict[str, float] = field(default_factory=dict)
     notes: list[str] = field(default_factory=list)
+    tflm: dict[str, Any] | None = None  # TFLite Micro bundle: files, arena, ops, TFLM-vs-LiteRT check
+    budget: dict[str, Any] | None = None  # the verdict against the node's profile (exporters/budget.py)
 
     def to_dict(self) -> dict[str, Any]:
         d = asdict(self)

@@ -5,6 +5,8 @@ to check a file before it is written. TFLite files load with ai-edge-litert's
 Interpreter and fall back to tflite-runtime's (older devices, e.g. Debian/Raspberry Pi
 OS images that ship only ``tflite_runtime``). Integer-only models take int8 inputs: the
 runner quantizes inputs and dequantizes outputs with the scales stored in the file.
+Runners take NCHW inputs, like the torch model; a file with an NHWC input (the TFLite
+Micro exports) gets them transposed (``layout="NHWC"``).
 """
 
 from __future__ import annotations
@@ -18,14 +20,28 @@ import numpy as np
 from dslth_edge.errors import ExportError
 
 __all__ = [
+    "LAYOUTS",
     "Runner",
     "OnnxRunner",
+    "to_layout",
     "TfliteRunner",
     "tflite_interpreter_class",
     "open_runner",
     "top1",
     "time_runner",
 ]
+
+
+LAYOUTS = ("NCHW", "NHWC")
+
+
+def to_layout(x: np.ndarray, layout: str) -> np.ndarray:
+    """NCHW samples in the file's input layout ("NCHW": unchanged, "NHWC": channels last)."""
+    if layout == "NCHW":
+        return x
+    if layout == "NHWC":
+        return np.ascontiguousarray(np.transpose(x, (0, 2, 3, 1))) if x.ndim == 4 else x
+    raise ExportError(f"unknown input layout {layout!r}: expected one of {', '.join(LAYOUTS)}")
 
 
 class Runner(Protocol):
@@ -81,11 +97,24 @@ def tflite_interpreter_class() -> tuple[Any, str]:
 
 
 class TfliteRunner:
-    """LiteRT interpreter, one sample at a time (the file has a static batch of 1)."""
+    """LiteRT interpreter, one sample at a time (the file has a static batch of 1).
 
-    def __init__(self, model: str | Path | bytes, *, threads: int | None = None) -> None:
+    ``delegate=False``: LiteRT's builtin kernels without the default XNNPACK delegate
+    (the kernels whose int8 rounding TFLite Micro's reference kernels share).
+    """
+
+    def __init__(self, model: str | Path | bytes, *, threads: int | None = None, delegate: bool = True,
+                 layout: str = "NCHW") -> None:
+        to_layout(np.zeros((0,)), layout)  # a bad name fails here
+        self.layout = layout
         cls, self.backend = tflite_interpreter_class()
         kw: dict[str, Any] = {"num_threads": int(threads)} if threads else {}
+        if not delegate:
+            resolver = _op_resolver_type(self.backend)
+            if resolver is None:
+                raise ExportError(f"{self.backend} cannot run without its default delegate (no OpResolverType)")
+            kw["experimental_op_resolver_type"] = resolver.BUILTIN_WITHOUT_DEFAULT_DELEGATES
+            self.backend = f"{self.backend} (builtin kernels)"
         if isinstance(model, bytes):
             self.interpreter = cls(model_content=model, **kw)
         else:
@@ -116,13 +145,24 @@ class TfliteRunner:
         return y.astype(np.float32) if q is None else (y.astype(np.float32) - q[1]) * q[0]
 
     def run(self, x: np.ndarray) -> np.ndarray:
-        x = np.ascontiguousarray(x, dtype=np.float32)
+        x = to_layout(np.ascontiguousarray(x, dtype=np.float32), self.layout)
         outs = []
         for s in range(0, len(x), self.batch):
             self.interpreter.set_tensor(self.inp["index"], self._to_input(x[s : s + self.batch]))
             self.interpreter.invoke()
             outs.append(self._from_output(self.interpreter.get_tensor(self.out["index"])))
         return np.concatenate(outs)
+
+
+def _op_resolver_type(package: str) -> Any:
+    try:
+        if package == "ai_edge_litert":
+            from ai_edge_litert.interpreter import OpResolverType
+        else:
+            from tflite_runtime.interpreter import OpResolverType  # type: ignore[import-not-found]
+    except ImportError:
+        return None
+    return OpResolverType
 
 
 def _quant(detail: dict[str, Any]) -> tuple[float, int] | None:
@@ -132,8 +172,9 @@ def _quant(detail: dict[str, Any]) -> tuple[float, int] | None:
     return float(scale), int(zero)
 
 
-def open_runner(model: str | Path | bytes, fmt: str | None = None, *, threads: int | None = None) -> Runner:
-    """A runner for an .onnx or .tflite file (or its bytes, with ``fmt``)."""
+def open_runner(model: str | Path | bytes, fmt: str | None = None, *, threads: int | None = None,
+                layout: str = "NCHW") -> Runner:
+    """A runner for an .onnx or .tflite file (or its bytes, with ``fmt``); ``layout``: the .tflite file's input layout."""
     if fmt is None:
         if isinstance(model, bytes):
             raise ExportError("open_runner needs fmt= for in-memory models")
@@ -141,7 +182,7 @@ def open_runner(model: str | Path | bytes, fmt: str | None = None, *, threads: i
     if fmt == "onnx":
         return OnnxRunner(model, threads=threads)
     if fmt == "tflite":
-        return TfliteRunner(model, threads=threads)
+        return TfliteRunner(model, threads=threads, layout=layout)
     raise ExportError(f"unknown model format {fmt!r}: expected onnx or tflite")
 
 

@@ -1,7 +1,10 @@
 """Plain torch module → TFLite through litert-torch (no TensorFlow), plus quantization.
 
 - fp32: ``litert_torch.convert(module, (sample,))``; the file keeps the NCHW float32
-  input of the torch model (the converter inserts the NHWC transposes).
+  input of the torch model (the converter inserts the NHWC transposes), or, with
+  ``layout="NHWC"`` (TFLite Micro exports), takes channels-last input: the module is
+  wrapped in an input permute that the converter folds into its own layout change, so
+  no TRANSPOSE is left at the input.
 - int8, two routes (the pipeline's "auto" picks between them, see exporters/pipeline.py):
   ai-edge-quantizer's ``static_wi8_ai8`` recipe on the fp32 file (integer-only graph
   with int8 input and output tensors, what TFLite Micro and NPUs need; about a second;
@@ -28,7 +31,7 @@ from torch import nn
 
 from dslth_edge.errors import ExportError
 
-__all__ = ["INT8_ROUTES", "tflite_bytes", "quantize_tflite", "tflite_int8_pt2e", "signature_input_name"]
+__all__ = ["INT8_ROUTES", "NhwcInput", "tflite_bytes", "quantize_tflite", "tflite_int8_pt2e", "signature_input_name", "litert_torch_flatbuffer"]
 
 INT8_ROUTES = ("aeq", "pt2e")
 
@@ -71,10 +74,23 @@ def _litert_torch() -> Any:
     return litert_torch
 
 
+def litert_torch_flatbuffer(edge_model: Any) -> bytes | None:
+    """The flatbuffer a litert-torch conversion holds in memory, None when it is not where expected.
+
+    The one use of litert-torch's private ``edge_model._exporter.to_bytes()``, checked
+    against litert-torch 0.10.0; tests/exporters/test_tflite.py fails if it disappears
+    (:func:`_model_bytes` would still work, through a temporary file).
+    """
+    exporter = getattr(edge_model, "_exporter", None)
+    if exporter is None or not hasattr(exporter, "to_bytes"):
+        return None
+    return bytes(exporter.to_bytes())
+
+
 def _model_bytes(edge_model: Any) -> bytes:
-    exporter = getattr(edge_model, "_exporter", None)  # LiteRTModel keeps the flatbuffer here
-    if exporter is not None and hasattr(exporter, "to_bytes"):
-        return bytes(exporter.to_bytes())
+    data = litert_torch_flatbuffer(edge_model)
+    if data is not None:
+        return data
     import tempfile
 
     with tempfile.TemporaryDirectory(prefix="dslth-tfl-") as tmp:
@@ -84,13 +100,38 @@ def _model_bytes(edge_model: Any) -> bytes:
             return fh.read()
 
 
-def tflite_bytes(module: nn.Module, input_shape: Sequence[int]) -> bytes:
-    """fp32 TFLite flatbuffer of ``module`` (eval mode), static batch 1, NCHW float32 input."""
+class NhwcInput(nn.Module):
+    """``module`` taking channels-last (N, H, W, C) input: permutes to NCHW first."""
+
+    def __init__(self, module: nn.Module) -> None:
+        super().__init__()
+        self.module = module
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        return self.module(x.permute(0, 3, 1, 2))
+
+
+def _with_layout(module: nn.Module, input_shape: Sequence[int], layout: str) -> tuple[nn.Module, tuple[int, ...]]:
+    """(module to convert, its per-sample input shape) for an NCHW model and the wanted input layout."""
+    if layout == "NCHW":
+        return module.eval(), tuple(input_shape)
+    if layout == "NHWC":
+        c, h, w = input_shape
+        return NhwcInput(module).eval(), (h, w, c)
+    raise ExportError(f"unknown input layout {layout!r}: expected NCHW or NHWC")
+
+
+def tflite_bytes(module: nn.Module, input_shape: Sequence[int], *, layout: str = "NCHW") -> bytes:
+    """fp32 TFLite flatbuffer of ``module`` (eval mode), static batch 1, float32 input in ``layout``.
+
+    ``input_shape`` is the torch model's (C, H, W).
+    """
     lt = _litert_torch()
-    sample = torch.zeros(1, *input_shape)
+    module, shape = _with_layout(module, input_shape, layout)
+    sample = torch.zeros(1, *shape)
     try:
         with _quiet():
-            return _model_bytes(lt.convert(module.eval(), (sample,)))
+            return _model_bytes(lt.convert(module, (sample,)))
     except ExportError:
         raise
     except Exception as exc:
@@ -143,12 +184,14 @@ def quantize_tflite(float_bytes: bytes, mode: str, calibration: np.ndarray | Non
     return bytes(result.quantized_model)
 
 
-def tflite_int8_pt2e(module: nn.Module, input_shape: Sequence[int], calibration: np.ndarray, *, attempts: int = 3) -> bytes:
+def tflite_int8_pt2e(module: nn.Module, input_shape: Sequence[int], calibration: np.ndarray, *, attempts: int = 3,
+                     layout: str = "NCHW") -> bytes:
     """Static int8 through litert-torch's PT2E quantizer (per-channel weights, histogram activations).
 
     litert-torch 0.10's annotator sometimes fails on conv → ReLU → max-pool graphs with
     "'relu_1' not in ... observer" and succeeds on the same module the next time (it
-    depends on node iteration order), so a failed attempt is retried.
+    depends on node iteration order), so a failed attempt is retried. ``calibration`` is
+    NCHW like ``input_shape``; ``layout`` is the file's input layout.
     """
     lt = _litert_torch()
     try:
@@ -158,7 +201,11 @@ def tflite_int8_pt2e(module: nn.Module, input_shape: Sequence[int], calibration:
         from torchao.quantization.pt2e.quantize_pt2e import convert_pt2e, prepare_pt2e
     except ImportError as exc:
         raise ExportError(f"the PT2E route needs litert-torch with torchao: {exc}") from exc
-    sample = torch.zeros(1, *input_shape)
+    from dslth_edge.exporters.runtime import to_layout
+
+    module, shape = _with_layout(module, input_shape, layout)
+    calibration = to_layout(np.ascontiguousarray(calibration, dtype=np.float32), layout)
+    sample = torch.zeros(1, *shape)
     last: Exception | None = None
     for _ in range(max(1, attempts)):
         quantizer = PT2EQuantizer().set_global(get_symmetric_quantization_config(is_per_channel=True))

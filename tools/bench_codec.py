@@ -234,7 +234,7 @@ def analyse_history(label: str, history: Sequence[Masks], info: dict | None, *, 
     R = len(history)
     out: dict = {"label": label, "rounds": R, "params": n, "info": {k: v for k, v in (info or {}).items()
                                                                       if k != "live_frames"}, "picks": []}
-    picks = [(f"key r0 (initial)", history[0], None)]
+    picks = [("key r0 (initial)", history[0], None)]
     if R > 1:
         picks += [(f"key r{R - 1} (last)", history[-1], None), ("delta early r1 vs r0", history[1], history[0])]
     if R > 3:
@@ -431,7 +431,7 @@ def main(argv: Sequence[str] | None = None) -> int:
         if ratio > RATIO_TARGET:
             fails.append(name)
     if not histories and not args.json:
-        print(f"\n== synthetic 1M delta sequence (keep 0.3): payload vs order-0 bound, bits/param")
+        print("\n== synthetic 1M delta sequence (keep 0.3): payload vs order-0 bound, bits/param")
         for name, res in checked[seq_start:]:
             auto = res["codecs"]["auto"]
             exempt = " (exempt)" if res["order0_bound_bpp"] < BOUND_FLOOR else ""

@@ -9,17 +9,27 @@ aggregation shifts, top-k, the step, frame encoding, decoding every neighbour's 
 m̄, fine-tuning (no evaluation: --eval-every 0).
 
     python tools/bench_simulate.py [--nodes 20] [--model paper-cnn] [--rounds 3] [--threads 1]
+
+With ``--workers W`` it instead times whole ``simulate`` runs of the fleet with 1 and
+with W worker processes (one torch thread each; the masks are the same): the median
+round time of each, rounds 2 .. R+1 (the first is warm-up, the last evaluates), and
+their ratio. Target: 20 mcu-cnn nodes, W = 2: <= 0.6. On a machine shared with other
+work the figures are noisy: run it more than once.
+
+    python tools/bench_simulate.py --model mcu-cnn --workers 2 [--rounds 6] [--batch-size 128]
 """
 
 from __future__ import annotations
 
 import argparse
+import itertools
 import json
 import statistics
 import sys
 import time
 from pathlib import Path
 
+import numpy as np
 import torch
 import torch.nn.functional as F
 
@@ -42,8 +52,11 @@ def main(argv: list[str] | None = None) -> int:
     ap.add_argument("--keep", type=float, default=None)
     ap.add_argument("--synthetic", action="store_true")
     ap.add_argument("--json", action="store_true")
+    ap.add_argument("--workers", type=int, default=None, help="compare simulate with 1 and with this many worker processes")
     args = ap.parse_args(argv)
     torch.set_num_threads(args.threads)
+    if args.workers:
+        return compare_workers(args)
     ds = make_synthetic(shape=(1, 28, 28)) if args.synthetic else load_dataset("fashion-mnist")
     paper = args.nodes == 20 and (PAPER / "adjacency_20.txt").exists()
     opts = FleetOptions(nodes=args.nodes, topology=str(PAPER / "adjacency_20.txt") if paper else "ring",
@@ -65,9 +78,9 @@ def main(argv: list[str] | None = None) -> int:
             n.finish_round()
         return t1 - t0, time.perf_counter() - t1
 
-    dense = build_model(ModelSpec(args.model, tuple(ds.x_train.shape[1:]), ds.num_classes, dense=True))
+    dense = build_model(ModelSpec(args.model, ds.input_shape, ds.num_classes, dense=True))
     opt = torch.optim.SGD(dense.parameters(), lr=0.01, momentum=0.9, weight_decay=5e-4)
-    batches = [torch.from_numpy(ds.x_train[i * args.batch_size:(i + 1) * args.batch_size]) for i in range(args.nodes)]
+    batches = [torch.from_numpy(ds.train_batch(np.arange(i * args.batch_size, (i + 1) * args.batch_size))) for i in range(args.nodes)]
     labels = [torch.from_numpy(ds.y_train[i * args.batch_size:(i + 1) * args.batch_size]) for i in range(args.nodes)]
 
     def dense_steps() -> float:
@@ -99,6 +112,47 @@ def main(argv: list[str] | None = None) -> int:
               f"{t_round:.3f} s (begin {t_begin:.3f} s, finish {t_round - t_begin:.3f} s); "
               f"{args.nodes} dense SGD steps: {t_dense:.3f} s; median pair ratio {res['ratio']:.2f} "
               f"(pairs {', '.join(f'{r:.2f}' for r in ratios)}; target <= 1.5)")
+    return 0
+
+
+def compare_workers(args: argparse.Namespace) -> int:
+    """Median round time of simulate with 1 worker and with ``args.workers``, and the ratio."""
+    import resource
+    import tempfile
+
+    from dslth_edge.fleet.simulator import simulate
+
+    def cpu_s() -> float:  # this process and its finished children (the workers), user + system
+        own, kids = resource.getrusage(resource.RUSAGE_SELF), resource.getrusage(resource.RUSAGE_CHILDREN)
+        return own.ru_utime + own.ru_stime + kids.ru_utime + kids.ru_stime
+
+    paper = args.nodes == 20 and (PAPER / "adjacency_20.txt").exists()
+    ds = make_synthetic(shape=(1, 28, 28)) if args.synthetic else load_dataset("fashion-mnist")
+    medians, cpu = {}, {}
+    with tempfile.TemporaryDirectory() as tmp:
+        for w in (1, args.workers):
+            stamps: list[float] = []
+            opts = FleetOptions(nodes=args.nodes, topology=str(PAPER / "adjacency_20.txt") if paper else "ring",
+                                dataset="synthetic" if args.synthetic else "fashion-mnist",
+                                partition_file=str(PAPER / "train_counts_4.txt") if paper else None, partition="iid",
+                                algorithm=args.algorithm, model=args.model, keep=args.keep or 0.5, rounds=args.rounds + 2,
+                                eval_every=0, out=f"{tmp}/w{w}", overrides={"batch_size": args.batch_size})
+            t0, c0 = time.perf_counter(), cpu_s()
+            simulate(opts, dataset=ds if args.synthetic else None, write_plots=False, workers=w,
+                     worker_threads=args.threads, checkpoint_every=10_000,
+                     on_round=lambda k, _r, stamps=stamps: stamps.append(time.perf_counter()))
+            rounds = [b - a for a, b in itertools.pairwise(stamps)][:args.rounds]  # rounds 2 .. R+1
+            medians[w] = statistics.median(rounds)
+            cpu[w] = cpu_s() - c0  # CPU of the whole run (start-up included): what the run costs the machine
+            print(f"{w} worker(s): median round {medians[w]:.3f} s (rounds {', '.join(f'{r:.2f}' for r in rounds)}); "
+                  f"whole run {time.perf_counter() - t0:.1f} s wall, {cpu[w]:.1f} s CPU", flush=True)
+    ratio = medians[args.workers] / medians[1]
+    res = {"nodes": args.nodes, "model": args.model, "batch_size": args.batch_size, "workers": args.workers,
+           "threads_per_process": args.threads, "round_s": medians, "run_cpu_s": cpu, "ratio": ratio, "target": 0.6}
+    if args.json:
+        print(json.dumps(res, indent=2))
+    else:
+        print(f"{args.nodes}-node {args.model} round, {args.workers} workers / 1 worker: {ratio:.2f} (target <= 0.6)")
     return 0
 
 

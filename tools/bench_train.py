@@ -69,7 +69,7 @@ def main() -> None:
     curve = []
     for step in range(steps):
         idx = batch_indices(all_idx, args.batch_size, step, args.seed)
-        x, y = torch.from_numpy(ds.x_train[idx]), torch.from_numpy(ds.y_train[idx])
+        x, y = torch.from_numpy(ds.train_batch(idx)), torch.from_numpy(ds.y_train[idx])
         for model, opt, which in ((masked, opt_m, "mask"), (dense, opt_d, "dense")):
             t0 = time.perf_counter()
             loss = F.cross_entropy(model(x), y)

@@ -1,15 +1,16 @@
 #!/usr/bin/env python3
-"""`make demo`: the whole job on embedded defaults, from training to a verdict per device.
+"""`make demo`: per-device plans, models that really shrink, and a verdict per device.
 
-1. an 8-node heterogeneous fleet gossips masks over the embedded MQTT broker
-   (Fashion-MNIST, non-IID: 2 classes per node) and prints the fleet summary;
-2. every node's final mask is shrunk and exported as TFLite (int8 for the profiles
-   whose preferred dtype is int8, the MCUs), verified against torch, with a size /
-   accuracy report;
-3. every exported file is profiled here and judged against its node's profile:
-   measured on this machine, predicted for the device, against the device's budgets.
+1. a heterogeneous fleet (two Linux boards, two microcontrollers) plans every node from
+   its own profile: the paper CNN fits the Linux boards whole, while the MCUs' budgets
+   (latency, flash, RAM) can only be met by removing channels, so their nodes train
+   masks that remove channels (group sparsity + progressive drop);
+2. the fleet gossips masks over the embedded MQTT broker (Fashion-MNIST, 2 classes per node);
+3. every node's final mask is shrunk and exported as TFLite (int8 where the profile
+   prefers it), and judged against its profile: file size against flash, predicted
+   latency against the budget, RAM. One table per node, readable in 80 columns.
 
-    .venv/bin/python tools/demo.py [--out DIR] [--rounds 60] [--nodes 8]
+    .venv/bin/python tools/demo.py [--out DIR] [--rounds 30] [--nodes 4]
 """
 
 from __future__ import annotations
@@ -20,65 +21,111 @@ import subprocess
 import sys
 import time
 from pathlib import Path
+from typing import Any
 
 from rich.console import Console
 from rich.table import Table
 
-from dslth_edge.exporters.pipeline import ExportOptions, export_node
-from dslth_edge.profiler.measure import ProfileOptions, profile_model
-from dslth_edge.profiler.verdict import judge
-from dslth_edge.device.profiles import load_profile
+from dslth_edge.cli.progress import quiet_third_party, setup_logging
 
-PROFILES = "jetson-nano,raspberry-pi-4,esp32-s3,stm32h743"
-console = Console()
+quiet_third_party()  # before torch / LiteRT load: their start-up chatter is not the demo's
+
+from dslth_edge.device.profiles import load_profile  # noqa: E402
+from dslth_edge.exporters.pipeline import ExportOptions, export_node  # noqa: E402
+from dslth_edge.exporters.shrink import count_macs, count_params, shrink, shrunk_info, to_plain  # noqa: E402
+from dslth_edge.runs.runinfo import load_run  # noqa: E402
+
+PROFILES = "jetson-nano,raspberry-pi-4,nrf52840,stm32h743"
+console = Console(width=min(Console().width, 80))
+
+
+def _n(x: float) -> str:
+    """1234567 -> 1.23 M; 12345 -> 12.3 k."""
+    for scale, unit in ((1e9, "G"), (1e6, "M"), (1e3, "k")):
+        if abs(x) >= scale:
+            return f"{x / scale:.3g} {unit}"
+    return f"{x:.0f}"
+
+
+def _kib(b: float) -> str:
+    return f"{b / 1024:.1f} KiB" if b < 1024 * 1024 else f"{b / 2**20:.2f} MiB"
+
+
+def _ok(ok: bool | None) -> str:
+    return {True: "[green]ok[/]", False: "[red]OVER[/]", None: "[yellow]?[/]"}[ok]
+
+
+def node_table(node_dir: Path) -> tuple[Table, dict[str, Any]]:
+    """Export one node and describe it: plan, channels, params/MACs before → after, budgets, verdict."""
+    cfg = json.loads((node_dir / "config.json").read_text())
+    profile = load_profile(cfg["profile"])
+    plan = cfg["extra"].get("plan") or {}
+    info = load_run(node_dir, load_data=False)
+    shape = info.input_shape
+    plain = to_plain(info.model)
+    shrunk = shrink(info.model, shape)
+    widths = list(shrunk_info(shrunk).widths().values())
+    full = [int(layer.weight.shape[0]) for _, layer in info.model.named_modules() if hasattr(layer, "channel_alive")]
+    quantize = "int8" if profile.export.dtype == "int8" else "none"
+    report = export_node(ExportOptions(run=str(node_dir), format="tflite", quantize=quantize, compare_dense=False))
+    checks = {c["name"]: c for c in (report.budget or {}).get("checks", [])}
+    acc = next((r.accuracy for r in reversed(report.rows) if r.accuracy is not None), None)
+    fits = (report.budget or {}).get("ok")
+
+    kind = f"{Path(report.file).suffix.lstrip('.')}, {'int8' if quantize == 'int8' else 'fp32'}"
+    t = Table(title=f"node {info.node_id} · {profile.name} ({kind})",
+              show_header=False, width=78, title_justify="left")
+    t.add_column("what", style="bold", width=10)
+    t.add_column("figure", overflow="fold")
+    t.add_row("plan", f"{plan.get('route', '?')}: {plan.get('note', cfg['extra'].get('keep_source', ''))}")
+    keeps = info.mask_file.meta.get("keep") or []
+    t.add_row("keep", f"{keeps[0]:.2f} of the weights in kept channels" if keeps else "-")
+    t.add_row("channels", f"{'/'.join(map(str, full))} → {'/'.join(map(str, widths))}")
+    t.add_row("params", f"{_n(count_params(plain))} → {_n(count_params(shrunk))}")
+    t.add_row("MACs", f"{_n(count_macs(plain, shape))} → {_n(count_macs(shrunk, shape))}")
+    st, lat, ram = checks.get("storage"), checks.get("latency"), checks.get("ram")
+    if st:
+        t.add_row("file", f"{Path(report.file).name}: {_kib(st['value'])} vs {_kib(st['budget'])} flash  {_ok(st['ok'])}")
+    if lat:
+        v = "n/a" if lat["value"] is None else f"{lat['value']:.4g} ms"
+        t.add_row("latency", f"{v} predicted vs {lat['budget']:g} ms budget  {_ok(lat['ok'])}")
+    if ram:
+        v = "n/a" if ram["value"] is None else _kib(ram["value"])
+        t.add_row("RAM", f"{v} vs {_kib(ram['budget'])} budget  {_ok(ram['ok'])}")
+    t.add_row("accuracy", "-" if acc is None else f"{100 * acc:.1f}% (exported file, node's test split)")
+    t.add_row("verdict", {True: "[green]fits its device[/]", False: "[red]over budget[/]", None: "[yellow]unknown[/]"}[fits])
+    return t, {"node": info.node_id, "profile": profile.name, "fits": fits, "widths": widths, "accuracy": acc}
 
 
 def main() -> int:
     ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     ap.add_argument("--out", default=f"runs/demo-{time.strftime('%Y%m%d-%H%M%S')}")
-    ap.add_argument("--nodes", type=int, default=8)
-    ap.add_argument("--rounds", type=int, default=60)
+    ap.add_argument("--nodes", type=int, default=4)
+    ap.add_argument("--rounds", type=int, default=30)
+    ap.add_argument("--batch-size", type=int, default=32)
     ap.add_argument("--profiles", default=PROFILES)
     args = ap.parse_args()
+    setup_logging()
     run = Path(args.out)
 
-    console.rule("[bold]1. fleet: masks gossiped over the embedded MQTT broker")
+    console.rule("[bold]1-2. per-device plans; masks gossiped over the embedded MQTT broker")
     cmd = [sys.executable, "-m", "dslth_edge", "fleet", "run", "--nodes", str(args.nodes), "--profiles", args.profiles,
-           "--dataset", "fashion-mnist", "--partition", "classes:2", "--model", "mcu-cnn", "--granularity", "unstructured",
-           "--rounds", str(args.rounds), "--eval-every", "20", "--out", str(run)]
+           "--dataset", "fashion-mnist", "--partition", "classes:2", "--model", "paper-cnn",
+           "--rounds", str(args.rounds), "--batch-size", str(args.batch_size), "--eval-every", "10",
+           "--out", str(run)]
     console.print("$ " + " ".join(cmd[1:]).replace("-m dslth_edge", "dslth-edge"), style="dim")
     if subprocess.run(cmd).returncode != 0:
         return 1
 
-    console.rule("[bold]2. shrink + export every node's model (TFLite; int8 where the profile prefers it)")
-    verdicts = Table(title="3. on-device verdicts (measured here with LiteRT, predicted for the device)")
-    for col in ("node", "profile", "file", "size", "accuracy", "p95 here", "predicted there", "budget", "verdict"):
-        verdicts.add_column(col, justify="right" if col not in ("profile", "file", "verdict") else "left")
+    console.rule("[bold]3. shrink, export, judge: one table per node")
+    results = []
     for node_dir in sorted(run.glob("node-*"), key=lambda p: int(p.name.split("-")[1])):
-        cfg = json.loads((node_dir / "config.json").read_text())
-        profile = load_profile(cfg["profile"])
-        quantize = "int8" if profile.export.dtype == "int8" else "none"
-        report = export_node(ExportOptions(run=str(node_dir), format="tflite", quantize=quantize, compare_dense=False))
-        header, rows = report.table()
-        t = Table(title=f"{node_dir.name} ({profile.name}): {Path(report.file).name}, parity {report.parity.get('max_abs_diff', float('nan')):.1e}")
-        for h in header:
-            t.add_column(h)
-        for r in rows:
-            t.add_row(*r)
-        console.print(t)
-        result = profile_model(report.file, ProfileOptions(runs=50, threads=1))
-        v = judge(result, profile)
-        acc = next((r.accuracy for r in reversed(report.rows) if r.accuracy is not None), None)
-        pred = next((c.value for c in v.checks if c.name == "predicted latency"), None)
-        verdicts.add_row(
-            node_dir.name.split("-")[1], profile.name, Path(report.file).name, f"{Path(report.file).stat().st_size / 1024:.1f} KiB",
-            "-" if acc is None else f"{100 * acc:.1f}%", f"{result.latency.p95:.3f} ms",
-            "-" if pred is None else f"{pred:.3f} ms", f"{profile.budget.latency_ms:g} ms",
-            {True: "[green]fits[/]", False: "[red]does not fit[/]", None: "[yellow]unknown[/]"}[v.ok],
-        )
-    console.print(verdicts)
-    console.print(f"run directory: {run}")
-    return 0
+        table, row = node_table(node_dir)
+        console.print(table)
+        results.append(row)
+    fit = sum(1 for r in results if r["fits"])
+    console.print(f"{fit}/{len(results)} nodes fit every budget of their device · run directory: {run}")
+    return 0 if fit == len(results) else 3
 
 
 if __name__ == "__main__":

@@ -2,12 +2,17 @@
 """Reproduce the paper's experiments (E1-E3) with ``dslth_edge.fleet.simulate``.
 
 Fashion-MNIST by default; CIFAR-10 when ``--data-dir`` points at cifar-10-batches-py.
-Every run writes its own run directory under ``--out`` (skipped when its summary.json
-exists, so an interrupted reproduction continues), then the tables are rendered to
-``--out/results.md`` and ``--out/results.json``.
+Every run writes its own run directory under ``--out``. The grid survives any number of
+sittings: a run whose summary.json exists (with the same options) is read, not rerun;
+an unfinished run continues from its last checkpoint (``simulate(resume=True)``, bit
+for bit as if never interrupted); ``--budget-min`` stops starting new work after that
+many minutes, so a sitting can be sized. The tables are rendered from whatever is
+finished to ``--out/results.md`` and ``--out/results.json``, with PNG curves.
 
-Full setting (the paper's): ``--rounds 400 --model paper-cnn --batch-size 128 --seeds 0,1,2``.
-A reduced setting for a small machine: ``--model mcu-cnn --rounds 40 --batch-size 32``.
+The paper's setting: ``--preset paper`` (the authors' code: lr 10, no momentum, one
+mini-batch of 128 per round, 400 rounds, keep 0.3 for conv and 0.9 for FC layers)
+``--model paper-cnn --seeds 0,1,2``. ``--presets paper,default`` runs the mask-learning
+rows (mce-pl, consensus, local) under both presets; dense baselines do not depend on it.
 
     E1  DSLTH verification: mask training (mce-pl) at keep 0.1/0.3/0.5 vs weight training (dpsgd)
     E2  communication: mce-pl, consensus, local, dpsgd, dpsgd-ft; accuracy vs bytes, bytes to target
@@ -21,7 +26,7 @@ import json
 import statistics
 import sys
 import time
-from dataclasses import replace
+from dataclasses import asdict, replace
 from pathlib import Path
 from typing import Any
 
@@ -29,32 +34,75 @@ import torch
 
 from dslth_edge.data import load_dataset
 from dslth_edge.fleet.plan import FleetOptions
-from dslth_edge.fleet.simulator import simulate
+from dslth_edge.fleet.simulator import resume_round, simulate
 from dslth_edge.fleet.summary import bytes_to_reach
+from dslth_edge.learn.algorithm import preset_run
+from dslth_edge.learn.keep_spec import model_layer_kinds
 
 PAPER = Path(__file__).resolve().parents[1].parent / "shared" / "paper"
 ALGOS = ("mce-pl", "consensus", "local", "dpsgd", "dpsgd-ft")
 
 
-def runs_for(exp: str, base: FleetOptions, args: argparse.Namespace) -> list[tuple[str, str, FleetOptions]]:
-    """(table row, column, options) of every run of one experiment (seed added later)."""
+MASK_ALGOS = ("mce-pl", "consensus", "local")
+
+
+def runs_for(exp: str, bases: dict[str, FleetOptions], args: argparse.Namespace) -> list[tuple[str, str, FleetOptions]]:
+    """(table row, column, options) of every run of one experiment (seed added later).
+
+    ``bases`` maps each preset to its base options; mask-learning rows get one run per
+    preset (labelled with it when there are several), dense rows only the first preset's.
+    """
     paper4 = str(PAPER / "train_counts_4.txt")
+    first = next(iter(bases.values()))
+    several = len(bases) > 1
     out: list[tuple[str, str, FleetOptions]] = []
+
+    def rows(algo: str) -> list[tuple[str, FleetOptions]]:
+        if algo not in MASK_ALGOS:
+            return [(algo, replace(first, algorithm=algo))]
+        return [(f"{algo} ({name})" if several else algo, replace(b, algorithm=algo)) for name, b in bases.items()]
+
     if exp == "E1":
         for keep in (0.1, 0.3, 0.5):
-            out.append((f"mask (mce-pl) keep {keep}", "E1", replace(base, algorithm="mce-pl", keep=keep)))
-        out.append(("weights (dpsgd)", "E1", replace(base, algorithm="dpsgd")))
+            for label, o in rows("mce-pl"):
+                out.append((f"mask ({label}) keep {keep}", "E1", replace(o, keep=keep)))
+        out.append(("weights (dpsgd)", "E1", replace(first, algorithm="dpsgd")))
     elif exp == "E2":
         for setting, scarce in (("full data", None), (f"scarce {args.scarce}", args.scarce)):
+            if args.settings and setting.split()[0] not in args.settings:
+                continue
             for algo in args.algorithms:
-                out.append((algo, setting, replace(base, algorithm=algo, scarce=scarce)))
+                for label, o in rows(algo):
+                    out.append((label, setting, replace(o, scarce=scarce)))
     elif exp == "E3":
         for k in (3, 4, 5):
             for algo in ("mce-pl", "local"):
-                out.append((algo, f"paper-{k}", replace(base, algorithm=algo, partition_file=str(PAPER / f"train_counts_{k}.txt"))))
+                for label, o in rows(algo):
+                    out.append((label, f"paper-{k}", replace(o, partition_file=str(PAPER / f"train_counts_{k}.txt"))))
         for topo, name in (("ring", "ring"), (str(PAPER / "adjacency_20.txt"), "paper graph"), ("full", "full")):
-            out.append(("mce-pl", f"topology {name}", replace(base, algorithm="mce-pl", topology=topo, partition_file=paper4)))
+            for label, o in rows("mce-pl"):
+                out.append((label, f"topology {name}", replace(o, topology=topo, partition_file=paper4)))
     return out
+
+
+def finished_summary(o: FleetOptions) -> dict[str, Any] | None:
+    """The run's summary when it finished with exactly these options, else None."""
+    path = Path(str(o.out)) / "summary.json"
+    if not path.is_file():
+        return None
+    summary = json.loads(path.read_text())
+    mine = json.loads(json.dumps({k: v for k, v in asdict(o).items() if k != "out"}))
+    theirs = {k: v for k, v in summary.get("options", {}).items() if k != "out"}
+    return summary if theirs == mine and summary.get("rounds") == o.rounds else None
+
+
+def bits_per_param_round(summary: dict[str, Any], o: FleetOptions, input_shape: tuple[int, int, int],
+                         num_classes: int) -> float | None:
+    """Mean encoded bits per fixed weight per node per round, over the run (None: a run that sends nothing)."""
+    if o.algorithm == "local":
+        return None
+    _, sizes = model_layer_kinds(o.model, input_shape, num_classes)
+    return 8 * summary["final"]["bytes_per_node_round"] / sum(sizes)
 
 
 def mean_std(xs: list[float]) -> str:
@@ -71,10 +119,17 @@ def main(argv: list[str] | None = None) -> int:
     ap.add_argument("--experiments", default="E1,E2,E3")
     ap.add_argument("--data-dir", default=None, help="CIFAR-10 batches directory (default: Fashion-MNIST)")
     ap.add_argument("--model", default="paper-cnn")
-    ap.add_argument("--rounds", type=int, default=400)
+    ap.add_argument("--rounds", type=int, default=None, help="default: the (first) preset's, else 400")
     ap.add_argument("--nodes", type=int, default=20)
     ap.add_argument("--batch-size", type=int, default=None)
-    ap.add_argument("--preset", default="default")
+    ap.add_argument("--presets", "--preset", dest="presets", default="default",
+                    help="comma-separated; mask-learning rows run once per preset (paper = the authors' code)")
+    ap.add_argument("--settings", default=None, help="E2 only: full and/or scarce (default both)")
+    ap.add_argument("--workers", type=int, default=1, help="simulator worker processes per run")
+    ap.add_argument("--checkpoint-every", type=int, default=20, help="rounds between resume checkpoints")
+    ap.add_argument("--budget-min", type=float, default=None,
+                    help="start no new run after this many minutes; a run under way is stopped at its next round, "
+                         "checkpointed, and resumed by the next sitting")
     ap.add_argument("--lr", type=float, default=None)
     ap.add_argument("--momentum", type=float, default=None)
     ap.add_argument("--seeds", default="0,1,2")
@@ -83,7 +138,10 @@ def main(argv: list[str] | None = None) -> int:
     ap.add_argument("--eval-samples", type=int, default=1000)
     ap.add_argument("--profiles", default="jetson-nano,raspberry-pi-4,nrf52840")
     ap.add_argument("--algorithms", default=",".join(ALGOS))
-    ap.add_argument("--target", type=float, default=None, help="accuracy for 'bytes to reach' (default: 90%% of local's final)")
+    ap.add_argument("--target", type=float, default=None,
+                    help="accuracy for 'bytes to reach' (default: 95%% of the best final accuracy in the setting)")
+    ap.add_argument("--keep", default=None, help="keep for every run but E1's (a ratio or conv=R,fc=R; default: the preset's, "
+                                                 "else each profile's plan)")
     ap.add_argument("--out", default="runs/reproduce")
     ap.add_argument("--cached-only", action="store_true", help="render tables from finished runs only; run nothing")
     ap.add_argument("--threads", type=int, default=1,
@@ -91,39 +149,58 @@ def main(argv: list[str] | None = None) -> int:
     args = ap.parse_args(argv)
     torch.set_num_threads(args.threads)
     args.algorithms = tuple(a for a in args.algorithms.split(",") if a)
+    args.settings = tuple(s for s in args.settings.split(",") if s) if args.settings else ()
+    presets = [p for p in args.presets.split(",") if p]
+    rounds = args.rounds or preset_run(presets[0]).rounds or 400
     dataset = "cifar10" if args.data_dir else "fashion-mnist"
     ds = load_dataset(dataset, args.data_dir)
     over = {k: v for k, v in {"batch_size": args.batch_size, "lr": args.lr, "momentum": args.momentum}.items() if v is not None}
-    base = FleetOptions(nodes=args.nodes, topology=str(PAPER / "adjacency_20.txt"), dataset=dataset, data_dir=args.data_dir,
-                        partition_file=str(PAPER / "train_counts_4.txt"), profiles=tuple(args.profiles.split(",")),
-                        model=args.model, rounds=args.rounds, eval_every=args.eval_every, eval_samples=args.eval_samples,
-                        preset=args.preset, overrides=over)
+    bases = {p: FleetOptions(nodes=args.nodes, topology=str(PAPER / "adjacency_20.txt"), dataset=dataset, data_dir=args.data_dir,
+                             partition_file=str(PAPER / "train_counts_4.txt"), profiles=tuple(args.profiles.split(",")),
+                             model=args.model, rounds=rounds, eval_every=args.eval_every, eval_samples=args.eval_samples,
+                             preset=p, overrides=over, keep=args.keep)
+             for p in presets}
+    t_start = time.monotonic()
+
+    def out_of_time() -> bool:
+        return args.budget_min is not None and time.monotonic() - t_start > 60 * args.budget_min
     seeds = [int(s) for s in args.seeds.split(",")]
     root = Path(args.out)
     results: dict[str, Any] = {"command": " ".join(sys.argv), "args": vars(args), "experiments": {}}
     for exp in args.experiments.split(","):
         rows = []
-        for row, col, opts in runs_for(exp, base, args):
+        for row, col, opts in runs_for(exp, bases, args):
             per_seed = []
             for seed in seeds:
-                tag = f"{exp}/{col}/{row}/seed{seed}".replace(" ", "_").replace(".", "p")
+                tag = f"{exp}/{col}/{row}/{opts.preset}/seed{seed}".replace(" ", "_").replace(".", "p").replace("(", "").replace(")", "")
                 o = replace(opts, seed=seed, out=str(root / tag))
-                path = Path(o.out) / "summary.json"
-                if path.exists():
-                    summary = json.loads(path.read_text())
-                elif args.cached_only:
-                    continue
-                else:
+                summary = finished_summary(o)
+                if summary is None and not args.cached_only and not out_of_time():
                     t0 = time.time()
-                    summary = simulate(o, dataset=ds, write_plots=(seed == seeds[0]))
-                    print(f"{tag}: acc {summary['final']['acc_mean']:.4f} in {time.time() - t0:.0f} s", flush=True)
+                    try:
+                        summary = simulate(o, dataset=ds if args.workers == 1 else None, write_plots=(seed == seeds[0]),
+                                           workers=args.workers, resume=True, checkpoint_every=args.checkpoint_every,
+                                           stop_requested=out_of_time)
+                    except KeyboardInterrupt:
+                        print(f"{tag}: budget spent; checkpointed at round {resume_round(o.out)} of {o.rounds}", flush=True)
+                        summary = None
+                    else:
+                        print(f"{tag}: acc {summary['final']['acc_mean']:.4f} in {time.time() - t0:.0f} s "
+                              f"(resumed from round {summary['simulator']['resumed_from_round']})", flush=True)
+                if summary is None:
+                    results.setdefault("unfinished", []).append({"run": tag, "round": resume_round(o.out), "of": o.rounds})
+                    continue
+                summary["bits_per_param_round"] = bits_per_param_round(summary, o, tuple(ds.x_train.shape[1:]), ds.num_classes)
                 per_seed.append(summary)
             if not per_seed:
                 continue
             rows.append({"seeds": [s["options"]["seed"] for s in per_seed], "row": row, "col": col, "runs": [s["run_dir"] for s in per_seed],
+                         "rounds": per_seed[0]["rounds"],
                          "acc": [s["final"]["acc_mean"] for s in per_seed],
                          "bytes_per_round": statistics.fmean(s["final"]["bytes_per_round"] for s in per_seed),
                          "bytes_reference_per_round": statistics.fmean(s["final"]["bytes_reference_per_round"] for s in per_seed),
+                         "bits_per_param_round": (statistics.fmean(s["bits_per_param_round"] for s in per_seed)
+                                                  if per_seed[0]["bits_per_param_round"] is not None else None),
                          "curve": [[(r["round"], r.get("acc_mean"), r["bytes_cum"]) for r in s["per_round"] if "acc_mean" in r] for s in per_seed]})
         results["experiments"][exp] = rows
         (root / "results.json").parent.mkdir(parents=True, exist_ok=True)
@@ -161,24 +238,31 @@ def render(results: dict[str, Any], args: argparse.Namespace) -> str:
     """Markdown tables: final accuracy mean ± std over seeds, bytes per round, curves."""
     lines = [f"Command: `{results['command']}`", ""]
     for exp, rows in results["experiments"].items():
-        lines += [f"### {exp}", "", "| setting | run | seeds | final acc % (mean ± std over seeds) | bytes/round encoded | bytes/round reference | bytes to target |",
-                  "| --- | --- | --- | ---: | ---: | ---: | ---: |"]
-        locals_ = {r["col"]: statistics.fmean(r["acc"]) for r in rows if r["row"] == "local"}
+        lines += [f"### {exp}", "", ("| setting | run | seeds | rounds | final acc % (mean ± std over seeds) | bytes/round encoded | "
+                  "bytes/round reference | bits/param/round | bytes to target |"),
+                  "| --- | --- | --- | ---: | ---: | ---: | ---: | ---: | ---: |"]
+        # target: --target, else 95 % of the best final accuracy (mean over seeds) in the setting
+        best = {c: max(statistics.fmean(r["acc"]) for r in rows if r["col"] == c) for c in {r["col"] for r in rows}}
         for r in rows:
-            target = args.target or (0.9 * locals_[r["col"]] if r["col"] in locals_ else None)
+            target = args.target or 0.95 * best[r["col"]]
             btt = []
             if target:
                 for curve in r["curve"]:
                     hit = bytes_to_reach([{"acc_mean": a, "bytes_cum": b} for _, a, b in curve], target)
                     btt.append(hit)
             btt_s = "-" if not btt else ("not reached" if any(b is None for b in btt) else f"{statistics.fmean(btt) / 1e6:.2f} MB (target {100 * target:.1f}%)")
-            lines.append(f"| {r['col']} | {r['row']} | {','.join(map(str, r['seeds']))} | {mean_std(r['acc'])} | {r['bytes_per_round'] / 1e3:.1f} kB | "
-                         f"{r['bytes_reference_per_round'] / 1e3:.1f} kB | {btt_s} |")
+            bpp = "-" if r.get("bits_per_param_round") is None else f"{r['bits_per_param_round']:.4f}"
+            lines.append(f"| {r['col']} | {r['row']} | {','.join(map(str, r['seeds']))} | {r.get('rounds', '?')} | {mean_std(r['acc'])} | "
+                         f"{r['bytes_per_round'] / 1e3:.1f} kB | {r['bytes_reference_per_round'] / 1e3:.1f} kB | {bpp} | {btt_s} |")
         if exp == "E1":
             lines += ["", "Convergence (mean accuracy % over nodes at evaluated rounds, first seed):", ""]
             for r in rows:
                 pts = ", ".join(f"{k + 1}: {100 * a:.1f}" for k, a, _ in r["curve"][0])
                 lines.append(f"- {r['row']}: {pts}")
+        lines.append("")
+    if results.get("unfinished"):
+        lines += ["Unfinished (resume with the same command):", ""]
+        lines += [f"- {u['run']}: checkpoint at round {u['round']} of {u['of']}" for u in results["unfinished"]]
         lines.append("")
     return "\n".join(lines)
 

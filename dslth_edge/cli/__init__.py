@@ -15,7 +15,8 @@ from rich.markup import escape
 
 from dslth_edge import __version__
 from dslth_edge.cli.console import err_console
-from dslth_edge.errors import DslthError, UsageError
+from dslth_edge.cli.progress import quiet_third_party, setup_logging
+from dslth_edge.errors import EXIT_CODES, EXIT_INTERRUPTED, DslthError, UsageError
 
 __all__ = ["main", "cli"]
 
@@ -57,14 +58,22 @@ def _unavailable(name: str, why: str) -> click.Command:
     return stub
 
 
-@click.group(cls=LazyGroup, context_settings={"help_option_names": ["-h", "--help"], "max_content_width": 100})
+_EXIT_EPILOG = "Exit codes: " + "; ".join(f"{code} {what.split(':')[0].split(' (')[0]}" for code, what in EXIT_CODES.items()) + " (docs/cli.md)."
+
+
+@click.group(cls=LazyGroup, context_settings={"help_option_names": ["-h", "--help"], "max_content_width": 100},
+             epilog=_EXIT_EPILOG)
 @click.version_option(__version__, prog_name="dslth-edge")
-def cli() -> None:
+@click.option("--debug-log", default=None, metavar="FILE",
+              help="Also write every log record, third-party ones included, to FILE (default $DSLTH_DEBUG_LOG).")
+def cli(debug_log: str | None) -> None:
     """Personalized structured-sparse models for edge fleets, learned as binary masks.
 
     Every device holds the same fixed random weights and learns only its own mask;
     masks (never weights) are gossiped to graph neighbours as compressed bitmaps.
     """
+    if debug_log:
+        setup_logging(debug_log=debug_log)
 
 
 _LAZY_COMMANDS = {
@@ -75,12 +84,15 @@ _LAZY_COMMANDS = {
     "fleet": "dslth_edge.cli.fleet:fleet",
     "export": "dslth_edge.cli.export:export",
     "profile": "dslth_edge.cli.profile:profile",
+    "keys": "dslth_edge.cli.keys:keys",
 }
 cli.lazy_commands.update(_LAZY_COMMANDS)
 
 
 def main(argv: list[str] | None = None) -> None:
     """Console-script entry point: run the CLI, mapping toolkit errors to one line + exit code."""
+    quiet_third_party()
+    setup_logging()
     try:
         cli.main(args=argv, prog_name="dslth-edge", standalone_mode=False)
     except DslthError as exc:
@@ -88,10 +100,10 @@ def main(argv: list[str] | None = None) -> None:
         sys.exit(exc.exit_code)
     except click.exceptions.Abort:
         err_console.print("aborted")
-        sys.exit(130)
+        sys.exit(EXIT_INTERRUPTED)
     except click.ClickException as exc:
         exc.show()
         sys.exit(exc.exit_code)
     except KeyboardInterrupt:
         err_console.print("interrupted; the last periodic checkpoint is kept")
-        sys.exit(130)
+        sys.exit(EXIT_INTERRUPTED)

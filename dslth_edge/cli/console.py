@@ -15,14 +15,20 @@ console = Console()
 
 
 def graceful_sigint() -> Callable[[], bool]:
-    """First Ctrl-C: finish the round, checkpoint, stop. Second: abort at once."""
+    """First Ctrl-C (or SIGTERM, as systemd stops a service): finish the round, checkpoint, stop.
+
+    A second signal aborts at once. The command then exits 130 (interrupted), never 0.
+    """
     state = {"stop": False}
 
     def handler(signum: int, frame: Any) -> None:
         if state["stop"]:
             raise KeyboardInterrupt
         state["stop"] = True
-        err_console.print("[yellow]stopping after this round (checkpoint follows); Ctrl-C again to abort[/]")
+        name = "SIGTERM" if signum == signal.SIGTERM else "Ctrl-C"
+        err_console.print(f"{name}: stopping after this round (a checkpoint follows); signal again to abort",
+                          markup=False, highlight=False)
 
     signal.signal(signal.SIGINT, handler)
+    signal.signal(signal.SIGTERM, handler)
     return lambda: state["stop"]

@@ -1,12 +1,15 @@
-"""``dslth-edge export``: a node's final mask → shrunk, verified ONNX or TFLite file.
+"""``dslth-edge export``: a node's final mask → shrunk, verified ONNX / TFLite file or TFLite Micro bundle.
 
 Registered by the lead with ``cli.add_command(export)``. Parsing and printing only;
-the work is :func:`dslth_edge.exporters.pipeline.export_node`.
+which nodes and formats: :func:`dslth_edge.exporters.targets.resolve_targets`; the work:
+:func:`dslth_edge.exporters.pipeline.export_node`; the budget verdict:
+:mod:`dslth_edge.exporters.budget` (exit 3 when over budget).
 """
 
 from __future__ import annotations
 
 import json
+from pathlib import Path
 from typing import Any
 
 import click
@@ -17,46 +20,79 @@ __all__ = ["export"]
 
 
 @click.command()
-@click.option("--run", "run", required=True, help="Run directory (runs/<id>) or one node's directory (runs/<id>/node-<i>).")
-@click.option("--node", default=None, type=int, help="Node id inside --run (default 0).")
-@click.option("--format", "fmt", default="onnx", show_default=True, help="onnx | tflite")
-@click.option("--quantize", default="none", show_default=True, help="none | dynamic (int8 weights) | int8 (static, calibrated)")
+@click.option("--run", "run", default=None,
+              help="Run directory (runs/<id>) or one node's directory (runs/<id>/node-<i>) [default: the latest run under runs/].")
+@click.option("--node", default=None, type=int, help="Only this node of the run [default: every node].")
+@click.option("--format", "fmt", default=None,
+              help="onnx | tflite | tflm (TFLite Micro bundle) [default: each node's profile: tflm for TFLite Micro devices, else its [export] format].")
+@click.option("--quantize", default=None,
+              help="none | dynamic (int8 weights) | int8 (static, calibrated) [default: each node's profile [export] dtype].")
 @click.option("--calibration", default=200, show_default=True, type=int, help="Training inputs of the node used to calibrate int8.")
-@click.option("--out", default=None, help="Output file (default DIR/node-I/exports/model[-int8|-dynamic].FORMAT).")
+@click.option("--out", default=None,
+              help="Output file (tflm: folder) of a single node; with several nodes a folder holding node-I/ "
+                   "[default: DIR/node-I/exports/model[-int8|-dynamic].FORMAT, tflm: DIR/node-I/exports/tflm[-int8]/].")
 @click.option("--round-channels", is_flag=True, help="Round kept channels up to the profile's channel multiple (re-admits the best pruned channels).")
 @click.option("--channel-multiple", default=None, type=int, help="Round kept channels up to this multiple (implies --round-channels).")
 @click.option("--eval-samples", default=None, type=int, help="Evaluate on N test samples of the node, evenly spread over its classes (default: all).")
 @click.option("--int8-route", default="auto", show_default=True,
               help="TFLite int8: auto (ai-edge-quantizer, or PT2E when that is more faithful) | aeq | pt2e.")
 @click.option("--no-dense", "no_dense", is_flag=True, help="Skip converting the masked-dense model (its file size column stays empty).")
-@click.option("--json", "as_json", is_flag=True, help="Print the report as JSON.")
-def export(run: str, node: int | None, fmt: str, quantize: str, calibration: int, out: str | None, round_channels: bool,
-           channel_multiple: int | None, eval_samples: int | None, int8_route: str, no_dense: bool, as_json: bool) -> None:
-    """Shrink a node's final model and export it as a verified ONNX or TFLite file.
+@click.option("--allow-over-budget", "allow_over", is_flag=True,
+              help="Keep going (exit 0) when an export violates its device's storage, RAM or latency budget.")
+@click.option("--json", "as_json", is_flag=True, help="Print the reports as JSON (a list, one per node).")
+def export(run: str | None, node: int | None, fmt: str | None, quantize: str | None, calibration: int, out: str | None,
+           round_channels: bool, channel_multiple: int | None, eval_samples: int | None, int8_route: str, no_dense: bool,
+           allow_over: bool, as_json: bool) -> None:
+    """Shrink each node's final model, export it, and check it against the node's device.
 
-    Removes pruned channels (same outputs), converts, checks the file against the torch
-    model with its own runtime, optionally quantizes with the node's training data, and
-    writes the file atomically with its provenance inside, plus report.json beside it.
+    Without options: every node of the latest run under runs/, each in its profile's
+    format and dtype. Removes pruned channels (same outputs), converts, checks the file
+    against the torch model with its own runtime, optionally quantizes with the node's
+    training data, writes the file atomically with its provenance inside plus
+    report.json, then judges it against the node's profile (storage, RAM, predicted
+    latency): a violated budget exits 3 unless --allow-over-budget.
 
     \b
     Examples:
+      dslth-edge export --format tflite
       dslth-edge export --run runs/demo --format onnx
-      dslth-edge export --run runs/demo/node-3 --format tflite --quantize int8 --round-channels
+      dslth-edge export --run runs/demo/node-3 --format tflm --quantize int8
     """
-    from dslth_edge.exporters.pipeline import ExportOptions, check_extra, export_node
+    from dslth_edge.exporters.budget import raise_if_over_dicts
+    from dslth_edge.exporters.pipeline import ExportOptions, check_extra, default_output, export_node
+    from dslth_edge.exporters.targets import resolve_targets
 
-    check_extra(fmt, quantize)  # bad names and a missing extra fail before any loading
-    opts = ExportOptions(run=run, node=node, format=fmt, quantize=quantize, calibration=calibration, out=out,
-                         round_channels=round_channels, channel_multiple=channel_multiple, eval_samples=eval_samples,
-                         int8_route=int8_route, compare_dense=not no_dense)
+    targets = resolve_targets(run, node, fmt, quantize)
+    for t in targets:
+        check_extra(t.format, t.quantize)  # bad names and a missing extra fail before any loading
     err = Console(stderr=True)
+    reports = []
+    for t in targets:
+        node_out = out
+        if out is not None and len(targets) > 1:
+            rel = default_output(Path(t.node_dir.name), t.format, t.quantize)
+            node_out = str(Path(out) / (rel.parent if t.format == "tflm" else rel))
+        opts = ExportOptions(run=str(t.node_dir), node=None, format=t.format, quantize=t.quantize, calibration=calibration,
+                             out=node_out, round_channels=round_channels, channel_multiple=channel_multiple,
+                             eval_samples=eval_samples, int8_route=int8_route, compare_dense=not no_dense)
+        what = f"{t.node_dir} ({t.profile or 'no profile'}): {t.format}{'' if t.quantize == 'none' else ' ' + t.quantize}"
+        if as_json:
+            reports.append(export_node(opts))
+            continue
+        with err.status(f"exporting {what} …"):
+            report = export_node(opts)
+        reports.append(report)
+        _print(report)
     if as_json:
-        report = export_node(opts)
-        click.echo(json.dumps(report.to_dict(), indent=2, sort_keys=True))
-        return
-    with err.status(f"exporting {fmt}{'' if quantize == 'none' else ' ' + quantize} …"):
-        report = export_node(opts)
-    _print(report)
+        click.echo(json.dumps([r.to_dict() for r in reports], indent=2, sort_keys=True))
+    else:
+        console = Console()
+        for r in reports:
+            where = r.tflm["directory"] + "/ (TFLite Micro bundle)" if r.tflm else r.file
+            verdict = "" if r.budget is None else f" [{r.budget['verdict']} on {r.budget['profile']}]"
+            console.print(f"node {r.provenance['node']}: {r.format} {r.quantize} → {where}{verdict}", markup=False)
+    if not allow_over:
+        raise_if_over_dicts([r.budget for r in reports if r.budget is not None])
 
 
 def _print(report: Any) -> None:
@@ -85,6 +121,24 @@ def _print(report: Any) -> None:
                       f"output scale {io['output']['scale']:.4g} zp {io['output']['zero_point']}")
         console.print(f"{q['mode']} ({q['route']}): accuracy {100 * q['accuracy_fp32']:.2f}% → {100 * q['accuracy']:.2f}% "
                       f"(drop {q['drop_points']:.2f} points){io_txt}")
+    if report.tflm:
+        tf = report.tflm
+        a, c = tf["arena"], tf.get("check") or {}
+        console.print(f"TFLite Micro: arena {a['measured_bytes']:,} B measured, kTensorArenaSize {a['recommended_bytes']:,} B; "
+                      f"ops {', '.join(tf['resolver_ops'])}; {'integer-only' if tf['integer_only'] else 'float tensors'}",
+                      markup=False)
+        if c.get("samples"):
+            diff = f"{c['max_lsb_diff']} LSB" if "max_lsb_diff" in c else f"{c['max_abs_diff']:.2e}"
+            console.print(f"TFLite Micro vs {c['runtimes'][1]} on {c['samples']} test samples: max |Δ| {diff}, "
+                          f"argmax agreement {100 * c['argmax_agreement']:.2f}%", markup=False)
+    if report.budget:
+        from dslth_edge.exporters.budget import check_lines
+
+        for line in check_lines(report.budget):
+            console.print(line, markup=False)
     for n in report.notes:
         console.print(f"note: {n}")
     console.print(f"wrote [bold]{report.file}[/] and report.json beside it; shrunk model in {s['shrink_json']}")
+    if report.tflm:
+        console.print(f"TFLite Micro bundle: {', '.join(Path(f).name for f in report.tflm['files'])} in {report.tflm['directory']}",
+                      markup=False)

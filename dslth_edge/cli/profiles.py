@@ -58,6 +58,33 @@ def _echo_json(data: Any) -> None:
     click.echo(json.dumps(data, indent=2, ensure_ascii=False))
 
 
+def _table(title: str, *columns: str | tuple[str, str]) -> Any:
+    """A table whose cells fold (never "…") and whose text is never read as rich markup.
+
+    ``columns``: names, or (name, justify). Cells go in through :func:`_row`.
+    """
+    from rich import box
+    from rich.table import Table
+
+    table = Table(title=title, title_justify="left", box=box.SIMPLE_HEAD, pad_edge=False, collapse_padding=True,
+                  show_edge=False)
+    for i, col in enumerate(columns):
+        name, justify = (col, "left") if isinstance(col, str) else col
+        # the first column (a name) stays whole; the others fold inside words only when they must
+        table.add_column(name, justify=justify, overflow="fold", no_wrap=i == 0)  # type: ignore[arg-type]
+    return table
+
+
+def _row(table: Any, *cells: Any) -> None:
+    from rich.text import Text
+
+    texts = [str(c) for c in cells]
+    for col, text in zip(table.columns, texts):  # short values (numbers, units) are never folded
+        if len(text) <= 12:
+            col.min_width = max(col.min_width or 0, len(text))
+    table.add_row(*(Text(t) for t in texts))
+
+
 @click.group(name="profiles")
 def profiles() -> None:
     """Hardware profiles of edge devices, and keep-ratio plans from their budgets."""
@@ -71,35 +98,24 @@ def list_command(as_json: bool) -> None:
     if as_json:
         _echo_json([p.to_dict() for p in items])
         return
-    from rich.table import Table
-
-    table = Table(title="hardware profiles")
-    table.add_column("name", no_wrap=True, style="bold")
-    table.add_column("device")
-    table.add_column("cpu")
-    table.add_column("RAM", justify="right")
-    table.add_column("fp32 GMAC/s", justify="right")
-    table.add_column("int8 GMAC/s", justify="right")
-    table.add_column("can train")
-    table.add_column("latency budget", justify="right")
-    table.add_column("export")
+    console = _console()
+    # the device and CPU descriptions only where they fit (`profiles show NAME` has everything)
+    wide = console.width >= 150
+    cols: list[str | tuple[str, str]] = ["name"] + (["device", "cpu"] if wide else [])
+    cols += [("RAM", "right"), ("fp32", "right"), ("int8", "right"), "train", ("latency", "right"), "export"]
+    table = _table("hardware profiles (fp32, int8: effective GMAC/s; latency: the budget)", *cols)
     for p in items:
-        table.add_row(
-            p.name,
-            p.device,
-            f"{p.cpu.arch} {p.cpu.cores}× {p.cpu.core} @ {p.cpu.clock_mhz:g} MHz",
-            _mib(p.memory.ram_mib),
-            f"{p.compute.effective_fp32_gmacs:g}",
-            f"{p.compute.effective_int8_gmacs:g}",
-            "yes" if p.can_train else "no",
-            f"{p.budget.latency_ms:g} ms",
-            f"{p.export.format} {p.export.dtype}",
-        )
-    _console().print(table)
+        desc = [p.device, f"{p.cpu.arch} {p.cpu.cores}× {p.cpu.core} @ {p.cpu.clock_mhz:g} MHz"] if wide else []
+        _row(table, p.name, *desc, _mib(p.memory.ram_mib), f"{p.compute.effective_fp32_gmacs:g}",
+             f"{p.compute.effective_int8_gmacs:g}", "yes" if p.can_train else "no", f"{p.budget.latency_ms:g} ms",
+             f"{p.export.format}/{p.export.dtype}")
+    console.print(table)
+    if not wide:
+        console.print("devices and CPUs: `dslth-edge profiles show NAME` (or a terminal of 150+ columns)",
+                      markup=False)
 
 
 def _show_profile(p: Profile) -> None:
-    from rich.table import Table
 
     console = _console()
     console.print(f"{p.name} — {p.device}", markup=False)
@@ -111,19 +127,14 @@ def _show_profile(p: Profile) -> None:
         if values is None:
             console.print(f"[{title}] (none)", markup=False)
             continue
-        table = Table(title=title, show_header=True, title_justify="left")
-        table.add_column("key", no_wrap=True)
-        table.add_column("value")
-        table.add_column("unit")
-        table.add_column("meaning")
+        table = _table(title, "key", "value", "unit", "meaning")
         for spec in fields:
-            table.add_row(spec.key, _shown(values[spec.key]), spec.unit, spec.doc)
+            _row(table, spec.key, _shown(values[spec.key]), spec.unit, spec.doc)
         console.print(table)
-    table = Table(title="sources", title_justify="left", show_lines=True)
-    for spec in SOURCE_FIELDS:
-        table.add_column(spec.key, overflow="fold")
+    table = _table("sources", *(spec.key for spec in SOURCE_FIELDS))
+    table.show_lines = True
     for s in p.sources:
-        table.add_row(s.title, s.url, s.supports)
+        _row(table, s.title, s.url, s.supports)
     console.print(table)
 
 
@@ -149,16 +160,17 @@ def _model_costs(model: str, shape: tuple[int, int, int], classes: int) -> list[
 
 
 @profiles.command("plan")
-@click.argument("name")
+@click.argument("name", required=False)
+@click.option("--all", "all_profiles", is_flag=True, help="Every built-in profile in one table (the default without NAME).")
 @click.option("--model", "model", required=True, help="Model from the zoo, e.g. paper-cnn.")
 @click.option("--dataset-shape", default="1x28x28", show_default=True, help="Input shape CxHxW.")
 @click.option("--classes", type=click.IntRange(min=2), default=10, show_default=True)
 @click.option(
     "--granularity",
     type=click.Choice(["channel", "unstructured"]),
-    default="channel",
-    show_default=True,
-    help="channel: pruned channels are removed from the export; unstructured: the export stays dense.",
+    default=None,
+    help="channel: pruned channels are removed from the export; unstructured: the export stays dense "
+    "(default: channel for one profile; for every profile, what `train` does: unstructured, channels where needed).",
 )
 @click.option(
     "--dtype",
@@ -168,21 +180,36 @@ def _model_costs(model: str, shape: tuple[int, int, int], classes: int) -> list[
 )
 @click.option("--json", "as_json", is_flag=True, help="Print the plan as JSON.")
 def plan_command(
-    name: str,
+    name: str | None,
+    all_profiles: bool,
     model: str,
     dataset_shape: str,
     classes: int,
-    granularity: str,
+    granularity: str | None,
     dtype: str | None,
     as_json: bool,
 ) -> None:
-    """Plan the keep ratio of MODEL on profile NAME: the largest that fits every budget."""
+    """Plan the keep ratio of MODEL on profile NAME: the largest that fits every budget.
+
+    Without NAME (or with --all): one row per built-in profile, with what `train` would
+    train there (keep ratio, granularity, the binding budget, in train's words).
+    """
     from dslth_edge.device.planner import format_quantity, plan
 
     shape = parse_shape(dataset_shape)
+    if name is None or all_profiles:
+        if name is not None:
+            raise UsageError("give a profile NAME or --all, not both")
+        _plan_all(model, shape, classes, granularity or "unstructured", as_json)
+        return
+    granularity = granularity or "channel"
     p = load_profile(name)
     costs = _model_costs(model, shape, classes)
     result = plan(costs, p, granularity=granularity, dtype=dtype)
+    if p.can_train:  # training memory and time per round against their budgets (device/training.py)
+        from dslth_edge.device.training import attach_training, preset_setup
+
+        result = attach_training(result, model, shape, classes, p, preset_setup(shape))
     if as_json:
         data = {"model": model, "input_shape": list(shape), "classes": classes}
         data.update(result.to_dict())
@@ -206,7 +233,7 @@ def plan_command(
     table.add_column("fits")
     if result.keep_ratio < 1.0:
         table.add_column(f"at keep {result.keep_ratio + result.step:.2f}", justify="right")
-    for c in result.checks:
+    for c in result.checks + (result.training.checks if result.training is not None else ()):
         row = [
             c.name + (" (binding)" if c.name == result.binding else ""),
             format_quantity(c.predicted, c.unit),
@@ -233,3 +260,101 @@ def plan_command(
     console.print(layers)
     for note in result.notes:
         console.print(f"note: {note}", markup=False)
+    if result.training is not None:
+        console.print(result.training.explain(), markup=False)
+        for note in result.training.notes:
+            console.print(f"note: {note}", markup=False)
+
+
+_MASKS = {"unstructured": "w", "progressive": "w+ch", "channel": "ch", "fixed": "--keep"}
+
+
+def plan_rows(model: str, shape: tuple[int, int, int], classes: int, granularity: str) -> list[dict[str, Any]]:
+    """One row per built-in profile: the plan `train` would use there (device.keep.plan_node), or why none fits."""
+    from dslth_edge.device.keep import plan_node
+    from dslth_edge.device.planner import PlanError
+
+    rows = []
+    for prof in list_profiles():
+        row: dict[str, Any] = {"profile": prof.name, "can_train": prof.can_train, "fits": False}
+        try:
+            node = plan_node(model, shape, classes, prof.name, granularity)
+        except PlanError as exc:
+            row["why"] = str(exc)
+            rows.append(row)
+            continue
+        row.update(fits=True, keep=node.keep, route=node.route, granularity=node.granularity, note=node.note)
+        result = node.plan
+        if result is not None:
+            row["binding"] = result.binding
+            row["plan_keep"] = result.keep_ratio
+            if node.route == "unstructured" and result.keep_ratio > node.keep:
+                row["binding"] = "cap"  # the learning cap, not a budget (the note says so)
+            row["dtype"] = result.dtype
+            row["export_format"] = result.export_format
+            for c in result.checks:
+                row[c.name] = {"predicted": c.predicted, "budget": c.budget, "unit": c.unit, "ok": c.ok}
+            training = getattr(result, "training", None)
+            if training is None and prof.can_train:  # a device that trains itself: will training fit its RAM?
+                from dslth_edge.device.training import attach_training
+
+                training = attach_training(result, model, shape, classes, prof).training
+            if training is not None:
+                row["training_ram"] = {"predicted": training.predicted_ram, "budget": training.ram_budget,
+                                       "unit": "B", "ok": training.fits}
+        rows.append(row)
+    return rows
+
+
+def _plan_all(model: str, shape: tuple[int, int, int], classes: int, granularity: str, as_json: bool) -> None:
+    from dslth_edge.device.planner import format_quantity
+
+    _model_costs(model, shape, classes)  # an unknown model: one clear error before the loop
+    rows = plan_rows(model, shape, classes, granularity)
+    if as_json:
+        _echo_json({"model": model, "input_shape": list(shape), "classes": classes, "granularity": granularity,
+                    "profiles": rows})
+        return
+
+    def q(row: dict[str, Any], key: str) -> str:
+        c = row.get(key)
+        if not c:
+            return "-"
+        v, unit = c["predicted"], c["unit"]
+        text = f"{v:.3g} ms" if unit == "ms" else format_quantity(v, unit)
+        if unit == "B":  # compact: K/M/G are KiB/MiB/GiB (the legend says so)
+            for scale, suffix in ((1 << 30, "G"), (1 << 20, "M"), (1 << 10, "K")):
+                if v >= scale:
+                    text = f"{v / scale:.3g}{suffix}"
+                    break
+        return text + ("" if c["ok"] else "!")
+
+    console = _console()
+    has_training = any("training_ram" in r for r in rows)
+    cols: list[str | tuple[str, str]] = ["profile", ("keep", "right"), "masks", "binds", ("latency", "right"),
+                                         ("RAM", "right"), ("flash", "right")]
+    if has_training:
+        cols.append(("train", "right"))
+    host = "host" if has_training else None
+    table = _table(f"{model} {'x'.join(map(str, shape))}, {classes} classes: what `train` uses per profile "
+                   "(keep: no = does not fit)", *cols)
+    for r in rows:
+        label = r["profile"] + ("" if r["can_train"] else "*")
+        if not r["fits"]:
+            cells = [label, "no", "-", "-", "-", "-", "-"] + (["-"] if has_training else [])
+        else:
+            cells = [label, f"{r['keep']:.2f}", _MASKS.get(r["route"], r["route"]),
+                     "-" if r.get("binding") in (None, "none") else r["binding"], q(r, "latency"), q(r, "ram"),
+                     q(r, "storage")] + ([q(r, "training_ram") if r["can_train"] else host] if has_training else [])
+        _row(table, *cells)
+    console.print(table)
+    console.print("masks: w = weight-level mask (dense export); w+ch = w, and channels removed as it trains; "
+                  "ch = channel masks. binds: the budget that sets the keep (cap: masks denser than 0.5 stop "
+                  "learning). RAM: the exported model's; train: RAM to train on the device (host: trained elsewhere). "
+                  "K/M/G: KiB/MiB/GiB. ! = over budget", markup=False)
+    if any(not r["can_train"] for r in rows):
+        console.print("* cannot train itself: a host trains its mask (train --for-device) and deploys the export",
+                      markup=False)
+    for r in rows:
+        line = r["note"] if r["fits"] else r["why"]
+        console.print(f"{r['profile']}: {line}", markup=False, highlight=False)

@@ -1,50 +1,63 @@
-"""``dslth-edge simulate``: a whole fleet in one process over an in-memory transport."""
+"""``dslth-edge simulate``: a whole fleet, lock-step, in one process (or a few workers).
+
+Its options are the node's shared set (:mod:`dslth_edge.cli.options`), the fleet shape,
+and the simulator's own (profiles, workers, plots).
+"""
 
 from __future__ import annotations
 
 import json
+from pathlib import Path
 from typing import Any
 
 import click
 
-from dslth_edge.learn.algorithm import ALGORITHMS, PRESETS
+from dslth_edge.cli.console import graceful_sigint
+from dslth_edge.cli.options import FLEET_SHAPE, NODE, OUTPUT, algorithm_overrides, apply, pick
+from dslth_edge.cli.progress import RoundReporter, setup_logging
 
-__all__ = ["simulate"]
+__all__ = ["simulate", "SIMULATE_DEFAULTS", "fleet_options_from", "gateway_nodes"]
+
+#: simulate's and fleet run's own defaults for shared options
+SIMULATE_DEFAULTS = {"rounds": None, "eval_every": 10, "checkpoint_every": 10, "weight_seed": None}
+
+
+def fleet_options_from(kw: dict[str, Any], profiles: str) -> Any:
+    """A FleetOptions from the parsed shared options (removed from ``kw``)."""
+    from dslth_edge.fleet.plan import FleetOptions
+
+    overrides = algorithm_overrides(kw)
+    kw["algorithm"] = kw.get("algorithm") or "mce-pl"
+    return FleetOptions(profiles=tuple(p.strip() for p in profiles.split(",") if p.strip()), overrides=overrides,
+                        **pick(kw, FleetOptions))
+
+
+def gateway_nodes(profiles: list[str]) -> list[int]:
+    """Nodes whose profile cannot train (the host trains them on the device's behalf)."""
+    from dslth_edge.device.profiles import load_profile
+
+    cache: dict[str, bool] = {}
+    for name in profiles:
+        if name not in cache:
+            cache[name] = load_profile(name).can_train
+    return [i for i, name in enumerate(profiles) if not cache[name]]
 
 
 @click.command()
-@click.option("--nodes", default=20, show_default=True, type=int, help="Number of nodes.")
-@click.option("--topology", default="ring", show_default=True,
-              help="ring | torus | kregular:K | er:P | full | star | an adjacency file (e.g. ../shared/paper/adjacency_20.txt).")
-@click.option("--dataset", default="fashion-mnist", show_default=True, type=click.Choice(["fashion-mnist", "cifar10", "synthetic"]))
-@click.option("--data-dir", default=None, help="Dataset directory.")
-@click.option("--partition", default="iid", show_default=True, help="iid | classes:K | dirichlet:A | file:PATH.")
-@click.option("--partition-file", default=None, help="A (nodes x classes) count matrix, e.g. ../shared/paper/train_counts_4.txt.")
-@click.option("--scarce", default=None, type=int, help="At most N training samples per node.")
-@click.option("--test-size", default=None, type=int, help="Test samples per node (default: a disjoint share of the test set).")
+@apply(FLEET_SHAPE, NODE, defaults=SIMULATE_DEFAULTS, skip=("for_device",))
 @click.option("--profiles", default="jetson-nano", show_default=True, help="Comma-separated profiles, assigned round-robin.")
 @click.option("--profile-map", default=None, help="File mapping nodes to profiles: lines 'node_id profile' or JSON.")
-@click.option("--algorithm", default="mce-pl", show_default=True, type=click.Choice(list(ALGORITHMS)))
-@click.option("--preset", default="default", show_default=True, type=click.Choice(list(PRESETS)))
-@click.option("--model", default="paper-cnn", show_default=True, type=click.Choice(["paper-cnn", "mcu-cnn", "resnet-8"]))
-@click.option("--keep", default=None, type=float, help="Keep ratio for every node (default: each profile's plan).")
-@click.option("--granularity", default="unstructured", show_default=True, type=click.Choice(["unstructured", "channel"]))
-@click.option("--rounds", default=100, show_default=True, type=int)
-@click.option("--eval-every", default=10, show_default=True, type=int)
-@click.option("--seed", default=0, show_default=True, type=int, help="Partition, scores and batch seed.")
-@click.option("--weight-seed", default=None, type=int, help="Fixed-weight seed (default: --seed).")
-@click.option("--lr", default=None, type=float, help="Override the preset's learning rate on the scores.")
-@click.option("--batch-size", default=None, type=int, help="Override the preset's batch size.")
-@click.option("--local-steps", default=None, type=int, help="Override the preset's local steps per round.")
-@click.option("--ft-recompute", is_flag=True, default=None, help="(5) with a fresh gradient instead of the step's.")
-@click.option("--drop-threshold", default=None, type=float, help="Structured option: drop channels keeping less than this fraction.")
-@click.option("--out", default=None, help="Run directory (default runs/fleet-<algorithm>-<dataset>-<time>).")
+@click.option("--workers", default=1, show_default=True, type=click.IntRange(min=1),
+              help="Processes the nodes are spread over (the masks are the same for any number).")
 @click.option("--threads", default=None, type=int, help="torch threads (default: torch's; 1 is fastest on a busy shared machine).")
 @click.option("--no-plots", is_flag=True, help="Skip the PNG plots.")
-@click.option("--json", "as_json", is_flag=True, help="Print the summary as JSON (no progress display).")
-def simulate(as_json: bool, no_plots: bool, threads: Any, profiles: str, lr: Any, batch_size: Any, local_steps: Any,
-             ft_recompute: Any, drop_threshold: Any, **kw: Any) -> None:
-    """Simulate a fleet: N nodes, the same Node code as on devices, in one process.
+@apply(OUTPUT)
+def simulate(as_json: bool, no_plots: bool, threads: Any, workers: int, profiles: str, log_every: int | None,
+             log_format: str, **kw: Any) -> None:
+    """Simulate a fleet: N nodes, the same Node code as on devices, lock-step.
+
+    Nodes of profiles that cannot train (MCUs) are trained here on their behalf; their
+    config.json says so.
 
     \b
     Example:
@@ -52,44 +65,50 @@ def simulate(as_json: bool, no_plots: bool, threads: Any, profiles: str, lr: Any
         --partition-file ../shared/paper/train_counts_4.txt \\
         --profiles jetson-nano,raspberry-pi-4,esp32-s3 --algorithm mce-pl --rounds 100
     """
-    from rich.console import Console
-    from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, TimeElapsedColumn, TimeRemainingColumn
-
+    setup_logging(log_format)
     import torch
 
-    from dslth_edge.fleet.plan import FleetOptions
-
-    from dslth_edge.fleet.simulator import simulate as run_simulate
+    from dslth_edge.errors import CheckpointError
+    from dslth_edge.fleet.simulator import resume_round, simulate as run_simulate
+    from dslth_edge.runs.guard import clear_run_dir, run_mode
 
     if threads:
         torch.set_num_threads(threads)
-
-    overrides = {"lr": lr, "batch_size": batch_size, "local_steps": local_steps, "ft_recompute": ft_recompute,
-                 "drop_threshold": drop_threshold}
-    opts = FleetOptions(profiles=tuple(p.strip() for p in profiles.split(",") if p.strip()),
-                        overrides={k: v for k, v in overrides.items() if v is not None}, **kw)
-    err = Console(stderr=True)
-    progress = Progress(TextColumn("[bold]simulate[/]"), BarColumn(), MofNCompleteColumn(), TextColumn("{task.fields[status]}"),
-                        TimeElapsedColumn(), TimeRemainingColumn(), console=err, disable=as_json)
-    task = progress.add_task("simulate", total=opts.rounds, status="")
-    state = {"acc": "-", "bytes": 0}
+    mode = run_mode(kw.pop("resume"), kw.pop("resume_or_start"), kw.pop("overwrite"))
+    checkpoint_every = kw.pop("checkpoint_every")
+    opts = fleet_options_from(kw, profiles)
+    if kw:
+        raise TypeError(f"simulate: options without a destination: {sorted(kw)}")
+    if mode != "fresh" and not opts.out:
+        raise CheckpointError(f"--{mode} needs --out: the run directory")
+    if mode == "resume" and resume_round(opts.out) == 0:
+        raise CheckpointError(f"nothing to resume in {opts.out}: no checkpoint; start without --resume, "
+                              "or use --resume-or-start")
+    if mode == "overwrite" or (mode == "resume-or-start" and resume_round(opts.out) == 0):
+        clear_run_dir(Path(opts.out))  # resume-or-start with no checkpoint yet: what a killed start left goes
+        mode = "fresh"
+    report = RoundReporter("simulate", opts.rounds, every=log_every, fmt=log_format, disabled=as_json)
 
     def on_start(plan: Any, run_dir: Any) -> None:
-        if not as_json:
-            keeps = sorted(set(plan.keeps))
-            err.print(f"run dir [bold]{run_dir}[/]  {opts.nodes} nodes  {plan.algorithm.name} ({plan.algorithm.preset})  "
-                      f"topology {plan.topology.name}  keep ratios {', '.join(f'{k:.2f}' for k in keeps)}")
+        keeps = sorted(set(plan.keeps))
+        gateway = gateway_nodes(plan.profiles)
+        note = f"  nodes {gateway[:10]} trained here for devices that cannot train" if gateway else ""
+        report.info(f"run dir {run_dir}  {opts.nodes} nodes  {plan.algorithm.name} ({plan.algorithm.preset})  "
+                    f"topology {plan.topology.name}  keep ratios {', '.join(f'{k:.2f}' for k in keeps)}{note}",
+                    run_dir=str(run_dir), nodes=opts.nodes, algorithm=plan.algorithm.name, keeps=keeps, gateway=gateway)
 
     def on_round(k: int, results: list[Any]) -> None:
-        state["bytes"] += sum(r.bytes_sent for r in results)
         accs = [r.acc for r in results if r.acc is not None]
-        if accs:
-            state["acc"] = f"{100 * sum(accs) / len(accs):.2f}%"
         loss = sum(r.loss for r in results) / len(results)
-        progress.update(task, completed=k + 1, status=f"loss {loss:.3f}  mean acc {state['acc']}  sent {state['bytes'] / 1e6:.2f} MB")
+        heard = sum(r.neighbours_heard for r in results)
+        report.round(k + 1, loss=loss, acc=sum(accs) / len(accs) if accs else None,
+                     bytes_sent=sum(r.bytes_sent for r in results), heard=heard)
 
-    with progress:
-        summary = run_simulate(opts, on_start=on_start, on_round=on_round, write_plots=not no_plots)
+    stop = graceful_sigint()
+    with report:
+        summary = run_simulate(opts, on_start=on_start, on_round=on_round, write_plots=not no_plots, workers=workers,
+                               worker_threads=threads or 1, resume=mode in ("resume", "resume-or-start"),
+                               checkpoint_every=checkpoint_every, stop_requested=stop)
     if as_json:
         click.echo(json.dumps(summary, indent=2))
         return

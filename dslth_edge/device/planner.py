@@ -1,11 +1,16 @@
-"""Plan a device's keep ratio from its hardware profile and a model's layer costs.
+"""Plan a device's keep ratio (and, where structured, its channel counts) from its
+hardware profile and a model's layer costs.
 
 :func:`plan` returns the largest keep ratio ``k`` on a fixed grid (1.00, 0.99, ...,
 down to a floor, 0.02 by default) for which four predicted quantities fit the
 profile's budgets:
 
 ``latency``
-    ``sum_l macs_l(k) / effective_macs_per_s(dtype) + n_layers * per_op_overhead``
+    the profiler's per-layer latency model (:func:`dslth_edge.profiler.predictor.predict`):
+    ``sum_l padded_macs_l / effective_macs_per_s(dtype) + per_op_overhead`` per weight
+    layer, where ``padded_macs`` rounds a layer's output channels up to the profile's
+    ``channel_multiple``. The same function judges an exported file (the verdict), so
+    the plan and the verdict cannot disagree on a predicted latency.
 ``storage``
     exported weight bytes ``sum_l params_l(k) * bytes_per_value(dtype)``
 ``ram``
@@ -18,13 +23,17 @@ profile's budgets:
     the broker per round whatever the number of neighbours, so the budget is per
     frame, not per neighbour.
 
-With ``granularity="channel"`` a layer keeps a fraction ``k_out`` of its output
-channels (``k`` for prunable layers, 1.0 for the classifier) and receives a fraction
-``k_in`` of its input channels (the ``k_out`` of the layer named in ``input_from``,
-1.0 for the network input), so ``macs_l(k) = macs_l * k_out * k_in`` and likewise for
-params. With ``granularity="unstructured"`` the mask zeroes individual weights but
-the exported model stays dense: latency, storage and RAM do not shrink with ``k``;
-only the mask traffic depends on it.
+With ``granularity="channel"`` a prunable layer keeps ``channels_l`` of its ``C_l``
+output channels: ``k * C_l`` rounded down to a multiple of the profile's
+``channel_multiple`` (at least one multiple), so every exported width hits the fast
+kernels; the classifier keeps all its outputs (they are the classes). ``k_out`` is
+``channels_l / C_l`` exactly and ``k_in`` is the ``k_out`` of the layer named in
+``input_from`` (1.0 for the network input), so ``macs_l = macs * k_out * k_in`` and
+likewise for params. ``density`` (None: whole channels) is the fraction of weights the
+mask keeps inside the kept block, which only the traffic depends on. With
+``granularity="unstructured"`` the mask zeroes individual weights but the exported
+model stays dense: latency, storage and RAM do not shrink with ``k``; only the mask
+traffic depends on it.
 
 ``H`` is not monotone (a 0.5-dense mask is the most expensive to send, an all-ones
 mask is free), so the traffic constraint's feasible set is not an interval. The grid
@@ -41,6 +50,8 @@ from typing import Any, Sequence
 from dslth_edge.learn.costs import LayerCost
 from dslth_edge.errors import ProfileError
 from dslth_edge.device.profiles import BYTES_PER_VALUE, DTYPES, Profile
+from dslth_edge.profiler.predictor import DeviceModel, op_costs_from_layer_costs
+from dslth_edge.profiler.predictor import predict as predict_latency
 
 __all__ = [
     "GRANULARITIES",
@@ -55,6 +66,7 @@ __all__ = [
     "Check",
     "Plan",
     "binary_entropy",
+    "planned_channels",
     "layer_keeps",
     "predict",
     "check_budgets",
@@ -77,7 +89,24 @@ _REL_TOL = 1e-9  # predicted <= budget * (1 + tol): absorbs float noise at exact
 
 
 class PlanError(ProfileError):
-    """No keep ratio on the grid fits the profile's budgets (or the plan's inputs are bad)."""
+    """No keep ratio on the grid fits the profile's budgets (or the plan's inputs are bad).
+
+    ``binding`` names the budget that rules out even the floor (None for bad inputs).
+    """
+
+    def __init__(self, message: str, *, binding: str | None = None) -> None:
+        super().__init__(message)
+        self.binding = binding
+
+
+def planned_channels(channels: int, keep: float, multiple: int = 1) -> int:
+    """Output channels a prunable layer keeps at ``keep``: ``keep * channels`` rounded down
+    to a multiple of ``multiple`` (at least one multiple, at most ``channels``)."""
+    raw = max(1, min(channels, int(math.floor(keep * channels + 1e-9))))
+    if multiple <= 1 or raw >= channels:
+        return raw
+    rounded = (raw // multiple) * multiple
+    return rounded if rounded >= 1 else min(multiple, channels)
 
 
 def binary_entropy(p: float) -> float:
@@ -97,6 +126,8 @@ class LayerKeep:
     mask_density: float  # fraction of ones in this layer's own mask (its keep ratio)
     params: float  # exported weights
     macs: float  # exported MACs per sample
+    channels: int = 0  # output channels in the export
+    out_channels: int = 0  # output channels of the full-width layer
 
 
 @dataclass(frozen=True)
@@ -160,6 +191,9 @@ class Plan:
     checks: tuple[Check, ...]
     layers: tuple[LayerKeep, ...]
     notes: tuple[str, ...]
+    density: float | None = None  # mask density inside the kept block (None: whole channels)
+    # the training side (a device.training.TrainingPlan), filled by device.training.attach_training
+    training: Any = None
 
     @property
     def keep(self) -> float:
@@ -176,6 +210,16 @@ class Plan:
     def keep_ratios(self) -> dict[str, float]:
         """Per-layer keep ratio (the density of each layer's own mask)."""
         return {layer.name: layer.mask_density for layer in self.layers}
+
+    @property
+    def channels(self) -> dict[str, int]:
+        """Per-layer output channels of the export (all of them for unstructured plans)."""
+        return {layer.name: layer.channels for layer in self.layers}
+
+    @property
+    def structured(self) -> bool:
+        """True when the export removes channels (some layer keeps fewer than it has)."""
+        return any(layer.channels < layer.out_channels for layer in self.layers)
 
     def explain(self) -> str:
         """One line: the keep ratio, the binding budget and why."""
@@ -195,7 +239,9 @@ class Plan:
         data["layers"] = [dict(layer) for layer in data["layers"]]
         data["notes"] = list(self.notes)
         data["keep_ratios"] = self.keep_ratios
+        data["channels"] = self.channels
         data["explanation"] = self.explain()
+        data["training"] = None if self.training is None else self.training.to_dict()
         return data
 
 
@@ -224,9 +270,14 @@ def _validate(granularity: str, dtype: str) -> None:
 
 
 def layer_keeps(
-    costs: Sequence[LayerCost], keep: float, granularity: str = "channel"
+    costs: Sequence[LayerCost],
+    keep: float,
+    granularity: str = "channel",
+    *,
+    channel_multiple: int = 1,
+    density: float | None = None,
 ) -> tuple[LayerKeep, ...]:
-    """Per-layer keep fractions and exported params/MACs at keep ratio ``keep``."""
+    """Per-layer keep fractions, channel counts and exported params/MACs at keep ratio ``keep``."""
     if granularity not in GRANULARITIES:
         raise PlanError(
             f"unknown granularity {granularity!r}; expected one of {', '.join(GRANULARITIES)}"
@@ -236,9 +287,14 @@ def layer_keeps(
     if granularity == "unstructured":
         # The mask zeroes weights but removes no channel: the export stays dense.
         return tuple(
-            LayerKeep(c.name, 1.0, 1.0, keep, float(c.params), float(c.macs)) for c in costs
+            LayerKeep(c.name, 1.0, 1.0, keep, float(c.params), float(c.macs), c.out_channels, c.out_channels)
+            for c in costs
         )
-    out_keep = {c.name: (keep if c.prunable_out else 1.0) for c in costs}
+    kept = {
+        c.name: (planned_channels(c.out_channels, keep, channel_multiple) if c.prunable_out else c.out_channels)
+        for c in costs
+    }
+    out_keep = {c.name: kept[c.name] / c.out_channels for c in costs}
     layers = []
     for c in costs:
         if c.input_from is None:
@@ -250,8 +306,12 @@ def layer_keeps(
                 f"layer {c.name!r} takes its input from unknown layer {c.input_from!r}"
             )
         k_out = out_keep[c.name]
+        # whole channels: the layer's own mask keeps its kept rows whole (k_out); with a
+        # density, it keeps that fraction of the weights between kept inputs and outputs
+        mask_density = k_out if density is None else density * k_out * k_in
         layers.append(
-            LayerKeep(c.name, k_out, k_in, k_out, c.params * k_out * k_in, c.macs * k_out * k_in)
+            LayerKeep(c.name, k_out, k_in, mask_density, c.params * k_out * k_in, c.macs * k_out * k_in,
+                      kept[c.name], c.out_channels)
         )
     return tuple(layers)
 
@@ -263,16 +323,19 @@ def predict(
     *,
     granularity: str = "channel",
     dtype: str | None = None,
+    density: float | None = None,
 ) -> Prediction:
-    """Predicted latency, weight bytes, RAM bytes and frame bytes at keep ratio ``keep``."""
+    """Predicted latency, weight bytes, RAM bytes and frame bytes at keep ratio ``keep``.
+
+    The latency is the profiler's (channel padding included) on the exported widths.
+    """
     dtype = dtype or profile.export.dtype
     _validate(granularity, dtype)
-    layers = layer_keeps(costs, keep, granularity)
+    layers = layer_keeps(costs, keep, granularity, channel_multiple=profile.compute.channel_multiple,
+                         density=density)
     bpv = BYTES_PER_VALUE[dtype]
-    macs_per_s = profile.effective_macs_per_s(dtype)
-
-    compute_s = sum(layer.macs for layer in layers) / macs_per_s
-    latency_ms = compute_s * 1e3 + len(layers) * profile.compute.per_op_overhead_us * 1e-3
+    ops = op_costs_from_layer_costs(costs, [layer.keep_out for layer in layers], dtype=dtype)
+    latency_ms = predict_latency(ops, DeviceModel.from_profile(profile), dtype=dtype).total_ms
     weight_bytes = sum(layer.params for layer in layers) * bpv
     peak_act = max(
         (c.in_elems * layer.keep_in + c.out_elems * layer.keep_out) * bpv
@@ -321,11 +384,14 @@ def plan(
     dtype: str | None = None,
     step: float = DEFAULT_STEP,
     floor: float = DEFAULT_FLOOR,
+    density: float | None = None,
 ) -> Plan:
     """The largest keep ratio on the grid ``1, 1-step, ..., floor`` that fits every budget.
 
-    ``dtype`` defaults to the profile's export dtype. Raises :class:`PlanError` when even
-    the floor does not fit, naming each budget that cannot be met and the numbers.
+    ``dtype`` defaults to the profile's export dtype; ``density`` (channel plans only) is
+    the mask density inside the kept channels (None: whole channels). Raises
+    :class:`PlanError` when even the floor does not fit, in one line naming the device,
+    the binding budget with its numbers and the nearest feasible setting.
     """
     dtype = dtype or profile.export.dtype
     _validate(granularity, dtype)
@@ -353,15 +419,17 @@ def plan(
         )
     else:
         notes.append(
-            f"the shrinker may round kept channel counts to a multiple of "
-            f"{profile.compute.channel_multiple}; predictions use exact fractions"
+            f"kept channel counts are rounded down to a multiple of "
+            f"{profile.compute.channel_multiple} (the profile's channel_multiple); predictions use those counts"
         )
+    if density is not None and not (0.0 < density <= 1.0):
+        raise PlanError(f"mask density must be in (0, 1], got {density!r}")
 
     above: tuple[Check, ...] | None = None  # checks at the grid step above the current one
     checks: tuple[Check, ...] = ()
     for i in range(n, lowest - 1, -1):
         keep = i / n
-        prediction = predict(costs, profile, keep, granularity=granularity, dtype=dtype)
+        prediction = predict(costs, profile, keep, granularity=granularity, dtype=dtype, density=density)
         checks = check_budgets(prediction, profile)
         if all(c.ok for c in checks):
             binding = "none"
@@ -386,14 +454,38 @@ def plan(
                 checks=checks,
                 layers=prediction.layers,
                 notes=tuple(notes),
+                density=density if granularity == "channel" else None,
             )
         above = checks
 
-    failing = "; ".join(f"{c.name}: {c.describe()}" for c in checks if not c.ok)
-    extra = ""
-    if granularity == "unstructured":
-        extra = " (unstructured masks do not shrink the dense export; try --granularity channel)"
+    bad = [c for c in checks if not c.ok]
+    binding = max(bad, key=lambda c: c.usage).name
+    failing = "; ".join(f"{c.name}: {c.describe()}" for c in bad)
     raise PlanError(
         f"profile {profile.name!r} cannot meet its budget even at the floor keep "
-        f"{lowest / n:.2f} ({granularity}, {dtype}): {failing}{extra}"
+        f"{lowest / n:.2f} ({granularity}, {dtype}): {binding} binds — {failing}; "
+        f"nearest feasible: {_nearest_feasible(costs, profile, granularity, dtype, step, floor, density)}",
+        binding=binding,
     )
+
+
+def _nearest_feasible(
+    costs: Sequence[LayerCost], profile: Profile, granularity: str, dtype: str, step: float, floor: float,
+    density: float | None,
+) -> str:
+    """The closest setting that does fit: channel granularity, then int8, then both; else none."""
+    tries = []
+    if granularity == "unstructured":
+        tries.append(("channel", dtype, "--granularity channel"))
+    if dtype != "int8":
+        tries.append((granularity, "int8", "dtype int8"))
+        if granularity == "unstructured":
+            tries.append(("channel", "int8", "--granularity channel with dtype int8"))
+    for g, d, label in tries:
+        try:
+            p = plan(costs, profile, granularity=g, dtype=d, step=step, floor=floor,
+                     density=density if g == "channel" else None)
+        except PlanError:
+            continue
+        return f"{label} (keep {p.keep_ratio:.2f})"
+    return "none for this model — a smaller model (e.g. --model mcu-cnn) or a larger budget"

@@ -40,6 +40,7 @@ __all__ = [
     "SCHEMA",
     "SOURCE_FIELDS",
     "OPTIONAL_TABLES",
+    "DEFAULT_TRAINING_RAM_SHARE",
     "Cpu",
     "Accelerator",
     "Memory",
@@ -47,6 +48,7 @@ __all__ = [
     "Budget",
     "Network",
     "Export",
+    "Training",
     "Source",
     "Profile",
     "builtin_profile_names",
@@ -180,6 +182,16 @@ SCHEMA: dict[str, tuple[FieldSpec, ...]] = {
         _f("format", "choice", "", "preferred export format", EXPORT_FORMATS),
         _f("dtype", "choice", "", "preferred export dtype", DTYPES),
     ),
+    "training": (
+        _f(
+            "ram_mib",
+            "number",
+            "MiB",
+            "peak resident memory (RSS) the training process may reach: runtime, model, "
+            "optimizer, activations and data",
+        ),
+        _f("ram_rule", "str", "", "where ram_mib comes from: a source or a stated rule"),
+    ),
 }
 
 #: Fields of each ``[[sources]]`` entry.
@@ -190,7 +202,9 @@ SOURCE_FIELDS: tuple[FieldSpec, ...] = (
 )
 
 #: Tables that may be left out.
-OPTIONAL_TABLES: frozenset[str] = frozenset({"accelerator"})
+OPTIONAL_TABLES: frozenset[str] = frozenset({"accelerator", "training"})
+#: Training RAM budget of a trainable profile without a [training] table: this share of memory.ram_mib.
+DEFAULT_TRAINING_RAM_SHARE = 0.5
 
 
 @dataclass(frozen=True)
@@ -246,6 +260,12 @@ class Export:
 
 
 @dataclass(frozen=True)
+class Training:
+    ram_mib: float
+    ram_rule: str
+
+
+@dataclass(frozen=True)
 class Source:
     title: str
     url: str
@@ -260,6 +280,7 @@ _TABLE_TYPES: dict[str, type] = {
     "budget": Budget,
     "network": Network,
     "export": Export,
+    "training": Training,
 }
 
 
@@ -280,6 +301,7 @@ class Profile:
     network: Network
     export: Export
     sources: tuple[Source, ...]
+    training: Training | None = None  # [training]: optional; trainable built-ins all have one
 
     def to_dict(self) -> dict[str, Any]:
         """Every field as plain JSON-ready data (tables as dicts, sources as a list)."""
@@ -309,6 +331,20 @@ class Profile:
     @property
     def model_storage_budget_bytes(self) -> float:
         return self.budget.model_storage_mib * MIB
+
+    @property
+    def training_ram_budget_bytes(self) -> float:
+        """Peak RSS the training process may reach ([training] ram_mib, else the default share of RAM)."""
+        if self.training is not None:
+            return self.training.ram_mib * MIB
+        return DEFAULT_TRAINING_RAM_SHARE * self.memory.ram_mib * MIB
+
+    @property
+    def training_ram_rule(self) -> str:
+        """Where :attr:`training_ram_budget_bytes` comes from."""
+        if self.training is not None:
+            return self.training.ram_rule
+        return f"no [training] table: {DEFAULT_TRAINING_RAM_SHARE:.0%} of memory.ram_mib (default rule)"
 
     @property
     def traffic_budget_bytes(self) -> float:
@@ -411,7 +447,7 @@ def parse_profile(
     for table, fields in SCHEMA.items():
         if not table:
             continue
-        if table not in data:
+        if table not in data or (table in OPTIONAL_TABLES and data[table] is None):  # to_dict() writes None
             values[table] = None
             continue
         values[table] = _TABLE_TYPES[table](**_table(where, table, data[table], fields))
@@ -443,6 +479,15 @@ def parse_profile(
             budget.model_storage_mib,
         )
 
+    training: Training | None = values["training"]
+    if training is not None and training.ram_mib > memory.ram_mib:
+        raise _fail(
+            where,
+            "training.ram_mib",
+            f"at most memory.ram_mib ({memory.ram_mib:g} MiB)",
+            training.ram_mib,
+        )
+
     return Profile(
         name=name,
         source_path=source_path,
@@ -457,6 +502,7 @@ def parse_profile(
         network=values["network"],
         export=values["export"],
         sources=sources,
+        training=training,
     )
 
 

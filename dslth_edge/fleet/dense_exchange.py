@@ -5,7 +5,12 @@ The dense path trains the same architecture with ordinary weights
 (decentralized SGD, adapt-then-combine):
 
     x_i ← x_i − η ∇f_i(x_i)                 local SGD step (momentum, weight decay)
-    x_i ← (x_i + Σ_{j ∈ N(i), heard} x_j) / (1 + |heard|)   uniform neighbour averaging
+    x_i ← W_ii' x_i + Σ_{j ∈ N(i), heard} W_ij x_j    Metropolis-Hastings averaging
+
+with W_ij = 1/(1 + max(d_i, d_j)) and W_ii' = 1 − Σ_{j heard} W_ij (doubly stochastic
+on any graph); ``mixing="uniform"`` (AlgorithmConfig) averages uniformly over self and
+the neighbours heard instead. Over MQTT the payload is sealed like a mask frame
+(:mod:`dslth_edge.transport.identity`), so dense weights are authenticated too.
 
 Payload (little-endian), 32 bits per parameter plus a 28-byte envelope::
 
@@ -22,16 +27,16 @@ and before any array is built; every failure is a :class:`~dslth_edge.errors.Fra
 from __future__ import annotations
 
 import struct
-import time
-from collections.abc import Sequence
+from collections.abc import Mapping, Sequence
+from typing import Any
 
 import google_crc32c
 import numpy as np
 import torch
 
-from dslth_edge.errors import FrameError
-from dslth_edge.fleet.exchange import ReceivedMasks
-from dslth_edge.transport.base import Transport
+from dslth_edge.errors import CheckpointError, FrameError
+from dslth_edge.fleet.exchange import Decoded, PayloadExchange
+from dslth_edge.transport.identity import AuthError, Identity
 
 __all__ = [
     "DENSE_MAGIC",
@@ -75,57 +80,48 @@ def decode_dense(payload: bytes, *, expected_len: int, fingerprint: bytes) -> tu
     return sender, rnd, vec
 
 
-class DenseExchange:
-    """The dense counterpart of :class:`~dslth_edge.fleet.exchange.Exchange` (same calls).
+class DenseExchange(PayloadExchange):
+    """The dense counterpart of :class:`~dslth_edge.fleet.exchange.Exchange` (same calls, same loop).
 
-    ``encode`` takes ``[vector]``; ``collect`` returns a :class:`ReceivedMasks` whose
-    frames map each sender to ``[vector]``.
+    ``encode`` takes ``[vector]``; ``collect`` returns a :class:`~dslth_edge.fleet.exchange.ReceivedMasks` whose
+    frames map each sender to ``[vector]``. Collection is
+    :meth:`PayloadExchange.collect <dslth_edge.fleet.exchange.PayloadExchange.collect>`:
+    stale neighbours are heard again, the future window is ``window``, and payloads are
+    sealed (authenticated) when the node has an identity.
     """
 
-    def __init__(self, *, node_id: int, num_params: int, fingerprint: bytes) -> None:
-        self.node_id = node_id
+    def __init__(self, *, node_id: int, num_params: int, fingerprint: bytes, window: int = 4,
+                 identity: Identity | None = None, max_round: int | None = None) -> None:
+        super().__init__(node_id=node_id, window=window, identity=identity, max_round=max_round)
         self.num_params = num_params
         self.fingerprint = fingerprint
-        self._future: dict[int, dict[int, list[torch.Tensor]]] = {}
         self.last_kind = "dense"
 
     def encode(self, state: Sequence[torch.Tensor], round: int) -> bytes:  # noqa: A002
-        return encode_dense(state[0], sender=self.node_id, round=round, fingerprint=self.fingerprint)
+        """This round's dense payload (sealed if configured)."""
+        return self._seal("mask", round, encode_dense(state[0], sender=self.node_id, round=round,
+                                                      fingerprint=self.fingerprint))
 
     def reconnected(self) -> None:
         """Dense payloads are self-contained: nothing to reset."""
 
-    def collect(self, transport: Transport, round: int, expected: set[int], deadline: float) -> ReceivedMasks:  # noqa: A002
-        """Neighbours' weights for ``round`` until all of ``expected`` arrived or ``deadline`` passed."""
-        out = ReceivedMasks()
-        for sender, vec in self._future.pop(round, {}).items():
-            if sender in expected:
-                out.frames[sender] = vec
-        for r in [r for r in self._future if r < round]:
-            del self._future[r]
-        synchronous = getattr(transport, "synchronous", False)
-        while not expected <= out.frames.keys():
-            remaining = deadline - time.monotonic()
-            if remaining <= 0:
-                break
-            envelopes = transport.poll(min(remaining, 0.5))
-            for env in envelopes:
-                if env.kind != "mask":
-                    continue
-                out.bytes += len(env.payload)
-                try:
-                    sender, rnd, vec = decode_dense(env.payload, expected_len=self.num_params, fingerprint=self.fingerprint)
-                except FrameError:
-                    out.rejected += 1
-                    continue
-                if sender != env.sender:
-                    out.rejected += 1
-                elif rnd == round and sender in expected and sender not in out.frames:
-                    out.frames[sender] = [vec]
-                elif round < rnd <= round + 4:
-                    self._future.setdefault(rnd, {})[sender] = [vec]
-                else:
-                    out.duplicates += 1
-            if synchronous and not envelopes:
-                break
-        return out
+    def state(self) -> dict[str, Any]:
+        """:meth:`PayloadExchange.state <dslth_edge.fleet.exchange.PayloadExchange.state>` and
+        what identifies the payloads (checked on load)."""
+        return {**super().state(), "num_params": self.num_params, "fingerprint": self.fingerprint.hex()}
+
+    def _parse_state(self, state: Mapping[str, Any], source: str) -> dict[str, Any]:
+        values = super()._parse_state(state, source)
+        if (state["num_params"], state["fingerprint"]) != (self.num_params, self.fingerprint.hex()):
+            raise CheckpointError(f"{source} holds the exchange state of another model")
+        return values
+
+    def _decode(self, payload: bytes, sender: int) -> Decoded:
+        who, rnd, vec = decode_dense(payload, expected_len=self.num_params, fingerprint=self.fingerprint)
+        if who != sender:
+            raise AuthError(f"dense payload on node {sender}'s topic names sender {who}")
+        return rnd, [vec], _nothing
+
+
+def _nothing() -> None:
+    """Dense payloads are used once: nothing to store."""

@@ -7,28 +7,44 @@ split, keep ratio and fixed weights in both; only the transport differs. Before 
 it waits (bounded) for its neighbours' hello; then it runs the Node's round loop with a
 round deadline (fixed or adaptive), telling the exchange to send a key frame whenever a
 neighbour comes back online.
+
+Its run directory follows :mod:`dslth_edge.runs.guard` (a resumed node must have the
+saved run's settings). A node that hears no neighbour for ``stale_after`` rounds says so
+once (a warning on the ``dslth_edge`` logger); one that finishes without having heard any
+neighbour in any round raises :class:`~dslth_edge.errors.IsolatedError` (exit 4) naming
+the fleet, the broker and the neighbours it waited for, unless ``allow_solo``.
 """
 
 from __future__ import annotations
 
+import json
+import logging
 import os
 from collections.abc import Callable
 from dataclasses import dataclass, replace
+from urllib.parse import urlsplit
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
 from dslth_edge.fleet.deadline import AdaptiveDeadline, FixedDeadline, StartupDeadline
-from dslth_edge.errors import UsageError
+from dslth_edge.errors import CheckpointError, IsolatedError, UsageError
 from dslth_edge.fleet.node import Node, RoundResult
-from dslth_edge.transport.mqtt import Hello, MqttOptions, MqttTransport, read_secret
+from dslth_edge.runs.guard import check_rounds, check_same_settings, open_node_dir, run_mode
+from dslth_edge.runs.rundir import load_mask, read_metrics, write_json
+from dslth_edge.transport.identity import choose_identity
+from dslth_edge.transport.messages import Hello
+from dslth_edge.transport.mqtt import MqttTransport
+from dslth_edge.transport.mqtt_options import MqttOptions, read_secret
 from dslth_edge.wire import CODEC_NAMES, default_max_frame_bytes
 
 if TYPE_CHECKING:
     from dslth_edge.fleet.plan import FleetPlan
 
-__all__ = ["ENV_FLEET_KEY", "NodeRunOptions", "fleet_key", "run_fleet_node"]
+__all__ = ["ENV_FLEET_KEY", "NodeRunOptions", "fleet_key", "run_fleet_node", "start_node", "IsolationWatch"]
 
 ENV_FLEET_KEY = "DSLTH_FLEET_KEY"
+
+log = logging.getLogger(__name__)
 
 
 @dataclass(frozen=True)
@@ -41,9 +57,20 @@ class NodeRunOptions:
     stale_after: int = 3
     start_timeout_s: float = 120.0  # wait this long for neighbours' hello before round 0
     checkpoint_every: int = 10
-    resume: bool = False
+    resume: bool = False  # continue from the checkpoint (an error when there is none)
     fleet_key_file: str | None = None  # HMAC key for frames; else $DSLTH_FLEET_KEY; else CRC only
     torch_threads: int | None = 1  # the same in every process: bit-identical to the simulator
+    resume_or_start: bool = False  # resume when there is a checkpoint, else start fresh
+    overwrite: bool = False  # clear the node's directory first
+    allow_solo: bool = False  # finish normally even when no neighbour was ever heard
+    roster: str | None = None  # fleet roster (Ed25519 identities); see `dslth-edge keys init`
+    node_key: str | None = None  # this node's private key (default: node-<id>.key next to the roster)
+    run_epoch: int | None = None  # None: the roster's epoch (0 without a roster)
+
+    @property
+    def mode(self) -> str:
+        """The run-directory mode (:data:`dslth_edge.runs.guard.RUN_MODES`)."""
+        return run_mode(self.resume, self.resume_or_start, self.overwrite)
 
 
 def fleet_key(key_file: str | None) -> bytes | None:
@@ -54,6 +81,79 @@ def fleet_key(key_file: str | None) -> bytes | None:
     if not secret:
         raise UsageError("the fleet key is empty")
     return secret.encode()
+
+
+def _final_mask_current(node: Node) -> bool:
+    assert node.paths is not None
+    if not node.paths.mask.is_file():
+        return False
+    try:
+        return load_mask(node.paths.mask).meta.get("round") == node.round
+    except CheckpointError:
+        return False
+
+
+def start_node(node: Node, resume: bool) -> None:
+    """Start ``node`` fresh, or resume it after checking the saved run's settings and rounds.
+
+    A resumed node that had already done every round but was killed between its final
+    checkpoint and its mask.npz gets its mask now, so such a kill is recoverable.
+    """
+    assert node.paths is not None
+    if not resume:
+        node.start()
+        return
+    try:
+        saved = json.loads(node.paths.config.read_text())
+    except (OSError, json.JSONDecodeError) as exc:
+        raise CheckpointError(f"cannot resume {node.paths.root}: its config.json is unreadable ({exc})") from exc
+    check_same_settings(saved, node.describe(), node.paths.root)
+    node.start(resume=True)
+    check_rounds(node.round, node.config.rounds, node.paths.root)
+    write_json(node.paths.config, node.describe())  # the rounds may have grown
+    if node.round >= node.config.rounds and not node.dense and not _final_mask_current(node):
+        node.save_final_mask(node.evaluate()[0])
+
+
+class IsolationWatch:
+    """Notices a node that hears none of its neighbours: one warning, and the verdict at the end."""
+
+    def __init__(self, node: Node, fleet: str, broker: str, stale_after: int, heard_before: bool = False) -> None:
+        self.node, self.fleet, self.broker, self.stale_after = node, fleet, broker, max(1, stale_after)
+        self.heard_any = heard_before
+        self.silent = 0
+        self.warned = False
+
+    @property
+    def applies(self) -> bool:
+        return bool(self.node.neighbours) and self.node.algo.communicates
+
+    def waited_for(self) -> str:
+        parts = urlsplit(self.broker)
+        broker = parts._replace(netloc=parts.netloc.rsplit("@", 1)[-1]).geturl() if "@" in parts.netloc else self.broker
+        return (f"fleet {self.fleet!r} on {broker}, neighbour(s) "
+                f"{', '.join(str(j) for j in self.node.neighbours)}")
+
+    def observe(self, result: RoundResult) -> None:
+        if not self.applies or result.bytes_reference == 0:  # a round without gossip (dpsgd-ft's last ones)
+            return
+        if result.neighbours_heard > 0:
+            self.heard_any, self.silent = True, 0
+            return
+        self.silent += 1
+        if self.silent >= self.stale_after and not self.warned:
+            self.warned = True
+            log.warning("node %d has heard no neighbour for %d rounds (%s): check --fleet, --broker, --nodes and "
+                        "--topology on every device", self.node.config.node_id, self.silent, self.waited_for())
+
+    def verdict(self, allow_solo: bool) -> None:
+        """Raise IsolatedError when the node finished without hearing any neighbour (unless ``allow_solo``)."""
+        if not self.applies or self.heard_any or allow_solo:
+            return
+        raise IsolatedError(
+            f"node {self.node.config.node_id} finished {self.node.round} rounds without hearing any neighbour: "
+            f"{self.waited_for()}; check that every device uses the same --fleet, --broker, --nodes and --topology "
+            "(--allow-solo accepts a run alone)")
 
 
 def run_fleet_node(
@@ -69,7 +169,9 @@ def run_fleet_node(
     """Run node ``node_id`` of ``plan`` to the last round over MQTT; returns the node.
 
     Raises :class:`~dslth_edge.errors.TransportError` when the broker cannot be reached
-    or refuses the credentials, :class:`~dslth_edge.errors.CheckpointError` on a bad resume.
+    or refuses the credentials, :class:`~dslth_edge.errors.CheckpointError` on a bad resume
+    or a directory that holds another run, :class:`~dslth_edge.errors.IsolatedError` when
+    the node finished without hearing any neighbour (unless ``opts.allow_solo``).
     """
     from dslth_edge.fleet.plan import make_node
 
@@ -85,20 +187,26 @@ def run_fleet_node(
     exchange: Any = node.exchange
     if hasattr(exchange, "neighbours"):  # take a returning (stale) neighbour's frames again
         exchange.neighbours = set(node.neighbours)
-    key = fleet_key(opts.fleet_key_file)
-    if key is not None:
-        if not hasattr(exchange, "key"):
-            raise UsageError(f"algorithm {plan.algorithm.name} sends dense weights, which carry no HMAC")
-        exchange.key = key
-    resume = opts.resume and node.paths is not None and node.paths.checkpoint.exists()
-    node.start(resume=resume)
+    # every payload is sealed: bound to (fleet, run epoch, sender, round) and signed/tagged
+    identity = choose_identity(plan.options.fleet_id, node_id, roster=opts.roster, node_key=opts.node_key,
+                               hmac_key=fleet_key(opts.fleet_key_file), epoch=opts.run_epoch)
+    exchange.identity, exchange.max_round = identity, node.config.rounds
+    log.debug("node %d security: %s", node_id, identity.describe())  # stated in the startup line (cli.train)
+    assert node.paths is not None
+    resume = open_node_dir(node.paths.root, opts.mode)
+    start_node(node, resume)
+    heard_before = any(int(r.get("neighbours_heard", 0)) > 0 for r in read_metrics(node.paths.metrics))
+    watch = IsolationWatch(node, plan.options.fleet_id, opts.mqtt.url, node.config.stale_after, heard_before)
+    if node.round >= node.config.rounds:  # a finished run resumed (restart loop): nothing to do on the network
+        watch.verdict(opts.allow_solo)
+        return node
     shapes = getattr(exchange, "shapes", None)
     hello = Hello(node=node_id, fleet=plan.options.fleet_id, fingerprint=node.fingerprint.hex(),
                   profile=node.config.profile, keep=tuple(float(layer.keep) for layer in node.layers),
                   codecs=tuple(CODEC_NAMES), extra={"round": node.round, "pid": os.getpid()})
-    max_frame = default_max_frame_bytes(shapes) if shapes else 4 * node.num_params + 4096
+    max_frame = (default_max_frame_bytes(shapes) if shapes else 4 * node.num_params + 4096) + identity.overhead
     transport = MqttTransport(opts.mqtt, fleet=plan.options.fleet_id, node_id=node_id, neighbours=node.neighbours,
-                              hello=hello, max_frame_bytes=max_frame, fresh=not resume)
+                              hello=hello, max_frame_bytes=max_frame, fresh=not resume, identity=identity)
     transport.connect()
     node.transport = transport
     try:
@@ -115,9 +223,10 @@ def run_fleet_node(
         if on_start is not None:
             on_start(node)
         while node.round < node.config.rounds:
-            if transport.take_returned() and hasattr(exchange, "encoder"):
-                exchange.encoder.request_key(None)  # a returning neighbour holds none of our bases
+            for j in transport.take_returned():  # a returning neighbour holds none of our bases
+                exchange.peer_returned(j, node.round)  # (at most one key frame per gap and neighbour)
             result = node.run_round()
+            watch.observe(result)
             if on_round is not None:
                 on_round(result)
             if stop_requested() and node.round < node.config.rounds:
@@ -125,4 +234,6 @@ def run_fleet_node(
                 break
     finally:
         transport.close()
+    if node.round >= node.config.rounds:
+        watch.verdict(opts.allow_solo)
     return node

@@ -1,7 +1,13 @@
-"""The live table of ``fleet run``: one row per node (round, accuracy, bytes, stale, rejected)."""
+"""The live table of ``fleet run``: one row per node (round, accuracy, bytes, stale, rejected).
+
+Without a terminal (systemd, nohup, CI) or with ``fmt="json"`` it prints one line every
+``every`` rounds instead (the slowest node's round, mean accuracy, bytes, nodes done).
+"""
 
 from __future__ import annotations
 
+import json
+import time
 from typing import Any
 
 from rich.console import Console
@@ -18,14 +24,21 @@ def _kb(n: float) -> str:
 class LiveTable:
     """A rich Live table on stderr, refreshed from the nodes' metrics; a no-op when disabled."""
 
-    def __init__(self, nodes: int, rounds: int, *, disabled: bool = False, max_rows: int = 40) -> None:
+    def __init__(self, nodes: int, rounds: int, *, disabled: bool = False, max_rows: int = 40,
+                 every: int | None = None, fmt: str = "text", console: Console | None = None) -> None:
         self.nodes, self.rounds, self.disabled, self.max_rows = nodes, rounds, disabled, max_rows
-        self.console = Console(stderr=True)
+        self.console = console or Console(stderr=True)
+        self.fmt = fmt
+        self.lines = fmt == "json" or not self.console.is_terminal
+        self.every = every or max(1, round(rounds / 20))
+        self._next = self.every
+        self._t = time.perf_counter()
+        self._done_at_t = 0
         self._live: Live | None = None
         self._header = ""
 
     def __enter__(self) -> "LiveTable":
-        if not self.disabled:
+        if not self.disabled and not self.lines:
             self._live = Live(Table(), console=self.console, refresh_per_second=2, transient=False)
             self._live.__enter__()
         return self
@@ -37,8 +50,39 @@ class LiveTable:
     def started(self, plan: Any, run_dir: Any, url: str) -> None:
         keeps = ", ".join(f"{k:.2f}" for k in sorted(set(plan.keeps)))
         self._header = f"run dir {run_dir}  broker {url}  topology {plan.topology.name}  keep {keeps}"
+        if self.lines and not self.disabled:
+            self._print(self._header, {"event": "fleet", "run_dir": str(run_dir), "broker": url,
+                                       "topology": plan.topology.name, "keeps": sorted(set(plan.keeps))})
+
+    def _print(self, text: str, obj: dict[str, Any]) -> None:
+        line = json.dumps(obj, default=str) if self.fmt == "json" else text
+        self.console.print(line, markup=False, highlight=False, soft_wrap=True)
+
+    def _line(self, statuses: list[Any]) -> None:
+        """One progress line when the slowest node has passed the next multiple of ``every``."""
+        slowest = min((s.round for s in statuses), default=0)
+        final = slowest >= self.rounds and self._done_at_t < self.rounds
+        if slowest < self._next and not final:
+            return
+        now = time.perf_counter()
+        spr = (now - self._t) / max(1, slowest - self._done_at_t)
+        self._t, self._done_at_t = now, slowest
+        while self._next <= slowest:
+            self._next += self.every
+        accs = [s.acc for s in statuses if s.acc is not None]
+        acc = sum(accs) / len(accs) if accs else None
+        sent = sum(s.bytes_sent for s in statuses)
+        done = sum(1 for s in statuses if s.round >= self.rounds)
+        acc_s = "-" if acc is None else f"{100 * acc:.2f}%"
+        self._print(f"fleet round {slowest}/{self.rounds}  mean acc {acc_s}  sent {sent / 1024:.1f} KiB  "
+                    f"{done}/{len(statuses)} nodes done  {spr:.2f} s/round",
+                    {"event": "round", "round": slowest, "rounds": self.rounds, "acc_mean": acc, "bytes_sent": sent,
+                     "nodes_done": done, "s_per_round": round(spr, 4)})
 
     def update(self, statuses: list[Any]) -> None:
+        if self.lines and not self.disabled:
+            self._line(statuses)
+            return
         if self._live is None:
             return
         table = Table(title=self._header, title_justify="left")

@@ -12,6 +12,8 @@ import json
 import math
 import platform
 import sys
+import os
+import threading
 import time
 from collections.abc import Callable
 from dataclasses import asdict, dataclass, field, replace
@@ -23,17 +25,26 @@ import torch
 import torch.nn.functional as F
 
 from dslth_edge import __version__
-from dslth_edge.learn.algorithm import AlgorithmConfig, aggregation_shift, neighbour_average, personalized_finetune_
+from dslth_edge.learn.algorithm import AlgorithmConfig, aggregation_shift, channel_cap, neighbour_average, personalized_finetune_
 from dslth_edge.learn.dense import dense_fingerprint, flat_parameters, set_flat_parameters
 from dslth_edge.data import Dataset, NodeSplit, batch_indices
+from dslth_edge.device.footprint import peak_rss_bytes
 from dslth_edge.errors import CheckpointError
 from dslth_edge.fleet.exchange import Exchange, ReceivedMasks
-from dslth_edge.learn.masking import MaskedLayer, group_lasso, keep_count, load_weights, masked_layers, weights_fingerprint
+from dslth_edge.learn.masking import (MaskedLayer, configure_structure, drop_channels_, group_lasso, keep_count, load_weights,
+                                      masked_layers, weights_fingerprint)
 from dslth_edge.learn.models import ModelSpec, build_model
+from dslth_edge.learn.sgd import SGD
 from dslth_edge.runs.rundir import NodePaths, load_checkpoint, save_checkpoint, save_mask, truncate_metrics, write_json
 from dslth_edge.transport.base import Transport
 
-__all__ = ["NodeConfig", "RoundResult", "Node", "derive_seed"]
+__all__ = ["NodeConfig", "RoundResult", "Node", "derive_seed", "STEP_SLOTS"]
+
+
+#: Training passes and evaluations that run at once in one process: one per CPU core. A
+#: ``fleet run`` worker hosts its nodes in threads; more passes at a time than cores only
+#: multiply the activation memory (each holds a batch's worth), never the speed.
+STEP_SLOTS = threading.BoundedSemaphore(max(1, os.cpu_count() or 1))
 
 
 def derive_seed(*parts: int) -> int:
@@ -59,6 +70,7 @@ class NodeConfig:
     stale_after: int = 3  # a neighbour silent this many rounds leaves m̄ until it returns
     weights_file: str | None = None
     extra: dict[str, Any] = field(default_factory=dict)  # provenance: dataset, partition, plan …
+    channels: tuple[int, ...] | None = None  # per masked layer: output channels the plan ends with (None: all)
 
 
 @dataclass
@@ -78,6 +90,7 @@ class RoundResult:
     t_compute_s: float
     t_round_s: float
     duplicates: int = 0  # redelivered/replayed/late frames ignored (never applied twice)
+    peak_rss_bytes: int | None = None  # this process's peak resident set so far (VmHWM)
 
     def to_json(self) -> str:
         return json.dumps(asdict(self), sort_keys=True)
@@ -112,13 +125,20 @@ class Node:
             load_weights(self.model, config.weights_file)
         self.fingerprint = dense_fingerprint(self.model) if self.dense else weights_fingerprint(self.model)
         self.layers: list[MaskedLayer] = [layer for _, layer in masked_layers(self.model)]
-        for layer in self.layers:
-            layer.drop_threshold = self.algo.drop_threshold
+        # λ and τ: the given ones, else (nodes whose plan removes channels) the preset's structured ones
+        structured = config.channels is not None
+        self._group_lasso = self.algo.group_lasso or (self.algo.structured_group_lasso if structured else 0.0)
+        self._drop_threshold = self.algo.drop_threshold or (self.algo.structured_drop_threshold if structured else 0.0)
+        if not self.dense:  # the classifier is never structured; planned channel counts, relative τ
+            configure_structure(self.model, config.channels, self._drop_threshold)
         params = [p for p in self.model.parameters() if p.requires_grad]
         lr, momentum = (self.algo.dense_lr, self.algo.dense_momentum) if self.dense else (self.algo.lr, self.algo.momentum)
-        self.optimizer = torch.optim.SGD(params, lr=lr, momentum=momentum, weight_decay=self.algo.weight_decay)
+        # torch.optim.SGD's update and state_dict without its ~70 MiB torch._dynamo import
+        self.optimizer = SGD(params, lr=lr, momentum=momentum, weight_decay=self.algo.weight_decay)
         self.num_params = sum(p.numel() for p in params) if self.dense else sum(layer.weight.numel() for layer in self.layers)
         self.exchange = exchange
+        #: neighbour -> Metropolis-Hastings weight for dpsgd averaging (set by make_node; None: uniform)
+        self.mixing_weights: dict[int, float] | None = None
         # optional adaptive round deadline (fleet over MQTT): .next_s() and .observe(wait_s, complete)
         self.deadline_policy: Any = None
         self.round = 0
@@ -145,12 +165,11 @@ class Node:
         grads: list[torch.Tensor] | None = None
         for s in range(self.algo.local_steps):
             step = self.round * self.algo.local_steps + s
-            loss = self._loss_on(batch_indices(self.split.train_indices, self.algo.batch_size, step, self._batch_seed))
             self.optimizer.zero_grad(set_to_none=True)
-            loss.backward()
+            loss = self._backward_on(batch_indices(self.split.train_indices, self.algo.batch_size, step, self._batch_seed))
             grads = [layer.scores.grad.detach().clone() for layer in self.layers]  # g_i, reused by (5)
             self.optimizer.step()
-            self._loss = float(loss.detach())
+            self._loss = loss
         self._grads = grads
         self._set_shifts()  # m_i is TopK of y from the updated scores
         self._sent = 0
@@ -172,6 +191,8 @@ class Node:
                 self._grads = self._fresh_grads()
             for layer, g, mb in zip(self.layers, self._grads, self.mbar):
                 personalized_finetune_(layer.scores, g, mb, self.algo.ft_lr)
+        if not self.dense:
+            self._drop_channels(self.round + 1)
         self._t_compute += time.perf_counter() - t0
         k = self.round
         self.round += 1
@@ -188,7 +209,7 @@ class Node:
             bytes_reference=ref_bytes * len(self.neighbours) if self._communicating(k) else 0,
             neighbours_heard=len(received.frames), stale=len(self.stale_neighbours()), rejected=received.rejected,
             keep_actual=kept / n_params, t_compute_s=self._t_compute, t_round_s=time.perf_counter() - self._t_begin,
-            duplicates=received.duplicates,
+            duplicates=received.duplicates, peak_rss_bytes=peak_rss_bytes(),
         )
         if self.paths is not None:
             with open(self.paths.metrics, "a") as fh:
@@ -235,9 +256,20 @@ class Node:
             return False
         return self.algo.communicates
 
+    def _drop_channels(self, rounds_done: int) -> None:
+        """Progressive channel drop after a round: relative threshold, then the schedule's cap."""
+        for layer in self.layers:
+            if layer.target_channels is None and layer.drop_threshold <= 0:
+                continue
+            full = int(layer.weight.shape[0])
+            cap = None if layer.target_channels is None else channel_cap(
+                full, layer.target_channels, rounds_done, self.config.rounds, self.algo.drop_until)
+            drop_channels_(layer, cap)
+
     def _kept_count(self) -> int:
         """Weights the current masks keep; by arithmetic unless channels may be dropped (saves a top-k per layer)."""
-        if self.algo.drop_threshold > 0 or any(layer.mask_override is not None for layer in self.layers):
+        if (self._drop_threshold > 0 or self.config.channels is not None
+                or any(layer.mask_override is not None for layer in self.layers)):
             return sum(int(m.sum()) for m in self.current_masks())
         total = 0
         for layer in self.layers:
@@ -246,13 +278,24 @@ class Node:
         return total
 
     def _dense_average(self, received: ReceivedMasks) -> None:
-        """dpsgd: x_i ← (x_i + Σ_j x_j) / (1 + |heard|), uniform over self and the neighbours heard."""
+        """dpsgd: x_i ← W_ii' x_i + Σ_{j heard} W_ij x_j with Metropolis-Hastings weights
+        W_ij = 1/(1 + max(d_i, d_j)) (``self.mixing_weights``), the weight of neighbours not
+        heard staying with x_i; or, with ``mixing="uniform"``, x_i ← (x_i + Σ_j x_j) / (1 + |heard|)."""
         if not received.frames:
             return
-        acc = flat_parameters(self.model).clone()  # (P,)
-        for sender in sorted(received.frames):  # fixed order: bit-identical sums
-            acc += received.frames[sender][0]
-        set_flat_parameters(self.model, acc / (1 + len(received.frames)))
+        x = flat_parameters(self.model)  # (P,)
+        w = self.mixing_weights
+        if self.algo.mixing == "uniform" or w is None:
+            acc = x.clone()
+            for sender in sorted(received.frames):  # fixed order: bit-identical sums
+                acc += received.frames[sender][0]
+            set_flat_parameters(self.model, acc / (1 + len(received.frames)))
+            return
+        heard = sorted(received.frames)
+        acc = x * (1.0 - sum(w[j] for j in heard))
+        for sender in heard:
+            acc += w[sender] * received.frames[sender][0]
+        set_flat_parameters(self.model, acc)
 
     def _collect(self) -> ReceivedMasks:
         if self.transport is None or self.exchange is None or not self._communicating() or not self.neighbours:
@@ -295,17 +338,44 @@ class Node:
             self.mbar = None
             return
         self.mbar = [neighbour_average([m[i] for m in live]) for i in range(len(self.layers))]  # type: ignore[misc]
+        if self.algo.self_weight > 0:  # damping: the node's own published mask joins m̄ with this weight
+            a = self.algo.self_weight
+            self.mbar = [(1 - a) * mb + a * own.to(torch.float32) for mb, own in zip(self.mbar, self.current_masks())]
 
     # ---------------------------------------------------------------- loss and evaluation
     def _batch(self, idx: np.ndarray) -> tuple[torch.Tensor, torch.Tensor]:
-        return torch.from_numpy(self.data.x_train[idx]), torch.from_numpy(self.data.y_train[idx])
+        return torch.from_numpy(self.data.train_batch(idx)), torch.from_numpy(self.data.y_train[idx])
 
     def _loss_on(self, idx: np.ndarray) -> torch.Tensor:
         x, y = self._batch(idx)
         loss = F.cross_entropy(self.model(x), y)
-        if self.algo.group_lasso > 0:
-            loss = loss + self.algo.group_lasso * group_lasso(self.model)
+        if self._group_lasso > 0:
+            loss = loss + self._group_lasso * group_lasso(self.model)
         return loss
+
+    def _backward_on(self, idx: np.ndarray) -> float:
+        """Accumulate the gradient of the batch loss into ``.grad``; returns the loss.
+
+        With ``algorithm.micro_batch`` the batch runs in ``ceil(B / micro_batch)`` near-equal
+        chunks, each contributing ``sum of its losses / B`` (the regulariser once), so the
+        accumulated gradient is the full batch's up to float summation order (batch-norm
+        layers see each chunk's own statistics). Peak activation memory scales with the chunk.
+        """
+        micro = self.algo.micro_batch
+        with STEP_SLOTS:
+            if micro <= 0 or micro >= len(idx):
+                loss = self._loss_on(idx)
+                loss.backward()
+                return float(loss.detach())
+            total = 0.0
+            for j, part in enumerate(np.array_split(idx, math.ceil(len(idx) / micro))):
+                x, y = self._batch(part)
+                loss = F.cross_entropy(self.model(x), y, reduction="sum") / len(idx)
+                if j == 0 and self._group_lasso > 0:
+                    loss = loss + self._group_lasso * group_lasso(self.model)
+                loss.backward()
+                total += float(loss.detach())
+            return total
 
     def _fresh_grads(self) -> list[torch.Tensor]:
         step = self.round * self.algo.local_steps + self.algo.local_steps - 1
@@ -314,19 +384,32 @@ class Node:
         return [g.detach() for g in grads]
 
     @torch.no_grad()
-    def evaluate(self, indices: np.ndarray | None = None, batch: int = 500) -> tuple[float, float]:
-        """(accuracy, mean loss) on the node's own test split (or the given test indices)."""
+    def evaluate(self, indices: np.ndarray | None = None, batch: int | None = None) -> tuple[float, float]:
+        """(accuracy, mean loss) on the node's own test split (or the given test indices).
+
+        Runs in chunks of ``batch`` (default: the training micro-batch, else the batch), so
+        evaluation never holds more activations than a training step.
+        """
+        batch = batch or self.algo.micro_batch or self.algo.batch_size
         idx = self.split.test_indices if indices is None else indices
         if len(idx) == 0:
             return math.nan, math.nan
         self.model.eval()
+        pinned = [layer for layer in self.layers if layer.mask_override is None]
+        for layer in pinned:  # the masks cannot change between chunks: select them once, not per chunk
+            layer.mask_override = layer.current_mask()
         correct, total_loss = 0, 0.0
-        for start in range(0, len(idx), batch):
-            part = idx[start : start + batch]
-            x, y = torch.from_numpy(self.data.x_test[part]), torch.from_numpy(self.data.y_test[part])
-            out = self.model(x)
-            total_loss += float(F.cross_entropy(out, y, reduction="sum"))
-            correct += int((out.argmax(1) == y).sum())
+        try:
+            with STEP_SLOTS:
+                for start in range(0, len(idx), batch):
+                    part = idx[start : start + batch]
+                    x, y = torch.from_numpy(self.data.test_batch(part)), torch.from_numpy(self.data.y_test[part])
+                    out = self.model(x)
+                    total_loss += float(F.cross_entropy(out, y, reduction="sum"))
+                    correct += int((out.argmax(1) == y).sum())
+        finally:
+            for layer in pinned:
+                layer.mask_override = None
         self.model.train()
         return correct / len(idx), total_loss / len(idx)
 
@@ -384,22 +467,31 @@ class Node:
     def restore(self) -> None:
         """Continue from the checkpoint in the run directory."""
         assert self.paths is not None
-        st = load_checkpoint(self.paths.checkpoint)
+        self.load_state(load_checkpoint(self.paths.checkpoint), str(self.paths.checkpoint))
+        truncate_metrics(self.paths.metrics, self.round)
+
+    def load_state(self, st: dict[str, Any], source: str = "checkpoint") -> None:
+        """Continue from a :meth:`state` (CheckpointError when it belongs to another model)."""
         if st.get("fingerprint") != self.fingerprint.hex():
             raise CheckpointError(
-                f"checkpoint {self.paths.checkpoint} was made with other fixed weights "
+                f"{source} was made with other fixed weights "
                 f"(fingerprint {str(st.get('fingerprint'))[:16]}…, this run {self.fingerprint.hex()[:16]}…)"
             )
         try:
-            self.model.load_state_dict(st["model"], strict=False)
+            # strict but for the fixed weights, which the checkpoint leaves out (they come from the seed)
+            loaded = self.model.load_state_dict(st["model"], strict=False)
+            fixed = {f"{name}.weight" for name, _ in masked_layers(self.model)}
+            missing = [k for k in loaded.missing_keys if k not in fixed]
+            if missing or loaded.unexpected_keys:
+                raise CheckpointError(f"{source} does not match this model: missing "
+                                      f"{missing[:3]}, unexpected {list(loaded.unexpected_keys)[:3]}")
             self.optimizer.load_state_dict(st["optimizer"])
         except (KeyError, RuntimeError, ValueError) as exc:
-            raise CheckpointError(f"checkpoint {self.paths.checkpoint} does not match this model: {exc}") from exc
+            raise CheckpointError(f"{source} does not match this model: {exc}") from exc
         self.round = int(st["round"])
         self.mbar = st["mbar"]
         self.peer_masks = {int(j): m for j, m in st["peer_masks"].items()}
         self.last_heard = {int(j): int(r) for j, r in st["last_heard"].items()}
-        truncate_metrics(self.paths.metrics, self.round)
 
     def save_final_mask(self, acc: float | None) -> None:
         """mask.npz: bit-packed final mask + fingerprint + provenance."""
@@ -409,6 +501,7 @@ class Node:
         masks = [m.numpy() for m in self.current_masks()]
         meta = {"node": self.config.node_id, "profile": self.config.profile, "round": self.round,
                 "model": asdict(self.config.model), "accuracy": acc,
-                "keep": [layer.keep for layer in self.layers]}
+                "keep": [layer.keep for layer in self.layers],
+                "channels": [int(layer.channel_alive.sum()) for layer in self.layers]}
         save_mask(self.paths.mask, masks, names, self.fingerprint, meta)
 

@@ -22,20 +22,27 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
-from dslth_edge.learn.algorithm import AlgorithmConfig, get_preset
+from dslth_edge.learn.algorithm import AlgorithmConfig, get_preset, preset_run
+from dslth_edge.learn.keep_spec import model_layer_kinds, parse_keep
 from dslth_edge.fleet.dense_exchange import DenseExchange
 from dslth_edge.data import Dataset, NodeSplit, load_dataset, partition
 from dslth_edge.errors import UsageError
 from dslth_edge.fleet.exchange import Exchange
 from dslth_edge.learn.models import ModelSpec, masked_layer_shapes
 from dslth_edge.fleet.node import Node, NodeConfig
-from dslth_edge.device.planner import PlanError
+from dslth_edge.fleet.sharing import share_fixed_weights
 from dslth_edge.fleet.topology import Topology, parse_topology
-from dslth_edge.device.keep import plan_keep
+from dslth_edge.device.keep import NodePlan, plan_node
+from dslth_edge.device.profiles import Profile, load_profile
 from dslth_edge.transport.base import Transport
 
-__all__ = ["FleetOptions", "FleetPlan", "load_profile_map", "assign_profiles", "fleet_keeps",
-           "plan_fleet", "make_node", "default_fleet_dir"]
+__all__ = ["FleetOptions", "FleetPlan", "load_profile_map", "assign_profiles", "fleet_keeps", "fleet_node_plans",
+           "plan_fleet", "make_node", "default_fleet_dir", "gateway_note"]
+
+
+def gateway_note(profile: Profile) -> str:
+    """The words every command uses for a node the host trains on an MCU's behalf (can_train = false)."""
+    return f"trained on this host for {profile.name} (can_train = false: it runs the exported model only)"
 
 
 @dataclass(frozen=True)
@@ -55,9 +62,9 @@ class FleetOptions:
     algorithm: str = "mce-pl"
     preset: str = "default"
     model: str = "paper-cnn"
-    keep: float | None = None  # override every node's planned keep ratio
+    keep: float | str | None = None  # every node's keep: a ratio or "conv=0.3,fc=0.9" (None: the preset's, else each profile's plan)
     granularity: str = "unstructured"
-    rounds: int = 100
+    rounds: int = None  # type: ignore[assignment]  # None: the preset's (paper: 400), else 100
     eval_every: int = 10
     eval_samples: int = 1000
     seed: int = 0  # partition, scores, batches
@@ -65,6 +72,17 @@ class FleetOptions:
     out: str | None = None
     fleet_id: str = "sim"
     overrides: dict[str, Any] = field(default_factory=dict)  # AlgorithmConfig fields (lr, ft_rounds …)
+    stale_after: int = 3  # rounds of silence before a neighbour leaves m̄
+    checkpoint_every: int | None = None  # None: only at the end
+
+    def __post_init__(self) -> None:
+        if self.rounds is None:
+            object.__setattr__(self, "rounds", preset_run(self.preset).rounds or 100)
+
+    @property
+    def keep_spec(self) -> str | float | None:
+        """The keep the user gave, else the preset's (None: each profile's plan)."""
+        return self.keep if self.keep is not None else preset_run(self.preset).keep
 
     @property
     def partition_spec(self) -> str:
@@ -92,23 +110,38 @@ class FleetPlan:
     splits: list[NodeSplit]
     topology: Topology
     profiles: list[str]
-    keeps: list[float]
+    keeps: list[float]  # fraction of the node's weights kept (per-type specs: the weighted mean)
     keep_notes: list[str]
     algorithm: AlgorithmConfig
+    layer_keeps: list[list[float]] | None = None  # per masked layer, when a keep spec names layer types
+    node_plans: list[NodePlan] | None = None  # per node: its profile's per-layer plan (keeps, channels)
 
     def node_config(self, i: int) -> NodeConfig:
         """NodeConfig of node ``i``; ``extra`` lets other tools rebuild its data."""
         o = self.options
         ds = self.dataset
+        extra: dict[str, Any] = {}
+        profile = load_profile(self.profiles[i])
+        if not profile.can_train:
+            extra = {"for_device": True, "trained_by": gateway_note(profile)}
+        # the node's own plan (per-layer keeps, granularity, channel counts), recorded in config.json
+        np_ = self.node_plans[i] if self.node_plans else None
+        keep: float | list[float] = self.layer_keeps[i] if self.layer_keeps else self.keeps[i]
+        granularity = "unstructured" if o.granularity == "progressive" else o.granularity
+        if np_ is not None:
+            keep, granularity = np_.model_keep, np_.granularity
+            extra["plan"] = np_.to_dict()
         return NodeConfig(
             node_id=i,
-            model=ModelSpec(o.model, tuple(ds.x_train.shape[1:]), ds.num_classes, keep=self.keeps[i],
-                            granularity=o.granularity, weight_seed=o.seed if o.weight_seed is None else o.weight_seed),
+            model=ModelSpec(o.model, ds.input_shape, ds.num_classes, keep=keep,
+                            granularity=granularity, weight_seed=o.seed if o.weight_seed is None else o.weight_seed),
+            channels=None if np_ is None else np_.channels,
             algorithm=self.algorithm, rounds=o.rounds, fleet=o.fleet_id, seed=o.seed, profile=self.profiles[i],
-            eval_every=o.eval_every, eval_samples=o.eval_samples, checkpoint_every=max(o.rounds, 1),
+            eval_every=o.eval_every, eval_samples=o.eval_samples, stale_after=o.stale_after,
+            checkpoint_every=o.checkpoint_every or max(o.rounds, 1),
             extra={"dataset": o.dataset, "data_dir": o.data_dir, "partition": o.partition_spec,
                    "num_nodes": o.nodes, "partition_seed": o.seed, "scarce": o.scarce, "test_size": o.test_size,
-                   "topology": o.topology, "keep_source": self.keep_notes[i]},
+                   "topology": o.topology, "keep_source": self.keep_notes[i], **extra},
         )
 
 
@@ -152,20 +185,40 @@ def fleet_keeps(opts: FleetOptions, input_shape: tuple[int, int, int], num_class
     profiles with the paper CNN) is planned channel-wise: the exported model is
     shrunk by channels, and that plan's ratio is what the node trains with.
     """
-    if opts.keep is not None:
-        if not 0.0 < opts.keep <= 1.0:
-            raise UsageError(f"--keep must be in (0, 1], got {opts.keep}")
-        return [opts.keep] * len(profiles), ["--keep"] * len(profiles)
-    cache: dict[str, tuple[float, str]] = {}
+    if opts.keep_spec is not None:
+        spec = parse_keep(opts.keep_spec)
+        source = "--keep" if opts.keep is not None else f"preset {opts.preset}"
+        if spec.uniform is not None:
+            return [spec.uniform] * len(profiles), [source] * len(profiles)
+        kinds, sizes = model_layer_kinds(opts.model, input_shape, num_classes)
+        per_layer = spec.layer_keeps(kinds)
+        mean = sum(k * n for k, n in zip(per_layer, sizes)) / sum(sizes)
+        return [mean] * len(profiles), [f"{source} {spec} (weighted mean {mean:.3f})"] * len(profiles)
+    plans = fleet_node_plans(opts, input_shape, num_classes, profiles)
+    assert plans is not None
+    return [p.keep for p in plans], [p.note for p in plans]
+
+
+def fleet_node_plans(opts: FleetOptions, input_shape: tuple[int, int, int], num_classes: int,
+                     profiles: list[str]) -> list[NodePlan] | None:
+    """Each node's per-layer plan from its own profile (None when a per-layer-type keep spec rules).
+
+    A profile whose dense model cannot meet its budgets gets a plan that removes
+    channels, and its node trains a mask that removes them (:mod:`dslth_edge.device.keep`);
+    when no plan fits, :class:`PlanError` names the device, the binding budget and the
+    nearest feasible setting. With a uniform ``--keep`` and a structured granularity the
+    keep is the channel fraction.
+    """
+    keep: float | None = None
+    if opts.keep_spec is not None:
+        spec = parse_keep(opts.keep_spec)
+        if spec.uniform is None:
+            return None
+        keep = spec.uniform
+    cache: dict[str, NodePlan] = {}
     for name in dict.fromkeys(profiles):
-        try:
-            cache[name] = plan_keep(opts.model, input_shape, num_classes, name, opts.granularity)
-        except PlanError as exc:
-            if opts.granularity == "channel":
-                raise
-            keep, note = plan_keep(opts.model, input_shape, num_classes, name, "channel")
-            cache[name] = (keep, f"{note} [planned channel-wise: unstructured plan failed: {str(exc)[:80]}]")
-    return [cache[p][0] for p in profiles], [cache[p][1] for p in profiles]
+        cache[name] = plan_node(opts.model, input_shape, num_classes, name, opts.granularity, keep=keep)
+    return [cache[p] for p in profiles]
 
 
 def plan_fleet(opts: FleetOptions, dataset: Dataset | None = None) -> FleetPlan:
@@ -177,16 +230,27 @@ def plan_fleet(opts: FleetOptions, dataset: Dataset | None = None) -> FleetPlan:
                        max_train_per_node=opts.scarce)
     topo = parse_topology(opts.topology, opts.nodes, opts.seed)
     profiles = assign_profiles(opts)
-    keeps, notes = fleet_keeps(opts, tuple(ds.x_train.shape[1:]), ds.num_classes, profiles)
-    return FleetPlan(opts, ds, splits, topo, profiles, keeps, notes, opts.algorithm_config())
+    shape = ds.input_shape
+    keeps, notes = fleet_keeps(opts, shape, ds.num_classes, profiles)  # type: ignore[arg-type]
+    layer_keeps = None
+    if opts.keep_spec is not None and parse_keep(opts.keep_spec).uniform is None:
+        per_layer = parse_keep(opts.keep_spec).layer_keeps(model_layer_kinds(opts.model, shape, ds.num_classes)[0])  # type: ignore[arg-type]
+        layer_keeps = [list(per_layer) for _ in range(opts.nodes)]
+    node_plans = fleet_node_plans(opts, shape, ds.num_classes, profiles)  # type: ignore[arg-type]
+    if node_plans is not None and opts.keep_spec is None:
+        keeps, notes = [p.keep for p in node_plans], [p.note for p in node_plans]
+    return FleetPlan(opts, ds, splits, topo, profiles, keeps, notes, opts.algorithm_config(), layer_keeps, node_plans)
 
 
 def make_node(plan: FleetPlan, i: int, transport: Transport | None, run_dir: str | Path | None) -> Node:
     """Node ``i`` of the plan over ``transport``, with its exchange attached."""
     nb = plan.topology.neighbours(i)
     node = Node(plan.node_config(i), plan.dataset, plan.splits[i], neighbours=nb, transport=transport, run_dir=run_dir)
+    share_fixed_weights(node)  # the worker's nodes hold one copy of the identical fixed weights
     if node.dense:
         node.exchange = DenseExchange(node_id=i, num_params=node.num_params, fingerprint=node.fingerprint)
+        row = plan.topology.mixing_matrix("metropolis")[i]
+        node.mixing_weights = {j: float(row[j]) for j in nb}
     else:
         node.exchange = Exchange(node_id=i, shapes=masked_layer_shapes(node.model), fingerprint=node.fingerprint,
                                  fleet=plan.options.fleet_id)

@@ -6,6 +6,11 @@ each hosting its share of the nodes in threads, every node with its own MQTT cli
 Progress is read from the nodes' ``metrics.jsonl`` (the same files the simulator
 writes), so the launcher needs no channel to its workers and survives their crashes.
 At the end it writes the simulator's ``summary.json``/``summary.md``/plots.
+
+The run directory follows :mod:`dslth_edge.runs.guard` (fresh, resume, resume-or-start,
+overwrite). A worker exits with the code of its nodes' errors (4: a node heard no
+neighbour, 5: network, 2: bad input or run directory), and the launcher raises the
+matching error, so ``fleet run`` exits with the same codes as ``train --fleet``.
 """
 
 from __future__ import annotations
@@ -23,12 +28,31 @@ from pathlib import Path
 from types import SimpleNamespace
 from typing import Any
 
-from dslth_edge.errors import DslthError, TransportError
+from dslth_edge.errors import (EXIT_BUG, EXIT_ISOLATED, EXIT_NETWORK, EXIT_USAGE, CheckpointError, DslthError,
+                               IsolatedError, TransportError, UsageError)
+from dslth_edge.device.footprint import return_freed_memory
 from dslth_edge.fleet.device_node import NodeRunOptions, run_fleet_node
+from dslth_edge.runs.guard import open_node_dir, open_run_dir
 from dslth_edge.runs.rundir import NodePaths, read_metrics
-from dslth_edge.transport.mqtt import ENV_PASSWORD, MqttOptions
+from dslth_edge.transport.identity import launcher_epoch
+from dslth_edge.transport.mqtt_options import ENV_PASSWORD, MqttOptions
 
-__all__ = ["FleetRunOptions", "NodeStatus", "run_fleet", "worker_main", "node_status"]
+__all__ = ["FleetRunOptions", "NodeStatus", "run_fleet", "worker_main", "node_status", "parse_node_slice"]
+
+
+def parse_node_slice(text: str, nodes: int) -> tuple[int, ...]:
+    """``--only``: node ids and ranges, e.g. ``0-3,8`` (inclusive), each within ``0..nodes-1``."""
+    ids: set[int] = set()
+    for item in (part.strip() for part in text.split(",")):
+        lo, sep, hi = item.partition("-")
+        try:
+            first, last = int(lo), int(hi) if sep else int(lo)
+        except ValueError:
+            raise UsageError(f"--only: expected node ids or ranges like 0-3,8, got {item!r}") from None
+        if not 0 <= first <= last < nodes:
+            raise UsageError(f"--only: {item!r} is not within the fleet's nodes 0..{nodes - 1}")
+        ids.update(range(first, last + 1))
+    return tuple(sorted(ids))
 
 
 @dataclass(frozen=True)
@@ -40,6 +64,7 @@ class FleetRunOptions:
     broker_host: str = "127.0.0.1"
     workers: int | None = None  # default: one per CPU core, at most one per node
     timeout_s: float | None = None  # give up (kill the workers) after this long
+    only: tuple[int, ...] | None = None  # run only these nodes (a slice; the rest run elsewhere on the same broker)
 
 
 @dataclass
@@ -99,11 +124,25 @@ def run_fleet(
     from dslth_edge.fleet.summary import build_summary, write_summary
 
     plan = plan_fleet(fleet)  # validates everything before a process starts; the summary needs it
+    mode = opts.node.mode
+    if mode != "fresh" and fleet.out is None:
+        raise CheckpointError(f"--{mode} needs --out: the run directory")
     run_dir = Path(fleet.out) if fleet.out else default_fleet_dir(fleet)
     if fleet.out is None:
         fleet = _replace_out(fleet, str(run_dir))
+    ids = list(range(fleet.nodes)) if opts.only is None else sorted(set(opts.only))
+    if opts.only is None:
+        open_run_dir(run_dir, mode, ids)
+    else:  # a slice: the other nodes may be running from the same directory
+        if opts.broker_url is None:
+            raise UsageError("--only runs a slice of the fleet: give the shared broker with --broker")
+        if not ids or not all(0 <= i < fleet.nodes for i in ids):
+            raise UsageError(f"--only must name nodes within 0..{fleet.nodes - 1}, got {list(opts.only)[:10]}")
+        for i in ids:
+            open_node_dir(NodePaths.of(run_dir, i).root, mode)
     run_dir.mkdir(parents=True, exist_ok=True)
-    workers = max(1, min(opts.workers or (os.cpu_count() or 1), fleet.nodes))
+    workers = max(1, min(opts.workers or (os.cpu_count() or 1), len(ids)))
+    tag = "" if opts.only is None else f"only-{ids[0]}-{ids[-1]}-"  # slices sharing a directory keep their files apart
     broker = None
     url = opts.broker_url
     if url is None:
@@ -111,7 +150,13 @@ def run_fleet(
 
         broker = EmbeddedBroker(opts.broker_host, free_port(opts.broker_host)).start()
         url = broker.url
-    node_opts = NodeRunOptions(**{**asdict(opts.node), "mqtt": MqttOptions(**{**asdict(opts.node.mqtt), "url": url})})
+    # the directory is ready (an overwrite cleared it): the nodes start fresh or resume, never clear
+    node_opts = NodeRunOptions(**{**asdict(opts.node), "overwrite": False,
+                                  "run_epoch": launcher_epoch(opts.node.roster, opts.node.run_epoch),
+                                  "mqtt": MqttOptions(**{**asdict(opts.node.mqtt), "url": url})})
+    if opts.only is not None and node_opts.run_epoch != opts.node.run_epoch:
+        # a fresh per-run epoch here would differ from the other slices': their frames would be refused
+        raise UsageError("the roster draws a fresh epoch per run: give every --only slice the same run epoch")
     env = dict(os.environ)
     if node_opts.mqtt.password is not None:
         env[ENV_PASSWORD] = node_opts.mqtt.password
@@ -122,10 +167,9 @@ def run_fleet(
         if on_start is not None:
             on_start(plan, run_dir, url)
         for w in range(workers):
-            ids = list(range(w, fleet.nodes, workers))
-            spec = run_dir / f"worker-{w}.json"
-            spec.write_text(json.dumps(_spec(fleet, ids, run_dir, node_opts), indent=2))
-            log = open(run_dir / f"worker-{w}.log", "wb")
+            spec = run_dir / f"worker-{tag}{w}.json"
+            spec.write_text(json.dumps(_spec(fleet, ids[w::workers], run_dir, node_opts), indent=2))
+            log = open(run_dir / f"worker-{tag}{w}.log", "wb")
             logs.append(log)
             procs.append(subprocess.Popen([sys.executable, "-m", "dslth_edge.fleet.processes", str(spec)],
                                           stdout=log, stderr=subprocess.STDOUT, env=env))
@@ -141,8 +185,9 @@ def run_fleet(
             on_tick([node_status(run_dir, i) for i in range(fleet.nodes)])
         failed = [w for w, p in enumerate(procs) if p.returncode != 0]
         if failed:
-            tail = (run_dir / f"worker-{failed[0]}.log").read_text(errors="replace").strip().splitlines()[-1:] or ["?"]
-            raise TransportError(f"worker(s) {failed} failed (exit {procs[failed[0]].returncode}): {tail[0]}")
+            tail = (run_dir / f"worker-{tag}{failed[0]}.log").read_text(errors="replace").strip().splitlines()[-1:] or ["?"]
+            raise _worker_error(procs[failed[0]].returncode,
+                                f"worker(s) {failed} failed (exit {procs[failed[0]].returncode}): {tail[0]}")
     finally:
         for p in procs:
             if p.poll() is None:
@@ -156,12 +201,31 @@ def run_fleet(
             log.close()
         if broker is not None:
             broker.stop()
+    if opts.only is not None and any(len(read_metrics(NodePaths.of(run_dir, i).metrics)) < fleet.rounds
+                                     for i in range(fleet.nodes)):
+        # this slice is done; the fleet's summary comes from whichever slice finishes last
+        # with every node's metrics in its run directory (a shared one on one machine)
+        statuses = [node_status(run_dir, i) for i in ids]
+        return {"run_dir": str(run_dir), "slice": ids, "rounds": fleet.rounds, "seconds": seconds,
+                "nodes": [asdict(st) for st in statuses],
+                "transport": {"broker": url, "workers": workers}}
     history = _history(run_dir, fleet.nodes, fleet.rounds)
     stand_ins = [SimpleNamespace(neighbours=plan.topology.neighbours(i), split=plan.splits[i]) for i in range(fleet.nodes)]
     summary = build_summary(plan, stand_ins, history, run_dir, seconds=seconds)  # type: ignore[arg-type]
     summary["transport"] = {"broker": "embedded (amqtt)" if broker is not None else url, "workers": workers}
     write_summary(summary, run_dir, history, write_plots=write_plots)
     return summary
+
+
+def _worker_error(code: int, message: str) -> DslthError:
+    """The error (hence the exit code) a worker's exit code stands for."""
+    if code == EXIT_ISOLATED:
+        return IsolatedError(message)
+    if code == EXIT_USAGE:
+        return CheckpointError(message)
+    if code == EXIT_NETWORK:
+        return TransportError(message)
+    return DslthError(message)
 
 
 def _replace_out(fleet: Any, out: str) -> Any:
@@ -172,7 +236,11 @@ def _replace_out(fleet: Any, out: str) -> Any:
 
 # ---------------------------------------------------------------------- worker process
 def worker_main(spec_path: str) -> int:
-    """Host the spec's nodes, one thread each; exit 0 when all finished, 3 on a transport error."""
+    """Host the spec's nodes, one thread each; exit 0 when all finished, else the code of the worst error.
+
+    Node errors rank: a bug (1) or bad input (2) over a network failure (5) over an
+    isolated node (4): the launcher reports the most telling one.
+    """
     from dslth_edge.fleet.plan import FleetOptions, plan_fleet
 
     spec = json.loads(Path(spec_path).read_text())
@@ -185,18 +253,23 @@ def worker_main(spec_path: str) -> int:
         import torch
 
         torch.set_num_threads(node_opts.torch_threads)
+    return_freed_memory()  # freed step tensors go back to the OS (see dslth_edge.device.footprint)
     plan = plan_fleet(fleet)
     errors: list[str] = []
+    codes: list[int] = []
     stop = threading.Event()
     signal.signal(signal.SIGTERM, lambda *a: stop.set())
+    signal.signal(signal.SIGINT, lambda *a: stop.set())  # Ctrl-C reaches the whole group: finish the round, checkpoint
 
     def run(i: int) -> None:
         try:
             run_fleet_node(plan, i, spec["run_dir"], node_opts, stop_requested=stop.is_set)
         except DslthError as exc:
             errors.append(f"node {i}: {exc}")
+            codes.append(exc.exit_code)
         except Exception as exc:  # noqa: BLE001 - reported in the worker's log and exit code
             errors.append(f"node {i}: {type(exc).__name__}: {exc}")
+            codes.append(EXIT_BUG)
         else:
             return
         print(f"error: {errors[-1]}", file=sys.stderr, flush=True)  # now: the launcher shows the log's last line
@@ -206,7 +279,10 @@ def worker_main(spec_path: str) -> int:
         t.start()
     for t in threads:
         t.join()
-    return 3 if errors else 0
+    if not codes:
+        return 0
+    rank = [EXIT_BUG, EXIT_USAGE, EXIT_NETWORK, EXIT_ISOLATED]
+    return min(codes, key=lambda c: rank.index(c) if c in rank else 0)
 
 
 if __name__ == "__main__":

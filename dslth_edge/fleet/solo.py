@@ -2,27 +2,37 @@
 
 Without fleet options the node trains alone (no neighbours): the keep ratio comes from
 the profile's plan unless given, the run directory follows the design, and a stopped
-run continues exactly with ``resume=True``.
+run continues exactly with ``resume=True``. The run directory follows the one rule of
+:mod:`dslth_edge.runs.guard` (fresh, resume, resume-or-start, overwrite); a resumed run
+must have the saved run's settings. A profile that cannot train (an MCU) is trained on
+this host on its behalf only when asked (``for_device=True``), and config.json says so.
 """
 
 from __future__ import annotations
 
-import json
+import math
 import time
+import warnings
 from collections.abc import Callable
-from dataclasses import asdict, dataclass
+from dataclasses import asdict, dataclass, replace
 from pathlib import Path
 from typing import Any
 
 from dslth_edge.learn.algorithm import get_preset
 from dslth_edge.data import load_dataset, partition
-from dslth_edge.errors import CheckpointError, UsageError
+from dslth_edge.errors import UsageError
 from dslth_edge.learn.models import ModelSpec
 from dslth_edge.fleet.node import Node, NodeConfig, RoundResult
-from dslth_edge.device.keep import plan_keep
-from dslth_edge.device.profiles import load_profile
+from dslth_edge.device.keep import plan_node
+from dslth_edge.device.footprint import peak_rss_bytes, return_freed_memory
+from dslth_edge.device.profiles import Profile, load_profile
+from dslth_edge.device.training import TrainingPlan, TrainingSetup, plan_training
+from dslth_edge.fleet.device_node import start_node
+from dslth_edge.fleet.plan import gateway_note
+from dslth_edge.runs.guard import open_node_dir, run_mode
 
-__all__ = ["FleetTrainOptions", "TrainOptions", "TrainResult", "train", "default_run_dir"]
+__all__ = ["FleetTrainOptions", "TrainOptions", "TrainResult", "train", "default_run_dir", "check_can_train",
+           "gateway_note", "node_training_plan"]
 
 
 @dataclass(frozen=True)
@@ -37,17 +47,36 @@ class TrainOptions:
     keep: float | None = None  # None: from the profile's plan
     granularity: str = "unstructured"
     out: str | None = None  # the run directory; None: runs/<profile>-<dataset>-<time>
-    resume: bool = False
+    resume: bool = False  # continue from the checkpoint in ``out`` (an error when there is none)
+    resume_or_start: bool = False  # resume when there is a checkpoint, else start fresh
+    overwrite: bool = False  # clear the run in ``out`` first
     seed: int = 0
-    weight_seed: int = 0
+    weight_seed: int | None = None  # None: the same as ``seed``
     init: str = "kaiming-normal"
+    algorithm: str | None = None  # None: "local" alone, "mce-pl" in a fleet
     preset: str = "default"
     batch_size: int | None = None
     lr: float | None = None
+    local_steps: int | None = None
     group_lasso: float | None = None
+    drop_threshold: float | None = None
+    ft_recompute: bool | None = None
     eval_every: int = 25
     checkpoint_every: int = 25
     weights_file: str | None = None
+    for_device: bool = False  # the profile cannot train: this host trains on its behalf
+
+    @property
+    def mode(self) -> str:
+        """The run-directory mode (:data:`dslth_edge.runs.guard.RUN_MODES`)."""
+        return run_mode(self.resume, self.resume_or_start, self.overwrite)
+
+    def overrides(self) -> dict[str, Any]:
+        """The algorithm constants given (not None), over the preset's."""
+        over = {"batch_size": self.batch_size, "lr": self.lr, "local_steps": self.local_steps,
+                "group_lasso": self.group_lasso, "drop_threshold": self.drop_threshold,
+                "ft_recompute": self.ft_recompute}
+        return {k: v for k, v in over.items() if v is not None}
 
 
 @dataclass(frozen=True)
@@ -79,7 +108,11 @@ class FleetTrainOptions:
     username: str | None = None
     password_file: str | None = None  # else $DSLTH_MQTT_PASSWORD
     fleet_key_file: str | None = None  # else $DSLTH_FLEET_KEY
+    roster: str | None = None  # Ed25519 identities (`dslth-edge keys init`)
+    node_key: str | None = None  # default: node-<id>.key next to the roster
+    run_epoch: int | None = None  # default: the roster's epoch (0 without one)
     mqtt_protocol: str = "auto"
+    allow_solo: bool = False  # finish with exit 0 even when no neighbour was ever heard
 
 
 @dataclass(frozen=True)
@@ -96,15 +129,40 @@ class TrainResult:
     loss: float | None
     seconds: float
     stopped: bool
+    for_device: str | None = None  # the device this host trained for (its profile cannot train)
+    peak_rss_bytes: int | None = None  # this process's measured peak resident set (VmHWM)
+    seconds_per_round: float | None = None  # wall time per round run in this session
+    training_ram_budget_bytes: float | None = None  # the profile's training RAM budget
+    predicted_peak_bytes: float | None = None  # the training plan's predicted peak RSS
+    micro_batch: int = 0  # 0: whole batches; else gradients accumulate over micro-batches of this size
 
     def to_dict(self) -> dict[str, Any]:
         return asdict(self)
+
+
+def node_training_plan(model: str, input_shape: tuple[int, int, int], num_classes: int, profile: Profile,
+                       algo: Any, train_samples: int, test_samples: int, mapped: bool = True) -> TrainingPlan:
+    """The training plan of one node (micro-batch, memory, time) for its preset and data."""
+    setup = TrainingSetup(batch_size=algo.batch_size, local_steps=algo.local_steps, momentum=algo.momentum > 0,
+                          dense=algo.is_dense, train_samples=train_samples, test_samples=test_samples,
+                          sample_bytes=math.prod(input_shape), mapped=mapped)
+    return plan_training(model, input_shape, num_classes, profile, setup)
 
 
 def default_run_dir(profile: str, dataset: str) -> Path:
     """runs/<profile>-<dataset>-<YYYYmmdd-HHMMSS> under the current directory."""
     stamp = time.strftime("%Y%m%d-%H%M%S")
     return Path("runs") / f"{Path(profile).stem}-{dataset}-{stamp}"
+
+
+def check_can_train(profile: Profile, for_device: bool) -> str | None:
+    """None for a profile that trains itself; the gateway note with ``for_device``; else refuse."""
+    if profile.can_train:
+        return None
+    if not for_device:
+        raise UsageError(f"{profile.name} cannot train (can_train = false): it is an inference target. "
+                         f"Pass --for-device to train its mask on this host on its behalf, then export to it")
+    return gateway_note(profile)
 
 
 def train(
@@ -114,48 +172,82 @@ def train(
     on_round: Callable[[RoundResult], None] | None = None,
     stop_requested: Callable[[], bool] = lambda: False,
     fleet: FleetTrainOptions | None = None,
+    on_warning: Callable[[str], None] | None = None,
 ) -> TrainResult:
-    """Train one node alone (or, with ``fleet``, as a fleet node); returns the final (or, when stopped, the last) figures."""
+    """Train one node alone (or, with ``fleet``, as a fleet node); returns the final (or, when stopped, the last) figures.
+
+    Alone, the micro-batch comes from the profile's training plan (gradients accumulate
+    to the preset's batch when the whole batch does not fit the training RAM budget), and
+    ``on_warning`` (default: :func:`warnings.warn`) is called once, with one line, when the
+    measured peak RSS exceeds that budget.
+    """
     if opts.rounds <= 0:
         raise UsageError(f"--rounds must be positive, got {opts.rounds}")
+    mode = opts.mode
+    if mode in ("resume", "resume-or-start") and not opts.out:
+        raise UsageError(f"--{mode} needs --out: the run directory to continue")
     if fleet is not None:
         return _train_in_fleet(opts, fleet, on_start=on_start, on_round=on_round, stop_requested=stop_requested)
     profile = load_profile(opts.profile)
+    gateway = check_can_train(profile, opts.for_device)
+    return_freed_memory()  # freed step tensors go back to the OS: the peak RSS is the working set
     ds = load_dataset(opts.dataset, opts.data_dir)
-    input_shape = tuple(ds.x_train.shape[1:])
+    input_shape = ds.input_shape
     num_classes = len(ds.class_names)
     if opts.keep is not None:
-        if not 0.0 < opts.keep <= 1.0:
-            raise UsageError(f"--keep must be in (0, 1], got {opts.keep}")
-        keep, keep_source = opts.keep, "--keep"
-    else:
-        keep, keep_source = plan_keep(opts.model, input_shape, num_classes, opts.profile, opts.granularity)
-    algo = get_preset(opts.preset, "local", batch_size=opts.batch_size, lr=opts.lr, group_lasso=opts.group_lasso)
+        if isinstance(opts.keep, str):  # a per-layer-type spec (conv=…,fc=…): fleets only
+            raise UsageError(f"train alone takes one --keep ratio, got {opts.keep!r}; per layer type: simulate, fleet run")
+    # the node's per-layer plan: keeps, granularity and, where the budgets need it, channel counts
+    node_plan = plan_node(opts.model, input_shape, num_classes, opts.profile, opts.granularity, keep=opts.keep)
+    keep, keep_source = node_plan.keep, node_plan.note
+    algorithm = opts.algorithm or "local"
+    if algorithm != "local":
+        raise UsageError(f"--algorithm {algorithm} needs neighbours: alone, a node trains with 'local' "
+                         "(pass --fleet NAME to train in a fleet)")
+    algo = get_preset(opts.preset, "local", **opts.overrides())
+    training = node_training_plan(opts.model, input_shape, num_classes, profile, algo, len(ds.y_train), len(ds.y_test),
+                                  ds.memory_mapped)
+    # micro-batches keep the device's own training RAM; a gateway (for_device) trains on
+    # this host, whose memory the MCU's budget says nothing about
+    if gateway is None and training.fits and algo.micro_batch == 0 and training.accumulation != 1:
+        algo = replace(algo, micro_batch=training.micro_batch)
     run_dir = Path(opts.out) if opts.out else default_run_dir(opts.profile, opts.dataset)
+    weight_seed = opts.seed if opts.weight_seed is None else opts.weight_seed
+    extra = {"dataset": opts.dataset, "data_dir": opts.data_dir, "partition": "all", "keep_source": keep_source,
+             "plan": node_plan.to_dict()}
+    if gateway is not None:
+        extra.update(for_device=True, trained_by=gateway)
     config = NodeConfig(
         node_id=0,
-        model=ModelSpec(opts.model, input_shape, num_classes, keep=keep, granularity=opts.granularity,
-                        weight_seed=opts.weight_seed, init=opts.init),
-        algorithm=algo, rounds=opts.rounds, fleet="solo", seed=opts.seed, profile=profile.name,
+        model=ModelSpec(opts.model, input_shape, num_classes, keep=node_plan.model_keep,
+                        granularity=node_plan.granularity, weight_seed=weight_seed, init=opts.init),
+        channels=node_plan.channels, algorithm=algo, rounds=opts.rounds, fleet="solo", seed=opts.seed, profile=profile.name,
         eval_every=opts.eval_every, checkpoint_every=opts.checkpoint_every, weights_file=opts.weights_file,
-        extra={"dataset": opts.dataset, "data_dir": opts.data_dir, "partition": "all", "keep_source": keep_source},
+        extra=extra,
     )
     split = partition(ds, 1, "iid", seed=opts.seed)[0]
     node = Node(config, ds, split, run_dir=run_dir)
-    if opts.resume:
-        _check_resumable(node)
-    elif node.paths is not None and node.paths.checkpoint.exists():
-        raise CheckpointError(f"{node.paths.root} already holds a run; pass --resume to continue it or choose another --out")
-    node.start(resume=opts.resume)
+    assert node.paths is not None
+    start_node(node, open_node_dir(node.paths.root, mode))
     t0 = time.perf_counter()
+    first_round = node.round
     last: RoundResult | None = None
     accuracy = None
+    budget = profile.training_ram_budget_bytes
+    warn = on_warning or (lambda msg: warnings.warn(msg, RuntimeWarning, stacklevel=3))
+    warned = False
 
     def result(stopped: bool) -> TrainResult:
+        seconds = time.perf_counter() - t0
+        ran = node.round - first_round
         return TrainResult(
             run_dir=str(run_dir), node_dir=str(node.paths.root) if node.paths else "", rounds_done=node.round,
             rounds=opts.rounds, keep=keep, keep_source=keep_source, accuracy=accuracy,
-            loss=last.loss if last else None, seconds=time.perf_counter() - t0, stopped=stopped,
+            loss=last.loss if last else None, seconds=seconds, stopped=stopped,
+            for_device=profile.name if gateway is not None else None,
+            peak_rss_bytes=peak_rss_bytes(), seconds_per_round=seconds / ran if ran else None,
+            training_ram_budget_bytes=budget, predicted_peak_bytes=training.predicted_ram,
+            micro_batch=algo.micro_batch,
         )
 
     if on_start is not None:
@@ -164,25 +256,17 @@ def train(
         last = node.run_round()
         if last.acc is not None:
             accuracy = last.acc
+        # a host training for a device that cannot train is not bound by that device's RAM
+        if not warned and gateway is None and last.peak_rss_bytes is not None and last.peak_rss_bytes > budget:
+            warned = True
+            warn(f"peak memory {last.peak_rss_bytes / 2**20:.0f} MiB exceeds {profile.name}'s training RAM budget "
+                 f"{budget / 2**20:.0f} MiB (round {last.round + 1}; predicted {training.predicted_ram / 2**20:.0f} MiB)")
         if on_round is not None:
             on_round(last)
         if stop_requested() and node.round < opts.rounds:
             node.save()
             return result(True)
     return result(False)
-
-
-def _check_resumable(node: Node) -> None:
-    """A resumed run must have been started with the same settings (rounds may grow)."""
-    assert node.paths is not None
-    if not node.paths.config.is_file():
-        raise CheckpointError(f"nothing to resume in {node.paths.root}: no config.json (start without --resume)")
-    saved = json.loads(node.paths.config.read_text())
-    now = node.describe()
-    diffs = [k for k in ("model", "algorithm", "seed", "weights_fingerprint", "node_id")
-             if saved.get(k) != json.loads(json.dumps(now.get(k)))]
-    if diffs:
-        raise CheckpointError(f"cannot resume {node.paths.root}: settings differ from the saved run in {', '.join(diffs)}")
 
 
 def _train_in_fleet(
@@ -196,20 +280,22 @@ def _train_in_fleet(
     """Node ``fl.node_id`` of the fleet, built as the simulator builds it, gossiping over MQTT."""
     from dslth_edge.fleet.plan import FleetOptions, plan_fleet
     from dslth_edge.fleet.device_node import NodeRunOptions, run_fleet_node
-    from dslth_edge.transport.mqtt import ENV_PASSWORD, MqttOptions, read_secret
+    from dslth_edge.transport.mqtt_options import ENV_PASSWORD, MqttOptions, read_secret
 
     if opts.weights_file:
         raise UsageError("--weights is not supported with --fleet yet: fleet nodes derive the fixed weights from --weight-seed")
-    overrides = {k: v for k, v in {"batch_size": opts.batch_size, "lr": opts.lr, "group_lasso": opts.group_lasso}.items()
-                 if v is not None}
-    run_dir = Path(opts.out) if opts.out else Path("runs") / f"fleet-{fl.fleet}"
+    profile = load_profile(opts.profile)
+    gateway = check_can_train(profile, opts.for_device)
+    # a new directory per start unless --out names one (a restart loop needs --out and --resume-or-start)
+    run_dir = Path(opts.out) if opts.out else Path("runs") / f"fleet-{fl.fleet}-node-{fl.node_id}-{time.strftime('%Y%m%d-%H%M%S')}"
     # every node of the fleet gets this device's profile in its plan; only node_id's entry is used
     fleet_opts = FleetOptions(
         nodes=fl.nodes, topology=fl.topology, dataset=opts.dataset, data_dir=opts.data_dir, partition=fl.partition,
         partition_file=fl.partition_file, scarce=fl.scarce, test_size=fl.test_size, profiles=(opts.profile,),
-        preset=opts.preset, model=opts.model, keep=opts.keep, granularity=opts.granularity, rounds=opts.rounds,
-        eval_every=opts.eval_every, seed=opts.seed, weight_seed=opts.weight_seed, out=str(run_dir),
-        fleet_id=fl.fleet, overrides=overrides,
+        algorithm=opts.algorithm or "mce-pl", preset=opts.preset, model=opts.model, keep=opts.keep,
+        granularity=opts.granularity, rounds=opts.rounds, eval_every=opts.eval_every, seed=opts.seed,
+        weight_seed=opts.weight_seed, out=str(run_dir), fleet_id=fl.fleet, overrides=opts.overrides(),
+        stale_after=fl.stale_after,
     )
     plan = plan_fleet(fleet_opts)
     password = read_secret(env=ENV_PASSWORD, file=fl.password_file)
@@ -217,7 +303,10 @@ def _train_in_fleet(
                        username=fl.username, password=password, protocol=fl.mqtt_protocol)
     node_opts = NodeRunOptions(mqtt=mqtt, round_deadline_s=fl.round_deadline_s, deadline_max_s=fl.deadline_max_s,
                                stale_after=fl.stale_after, start_timeout_s=fl.start_timeout_s,
-                               checkpoint_every=opts.checkpoint_every, resume=opts.resume, fleet_key_file=fl.fleet_key_file)
+                               checkpoint_every=opts.checkpoint_every, resume=opts.resume,
+                               resume_or_start=opts.resume_or_start, overwrite=opts.overwrite,
+                               fleet_key_file=fl.fleet_key_file, allow_solo=fl.allow_solo, roster=fl.roster,
+                               node_key=fl.node_key, run_epoch=fl.run_epoch)
     keep = plan.keeps[fl.node_id] if 0 <= fl.node_id < fl.nodes else 0.0
     keep_source = plan.keep_notes[fl.node_id] if 0 <= fl.node_id < fl.nodes else ""
     t0 = time.perf_counter()
@@ -229,7 +318,7 @@ def _train_in_fleet(
         return TrainResult(run_dir=str(run_dir), node_dir=str(node.paths.root) if node and node.paths else "",
                            rounds_done=node.round if node else 0, rounds=opts.rounds, keep=keep, keep_source=keep_source,
                            accuracy=state["acc"], loss=last.loss if last else None, seconds=time.perf_counter() - t0,
-                           stopped=stopped)
+                           stopped=stopped, for_device=profile.name if gateway is not None else None)
 
     def started(node: Node) -> None:
         state["node"] = node

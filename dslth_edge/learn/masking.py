@@ -12,7 +12,7 @@ from __future__ import annotations
 import hashlib
 import math
 import struct
-from collections.abc import Iterator
+from collections.abc import Iterator, Sequence
 from pathlib import Path
 
 import numpy as np
@@ -34,6 +34,9 @@ __all__ = [
     "topk_mask",
     "keep_count",
     "drop_sparse_channels",
+    "check_drop_threshold",
+    "configure_structure",
+    "drop_channels_",
     "masked_layers",
     "weights_fingerprint",
     "group_lasso",
@@ -79,19 +82,33 @@ def init_weights(shape: tuple[int, ...], seed: int, stream: int, scheme: str = "
     n = math.prod(shape)
     fan_in = math.prod(shape[1:])
     std = math.sqrt(2.0 / fan_in)
-    if scheme == "kaiming-uniform":
-        u = seeded_uniform(seed, stream, n)
-        w = (2.0 * u - 1.0) * math.sqrt(6.0 / fan_in)
-    elif scheme == "kaiming-normal":
-        u = seeded_uniform(seed, stream, 12 * n).reshape(n, 12)
-        acc = u[:, 0].copy()
-        for j in range(1, 12):  # fixed summation order: bit-exact
-            acc += u[:, j]
-        w = (acc - 6.0) * std
-    else:
-        u = seeded_uniform(seed, stream, n)
-        w = np.where(u < 0.5, -std, std)
-    return torch.from_numpy(w.astype(np.float32).reshape(shape))
+    if seed < 0 or stream < 0:
+        raise UsageError(f"seeds must be non-negative, got seed={seed} stream={stream}")
+    # Drawn in blocks of weights from one bit generator: the same raw stream (and so the
+    # same values) as seeded_uniform(seed, stream, per * n) in one call, without its
+    # float64 temporaries (12 uniforms per weight: 940 MB for the paper CNN's conv3).
+    bitgen = np.random.PCG64(np.random.SeedSequence([seed, stream]))
+    per = 12 if scheme == "kaiming-normal" else 1
+    out = np.empty(n, dtype=np.float32)
+    for start in range(0, n, _INIT_BLOCK):
+        m = min(_INIT_BLOCK, n - start)
+        u = (np.asarray(bitgen.random_raw(per * m), dtype=np.uint64) >> np.uint64(11)).astype(np.float64) * 2.0**-53
+        if scheme == "kaiming-uniform":
+            w = (2.0 * u - 1.0) * math.sqrt(6.0 / fan_in)
+        elif scheme == "kaiming-normal":
+            u = u.reshape(m, 12)
+            acc = u[:, 0].copy()
+            for j in range(1, 12):  # fixed summation order: bit-exact
+                acc += u[:, j]
+            w = (acc - 6.0) * std
+        else:
+            w = np.where(u < 0.5, -std, std)
+        out[start : start + m] = w
+    return torch.from_numpy(out.reshape(shape))
+
+
+#: Weights drawn per block by init_weights (bounds its temporaries to a few MiB).
+_INIT_BLOCK = 1 << 15
 
 
 def _seeded_scores(shape: tuple[int, ...], seed: int, stream: int) -> torch.Tensor:
@@ -130,34 +147,94 @@ def keep_count(n: int, keep: float) -> int:
     return max(1, min(n, int(math.floor(keep * n + 0.5))))
 
 
-def topk_mask(y: torch.Tensor, keep: float, granularity: str = "unstructured") -> torch.Tensor:
+def topk_mask(
+    y: torch.Tensor, keep: float, granularity: str = "unstructured", eligible: torch.Tensor | None = None
+) -> torch.Tensor:
     """TopK(|y|) per layer: bool mask with the shape of ``y`` (dim 0 = output channels).
 
     unstructured: the ``keep_count(numel)`` largest |y|.
     channel: the ``keep_count(C_out)`` channels with the largest mean |y|, whole.
+    ``eligible`` (bool, shape of ``y``; None: everything) restricts the choice to the
+    weights between live channels: unstructured keeps ``keep_count(eligible)`` of them;
+    channel picks among channels with an eligible weight.
     """
     a = y.detach().abs()
     if granularity == "unstructured":
-        return _kth_largest_mask(a.flatten(), keep_count(a.numel(), keep)).view_as(a)
+        if eligible is None:
+            return _kth_largest_mask(a.flatten(), keep_count(a.numel(), keep)).view_as(a)
+        n = int(eligible.sum())
+        picked = _kth_largest_mask(torch.where(eligible, a, torch.full_like(a, -1.0)).flatten(), keep_count(n, keep))
+        return (picked.view_as(a) & eligible) if n else torch.zeros_like(eligible)
     if granularity == "channel":
         c = a.shape[0]
-        chan = _kth_largest_mask(a.reshape(c, -1).mean(1), keep_count(c, keep))
+        per = a.reshape(c, -1).mean(1)
+        if eligible is not None:
+            live = eligible.reshape(c, -1).any(1)
+            per = torch.where(live, per, torch.full_like(per, -1.0))
+        chan = _kth_largest_mask(per, keep_count(c, keep))
         return chan.view(c, *([1] * (a.dim() - 1))).expand_as(a).contiguous()
     raise UsageError(f"unknown granularity {granularity!r}; choose one of {', '.join(GRANULARITIES)}")
 
 
-def drop_sparse_channels(mask: torch.Tensor, threshold: float) -> torch.Tensor:
-    """Structured option: output channels keeping less than ``threshold`` of their weights go whole.
+def check_drop_threshold(threshold: float) -> float:
+    """Validate a relative drop threshold τ: a channel goes when it keeps < τ · keep of its weights.
+
+    The channels of a layer keep on average exactly the layer's keep ratio, so some
+    channel always keeps at least that much: τ ≤ 1 can never empty a layer, τ > 1 can
+    drop every channel (each is below its own layer's average times τ).
+    """
+    if not 0.0 <= threshold <= 1.0:
+        raise UsageError(
+            f"drop threshold {threshold} would empty layers: it is relative to each layer's keep ratio "
+            "(a channel is dropped when it keeps less than threshold × keep of its weights; the average "
+            "channel keeps exactly keep), so it must be in [0, 1]"
+        )
+    return float(threshold)
+
+
+def drop_sparse_channels(mask: torch.Tensor, threshold: float, keep: float) -> torch.Tensor:
+    """``mask`` without the output channels keeping less than ``threshold · keep`` of their weights.
 
     A channel with a few scattered weights costs a whole channel of compute once shrunk;
-    dropping it lets the final mask physically shrink. threshold 0 leaves the mask as is.
+    dropping it lets the final mask physically shrink. The threshold is relative to the
+    layer's keep ratio (see :func:`check_drop_threshold`); 0 leaves the mask as is.
+    Never apply it to a classifier: its output channels are the classes.
     """
+    check_drop_threshold(threshold)
     if threshold <= 0.0:
         return mask
     c = mask.shape[0]
     frac = mask.reshape(c, -1).float().mean(1)  # (C_out,) kept fraction per channel
-    keep = (frac >= threshold).view(c, *([1] * (mask.dim() - 1)))
-    return mask & keep
+    keep_rows = (frac >= threshold * keep - 1e-9).view(c, *([1] * (mask.dim() - 1)))
+    return mask & keep_rows
+
+
+def _every_row_kept(mask: torch.Tensor, y: torch.Tensor, eligible: torch.Tensor) -> torch.Tensor:
+    """Once channels are dropped, every live row keeps at least its best live weight.
+
+    A classifier's rows are the classes (an empty row is a class never predicted); a
+    live channel of another layer with an empty row would be one the plan pays for and
+    the shrinker removes. The row's weight with the largest |y| among live inputs
+    replaces the layer's weakest kept weight, so the count stays ``keep_count``
+    (nothing changes when every live row already keeps one).
+    """
+    c = mask.shape[0]
+    rows = mask.reshape(c, -1)
+    empty = [r for r in range(c) if not bool(rows[r].any()) and bool(eligible.reshape(c, -1)[r].any())]
+    if not empty:
+        return mask
+    a = y.detach().abs().reshape(c, -1)
+    out = rows.clone()
+    el = eligible.reshape(c, -1)
+    for r in empty:
+        best = int(torch.where(el[r], a[r], torch.full_like(a[r], -1.0)).argmax())
+        # the weakest kept weight in a row that keeps more than one
+        donors = out & (out.sum(1, keepdim=True) > 1)
+        if bool(donors.any()):
+            flat = torch.where(donors, a, torch.full_like(a, float("inf"))).flatten()
+            out.view(-1)[int(flat.argmin())] = False
+        out[r, best] = True
+    return out.view_as(mask)
 
 
 class _StraightThroughMask(torch.autograd.Function):
@@ -195,11 +272,16 @@ class MaskedLayer(nn.Module):
             raise UsageError(f"unknown granularity {granularity!r}; choose one of {', '.join(GRANULARITIES)}")
         self.register_buffer("weight", weight)
         self.register_buffer("score_shift", torch.zeros_like(weight))
+        # channels still in play (progressive drop, see drop_channels_); checkpointed with the model
+        self.register_buffer("channel_alive", torch.ones(weight.shape[0], dtype=torch.bool))
         self.scores = nn.Parameter(scores)
         self.keep = float(keep)
         self.granularity = granularity
         self.mask_override: torch.Tensor | None = None
-        self.drop_threshold = 0.0  # structured option, see drop_sparse_channels
+        self.drop_threshold = 0.0  # relative drop threshold τ, see drop_channels_
+        self.target_channels: int | None = None  # output channels the plan ends with (None: all)
+        self.prunable_out = True  # False for the classifier: its output channels are the classes
+        self._input_layer: list[MaskedLayer] = []  # the producer of this layer's inputs (configure_structure)
         self.input_from: str | None = None
         # alive[c] = 1.0 iff output channel c keeps any weight; read by ChannelGate
         self.alive: torch.Tensor = torch.ones(weight.shape[0])
@@ -208,12 +290,33 @@ class MaskedLayer(nn.Module):
         """y = z + shift; the shift is a constant of the round (no gradient through it)."""
         return self.scores + self.score_shift
 
+    def eligible(self) -> torch.Tensor | None:
+        """Bool, weight-shaped: the weights between live output and live input channels (None: all)."""
+        out_alive = self.channel_alive
+        in_alive = self._input_layer[0].channel_alive if self._input_layer else None
+        out_all = bool(out_alive.all())
+        in_all = in_alive is None or bool(in_alive.all())
+        if out_all and in_all:
+            return None
+        shape = self.weight.shape
+        elig = out_alive.view(shape[0], *([1] * (len(shape) - 1))).expand(shape)
+        if not in_all:
+            assert in_alive is not None
+            per_in = shape[1] // in_alive.numel() if shape[1] >= in_alive.numel() else 1
+            cols = in_alive.repeat_interleave(per_in) if per_in > 1 else in_alive  # flatten: channel-major
+            if cols.numel() == shape[1]:  # grouped/depthwise convs: no input coupling assumed
+                elig = elig & cols.view(1, shape[1], *([1] * (len(shape) - 2))).expand(shape)
+        return elig.contiguous()
+
     def current_mask(self) -> torch.Tensor:
         """The bool mask the next forward pass uses."""
         if self.mask_override is not None:
             return self.mask_override
-        mask = topk_mask(self.aggregated_scores(), self.keep, self.granularity)
-        return drop_sparse_channels(mask, self.drop_threshold)
+        elig = self.eligible()
+        mask = topk_mask(self.aggregated_scores(), self.keep, self.granularity, elig)
+        if elig is not None and self.granularity == "unstructured":
+            mask = _every_row_kept(mask, self.aggregated_scores(), elig)
+        return mask
 
     def effective_weight(self) -> torch.Tensor:
         """w ⊙ m, with m straight-through to the scores."""
@@ -334,14 +437,80 @@ def weights_fingerprint(model: nn.Module) -> bytes:
 def group_lasso(model: nn.Module) -> torch.Tensor:
     """Σ_layers Σ_c √|g_c| · ‖z_c‖₂ over output-channel groups of the scores.
 
-    Pushes whole channels' scores towards zero together, so channel-granular masks
-    emerge and final models physically shrink.
+    Pushes whole channels' scores towards zero together, so the kept weights concentrate
+    in few channels and the others can be dropped (:func:`drop_channels_`). The
+    classifier is left out: its output channels are the classes.
     """
     total = torch.zeros(())
     for _, layer in masked_layers(model):
+        if not layer.prunable_out:
+            continue
         z = layer.scores.reshape(layer.scores.shape[0], -1)  # (C_out, group size)
         total = total + math.sqrt(z.shape[1]) * z.norm(dim=1).sum()
     return total
+
+
+def configure_structure(model: nn.Module, channels: Sequence[int | None] | None = None, drop_threshold: float = 0.0) -> None:
+    """Prepare ``model``'s masked layers for channel removal.
+
+    The last masked layer is the classifier: never structured. ``channels`` gives, per
+    masked layer, the output channels the plan ends with (None or the full count: no
+    removal); the classifier must keep all of its. ``drop_threshold`` is the relative
+    threshold τ of :func:`drop_channels_`. Each layer learns its input producer, so its
+    mask stays within live input channels.
+    """
+    check_drop_threshold(drop_threshold)
+    layers = list(masked_layers(model))
+    if channels is not None and len(channels) != len(layers):
+        raise UsageError(f"model has {len(layers)} masked layers, got {len(channels)} channel counts")
+    by_name = dict(layers)
+    for i, (name, layer) in enumerate(layers):
+        layer.prunable_out = i != len(layers) - 1
+        layer.drop_threshold = float(drop_threshold)
+        layer._input_layer = [by_name[layer.input_from]] if layer.input_from in by_name else []
+        full = int(layer.weight.shape[0])
+        target = None if channels is None else channels[i]
+        if target is not None and not 1 <= int(target) <= full:
+            raise UsageError(f"layer {name!r} has {full} output channels, cannot end with {target}")
+        if target is not None and not layer.prunable_out and int(target) != full:
+            raise UsageError(f"layer {name!r} is the classifier: its {full} output rows are the classes and stay")
+        layer.target_channels = int(target) if target is not None and int(target) < full else None
+
+
+def drop_channels_(layer: MaskedLayer, cap: int | None = None, threshold: float | None = None) -> int:
+    """Progressive channel drop, in place; returns how many channels went.
+
+    Channels whose kept fraction (of their live weights) falls below ``threshold ·
+    layer.keep`` go; then, if more than ``cap`` channels are still alive, the sparsest go
+    until ``cap`` remain. Never below ``layer.target_channels`` (or one channel), never
+    a classifier row, never a pinned or channel-granular mask. Dropped channels stay
+    dropped: the layer's mask only chooses among live channels afterwards.
+    """
+    if not layer.prunable_out or layer.mask_override is not None or layer.granularity != "unstructured":
+        return 0
+    tau = layer.drop_threshold if threshold is None else check_drop_threshold(threshold)
+    alive = layer.channel_alive
+    n_alive = int(alive.sum())
+    floor = max(1, layer.target_channels or 1)
+    if n_alive <= floor:
+        return 0
+    with torch.no_grad():
+        mask = layer.current_mask()
+        elig = layer.eligible()
+        c = mask.shape[0]
+        kept = mask.reshape(c, -1).sum(1).float()
+        live = elig.reshape(c, -1).sum(1).float() if elig is not None else torch.full((c,), float(mask[0].numel()))
+        frac = kept / live.clamp_min(1.0)
+        score = layer.aggregated_scores().detach().abs().reshape(c, -1).mean(1)
+    n_thr = int((alive & (frac < tau * layer.keep - 1e-9)).sum()) if tau > 0 else 0
+    n_cap = max(0, n_alive - cap) if cap is not None else 0
+    n = min(max(n_thr, n_cap), n_alive - floor)
+    if n <= 0:
+        return 0
+    order = sorted((i for i in range(c) if bool(alive[i])), key=lambda i: (float(frac[i]), float(score[i]), i))
+    for i in order[:n]:
+        alive[i] = False
+    return n
 
 
 def get_masks(model: nn.Module) -> list[torch.Tensor]:

@@ -15,11 +15,11 @@ from torch import nn
 
 from dslth_edge.learn.costs import LayerCost
 from dslth_edge.errors import UsageError
+from dslth_edge.learn.names import MODEL_NAMES
 from dslth_edge.learn.masking import ChannelGate, MaskedConv2d, MaskedLayer, MaskedLinear, init_weights, masked_layers
 
 __all__ = ["MODEL_NAMES", "ModelSpec", "arch_name", "build_model", "layer_costs", "masked_layer_shapes"]
 
-MODEL_NAMES = ("paper-cnn", "mcu-cnn", "resnet-8")
 
 
 @dataclass(frozen=True)

@@ -42,6 +42,7 @@ __all__ = [
     "analyze_tflite",
     "analyze_torch_module",
     "tflite_interpreter_class",
+    "litert_ops_details",
 ]
 
 
@@ -352,6 +353,19 @@ def _tfl_macs(op: str, ins: list[int], outs: list[int], shape: Mapping[int, list
     return 0, 0, 0
 
 
+def litert_ops_details(interpreter: Any) -> list[dict[str, Any]] | None:
+    """The per-operator details of an allocated LiteRT / tflite-runtime interpreter, None when it has none.
+
+    The one use of the interpreter's private ``_get_ops_details()`` (each entry: ``index``,
+    ``op_name``, ``inputs``, ``outputs``, ...), checked against ai-edge-litert 2.3.0 and
+    tflite-runtime 2.14.0; tests/profiler/test_formats.py fails if it disappears.
+    """
+    method = getattr(interpreter, "_get_ops_details", None)
+    if method is None:
+        return None
+    return list(method())
+
+
 def analyze_tflite(path: str | os.PathLike[str], *, batch: int = 1, interpreter: Any = None) -> ModelInfo:
     """Per-op costs of a .tflite model from the interpreter's op and tensor details (best effort).
 
@@ -370,10 +384,10 @@ def analyze_tflite(path: str | os.PathLike[str], *, batch: int = 1, interpreter:
             for d in inp:
                 interpreter.resize_tensor_input(d["index"], [batch, *list(d["shape"][1:])])
         interpreter.allocate_tensors()
-    if not hasattr(interpreter, "_get_ops_details"):
-        return ModelInfo(p, "tflite", file_size(p), None, None, None, batch, (), "n/a: this runtime exposes no op details")
     try:
-        details = interpreter._get_ops_details()
+        details = litert_ops_details(interpreter)
+        if details is None:
+            return ModelInfo(p, "tflite", file_size(p), None, None, None, batch, (), "n/a: this runtime exposes no op details")
         tensors = {int(t["index"]): t for t in interpreter.get_tensor_details()}
     except Exception as exc:  # noqa: BLE001 - private API: report n/a instead of failing the profile
         return ModelInfo(p, "tflite", file_size(p), None, None, None, batch, (), f"n/a: op details unavailable ({exc})")

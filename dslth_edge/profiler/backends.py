@@ -27,7 +27,15 @@ from typing import Any
 
 from dslth_edge.errors import UsageError
 
-from dslth_edge.profiler.analysis import ModelInfo, analyze_onnx, analyze_tflite, analyze_torch_module, model_format, tflite_interpreter_class
+from dslth_edge.profiler.analysis import (
+    ModelInfo,
+    analyze_onnx,
+    analyze_tflite,
+    analyze_torch_module,
+    litert_ops_details,
+    model_format,
+    tflite_interpreter_class,
+)
 
 __all__ = [
     "BACKENDS",
@@ -391,7 +399,7 @@ class LiteRtRunner(Runner):
         self._it = it
         # the default delegate replaces the nodes it takes by one DELEGATE node
         try:
-            names = [d["op_name"] for d in it._get_ops_details()]
+            names = [d["op_name"] for d in litert_ops_details(it) or []]
         except Exception:  # noqa: BLE001 - private API: unknown rather than wrong
             names = []
         delegated = "DELEGATE" in names

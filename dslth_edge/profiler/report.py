@@ -292,7 +292,7 @@ def render_verdict(v: Verdict, r: ProfileResult, console: Console) -> None:
         markup=False, highlight=False,
     )
     for c in v.checks:
-        mark = "n/a " if c.ok is None else ("ok  " if c.ok else "OVER")
+        mark = "info" if not c.decides else ("n/a " if c.ok is None else ("ok  " if c.ok else "OVER"))
         usage = "" if c.usage is None else f" ({100 * c.usage:.0f}% of budget)"
         counted = "" if c.decides else " [not counted]"
         console.print(

@@ -13,6 +13,13 @@ Three checks, each labelled with where its figure comes from:
 When the profile is not this machine (see :func:`~dslth_edge.profiler.host.is_this_machine`)
 the predictor adds the latency expected on the named device, and that prediction,
 not this machine's p95, decides the latency part of the overall verdict.
+
+Microcontroller profiles (runtime TensorFlow Lite Micro) are judged by microcontroller
+figures: memory is the TFLite Micro tensor arena, measured with the tflite-micro
+interpreter plus the optimized-kernel margin of :mod:`dslth_edge.exporters.tflm` (the
+model itself stays in flash, which the storage check covers); latency is the
+prediction. The host's LiteRT run is still shown, labelled as the host's, and does not
+count.
 """
 
 from __future__ import annotations
@@ -83,14 +90,37 @@ class Verdict:
         }
 
 
+def _tflm_arena(result: ProfileResult) -> tuple[float | None, str]:
+    """(recommended TFLite Micro arena of the profiled file, basis) for microcontroller verdicts."""
+    if result.model.format != "tflite":
+        return None, f"n/a: TFLite Micro runs .tflite files, this is {result.model.format}"
+    from dslth_edge.errors import DslthError
+    from dslth_edge.exporters.tflm import measure_arena
+
+    try:
+        with open(result.model.path, "rb") as fh:
+            arena = measure_arena(fh.read())
+    except (DslthError, OSError) as exc:
+        return None, f"n/a: TFLite Micro arena not measured ({exc})"
+    return float(arena.recommended_bytes), (
+        f"TFLite Micro tensor arena: {arena.measured_bytes:,} B measured with tflite-micro + {arena.margin_bytes:,} B "
+        "optimized-kernel margin (the model stays in flash)")
+
+
 def judge(result: ProfileResult, profile: Profile) -> Verdict:
     """Compare ``result`` with ``profile``'s budgets (and predict for another device)."""
+    from dslth_edge.exporters.tflm import runs_tflm
+
     here = is_this_machine(profile)
+    mcu = runs_tflm(profile) and not here
     where = "measured on this machine"  # which machine: Verdict.measured_on
+    if mcu:
+        where = "measured on this host, not on the device"
     p95 = result.latency.p95
     latency_budget = profile.budget.latency_ms
     checks = [
-        Check("latency", p95, latency_budget, "ms", f"p95 {where}", p95 <= latency_budget, decides=here),
+        Check("host latency" if mcu else "latency", p95, latency_budget, "ms", f"p95 {where}", p95 <= latency_budget,
+              decides=here),
     ]
     prediction = None
     if here and result.model.ops:
@@ -117,10 +147,20 @@ def judge(result: ProfileResult, profile: Profile) -> Verdict:
         ))
     ram = result.memory.overall_peak_growth_bytes
     ram_budget = profile.budget.model_ram_mib * MIB
-    checks.append(Check(
-        "memory", None if ram is None else float(ram), ram_budget, "bytes",
-        f"peak RSS growth {where}", None if ram is None else ram <= ram_budget, decides=True,
-    ))
+    if mcu:
+        arena, basis = _tflm_arena(result)
+        checks.append(Check("memory", arena, ram_budget, "bytes", basis, None if arena is None else arena <= ram_budget,
+                            decides=True))
+        checks.append(Check(
+            "host memory", None if ram is None else float(ram), ram_budget, "bytes",
+            f"peak RSS growth of {result.backend.name} {where} (the host's runtime, not TFLite Micro)",
+            None if ram is None else ram <= ram_budget, decides=False,
+        ))
+    else:
+        checks.append(Check(
+            "memory", None if ram is None else float(ram), ram_budget, "bytes",
+            f"peak RSS growth {where}", None if ram is None else ram <= ram_budget, decides=True,
+        ))
     size_budget = profile.budget.model_storage_mib * MIB
     checks.append(Check(
         "storage", float(result.model.size_bytes), size_budget, "bytes",

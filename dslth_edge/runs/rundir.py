@@ -6,14 +6,18 @@ runs/<run-id>/node-<i>/
   checkpoint.pt   resumable state (atomic) mask.npz       final mask, bit-packed
 ```
 Everything is written to a temporary file in the same directory, flushed, fsynced and
-renamed over the target, so a node killed at any instant leaves either the old or the
-new file, never half of one.
+renamed over the target (then the directory is fsynced, so the rename survives a power
+cut), so a node killed at any instant leaves either the old or the new file, never half of
+one; files are 0644. A kill can leave a ``.<name>.*.tmp`` behind: :func:`remove_stale_temps`
+(called when a run directory is opened, :mod:`dslth_edge.runs.guard`) deletes them.
 """
 
 from __future__ import annotations
 
 import io
 import json
+import logging
+import math
 import os
 import tempfile
 from dataclasses import dataclass
@@ -36,7 +40,15 @@ __all__ = [
     "MaskFile",
     "read_metrics",
     "truncate_metrics",
+    "remove_stale_temps",
+    "FILE_MODE",
 ]
+
+log = logging.getLogger(__name__)
+
+#: mode of every file a run writes (mkstemp alone would leave 0600)
+FILE_MODE = 0o644
+_TEMP_GLOB = ".*.tmp"
 
 
 @dataclass(frozen=True)
@@ -77,6 +89,7 @@ def atomic_write_bytes(path: str | Path, data: bytes) -> None:
     fd, tmp = tempfile.mkstemp(prefix=f".{path.name}.", suffix=".tmp", dir=path.parent)
     try:
         with os.fdopen(fd, "wb") as fh:
+            os.fchmod(fh.fileno(), FILE_MODE)
             fh.write(data)
             fh.flush()
             os.fsync(fh.fileno())
@@ -84,6 +97,34 @@ def atomic_write_bytes(path: str | Path, data: bytes) -> None:
     except BaseException:
         Path(tmp).unlink(missing_ok=True)
         raise
+    _fsync_dir(path.parent)
+
+
+def _fsync_dir(directory: Path) -> None:
+    """Make a rename in ``directory`` durable (POSIX; a no-op where directories cannot be opened)."""
+    try:
+        dfd = os.open(directory, os.O_RDONLY)
+    except OSError:
+        return
+    try:
+        os.fsync(dfd)
+    except OSError:
+        pass
+    finally:
+        os.close(dfd)
+
+
+def remove_stale_temps(directory: str | Path) -> int:
+    """Delete temporary files that interrupted atomic writes left in ``directory``; returns how many."""
+    directory = Path(directory)
+    if not directory.is_dir():
+        return 0
+    n = 0
+    for tmp in directory.glob(_TEMP_GLOB):
+        if tmp.is_file():
+            tmp.unlink(missing_ok=True)
+            n += 1
+    return n
 
 
 def write_json(path: str | Path, obj: Any) -> None:
@@ -146,23 +187,54 @@ def load_mask(path: str | Path) -> MaskFile:
             for i in range(len(names)):
                 shape = tuple(int(s) for s in data[f"shape_{i}"])
                 n = int(np.prod(shape))
-                masks.append(np.unpackbits(data[f"bits_{i}"], count=n).astype(bool).reshape(shape))
+                bits = data[f"bits_{i}"]
+                if bits.dtype != np.uint8 or bits.ndim != 1 or bits.size != math.ceil(n / 8):
+                    raise ValueError(f"layer {names[i]!r} has {bits.size} bytes of mask bits, its shape {shape} "
+                                     f"needs {math.ceil(n / 8)}")
+                masks.append(np.unpackbits(bits, count=n).astype(bool).reshape(shape))
             return MaskFile(masks, names, bytes(data["fingerprint"].tobytes()), json.loads(str(data["meta"])))
     except (OSError, KeyError, ValueError) as exc:
         raise CheckpointError(f"mask file {path} is malformed: {exc}") from exc
 
 
-def read_metrics(path: str | Path) -> list[dict[str, Any]]:
-    """All metrics lines of a node (an unfinished last line, from a kill, is ignored)."""
+def read_metrics(path: str | Path, *, bad: list[str] | None = None) -> list[dict[str, Any]]:
+    """All metrics lines of a node.
+
+    An unfinished last line (no newline: a kill mid-write) is ignored silently. Any other
+    line that is not a JSON object is skipped, logged as a warning and, when ``bad`` is
+    given, described there ("metrics.jsonl:7: …"): the rounds after it are still read.
+    """
     path = Path(path)
     if not path.is_file():
         return []
+    text = path.read_text(errors="replace")
+    lines = text.split("\n")
+    unfinished = lines.pop() if lines else ""  # "" when the file ends with a newline
     rows = []
-    for line in path.read_text().splitlines():
+    problems = []
+    for ln, line in enumerate(lines, 1):
+        if not line.strip():
+            continue
         try:
-            rows.append(json.loads(line))
+            row = json.loads(line)
+        except json.JSONDecodeError as exc:
+            problems.append(f"{path}:{ln}: not JSON ({exc.msg})")
+            continue
+        if not isinstance(row, dict):
+            problems.append(f"{path}:{ln}: not a JSON object")
+            continue
+        rows.append(row)
+    if unfinished.strip():
+        try:
+            row = json.loads(unfinished)
         except json.JSONDecodeError:
-            break
+            row = None
+        if isinstance(row, dict):
+            rows.append(row)
+    if problems:
+        log.warning("%d corrupt metrics line(s) skipped, first: %s", len(problems), problems[0])
+        if bad is not None:
+            bad.extend(problems)
     return rows
 
 

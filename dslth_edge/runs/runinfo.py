@@ -90,7 +90,7 @@ class RunInfo:
         idx = np.asarray(split.test_indices)
         if limit is not None and limit < len(idx):
             idx = idx[np.linspace(0, len(idx) - 1, max(limit, 0)).round().astype(np.int64)] if limit > 0 else idx[:0]
-        return ds.x_test[idx], ds.y_test[idx]
+        return ds.test_batch(idx), ds.y_test[idx]
 
     def train_sample(self, n: int, seed: int = 0) -> np.ndarray:
         """``n`` inputs drawn (seeded, without replacement) from the node's own training split."""
@@ -98,7 +98,7 @@ class RunInfo:
         idx = np.asarray(split.train_indices)
         if n < len(idx):
             idx = np.sort(np.random.default_rng(seed).choice(idx, size=n, replace=False))
-        return ds.x_train[idx]
+        return ds.train_batch(idx)
 
     def provenance(self) -> dict[str, Any]:
         """Who made this model: for metadata, shrink.json and reports."""
@@ -242,8 +242,8 @@ def load_run(run: str | Path, node: int | None = None, *, load_data: bool = True
     info = RunInfo(node_dir, node_id, config, spec, model, mask_file, fp, notes=notes)
     if load_data:
         info.dataset, info.split = node_data(config, node_id)
-        if tuple(info.dataset.x_train.shape[1:]) != info.input_shape:
-            raise CheckpointError(f"dataset shape {info.dataset.x_train.shape[1:]} does not match the model input {info.input_shape}")
+        if tuple(info.dataset.input_shape) != info.input_shape:
+            raise CheckpointError(f"dataset shape {info.dataset.input_shape} does not match the model input {info.input_shape}")
     return info
 
 

@@ -50,6 +50,15 @@ def _import_amqtt() -> Any:
     return Broker
 
 
+async def _close_listeners(broker: Any) -> None:
+    """Close amqtt's listening sockets (amqtt 0.11-0.12 keeps them in the private
+    ``Broker._servers``, each with ``close_instance()``); nothing if that changed."""
+    for server in list(getattr(broker, "_servers", {}).values()):
+        close = getattr(server, "close_instance", None)
+        if close is not None:
+            await close()
+
+
 class EmbeddedBroker:
     """amqtt on its own event loop in a daemon thread; ``start()``/``stop()``, or a context manager."""
 
@@ -103,7 +112,14 @@ class EmbeddedBroker:
         try:
             fut.result(timeout)
         except Exception:  # noqa: BLE001 - a failed shutdown still stops the loop below
-            pass
+            # amqtt closes its listeners last: a session clean-up that raised or hung (a client
+            # mid-way through a large message) would leave the port bound, and a restart on
+            # the same port would fail with "address already in use"
+            closing = asyncio.run_coroutine_threadsafe(_close_listeners(broker), loop)
+            try:
+                closing.result(timeout)
+            except Exception:  # noqa: BLE001 - nothing more to do; the loop stops below
+                pass
         loop.call_soon_threadsafe(loop.stop)
         if self._thread is not None:
             self._thread.join(timeout)

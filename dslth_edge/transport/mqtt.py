@@ -1,11 +1,9 @@
 """MQTT transport: one node's connection to the fleet's broker (paho-mqtt 2.x).
 
-Topics (``docs/mqtt.md`` is the reference)::
-
-    dslth/<fleet>/<node>/hello    retained JSON: protocol, profile, keep, fingerprint, codecs
-    dslth/<fleet>/<node>/status   retained "online"; the broker publishes "offline" (last will)
-    dslth/<fleet>/<node>/mask     QoS 1 wire frames, chunked above max_message_bytes
-    dslth/<fleet>/<node>/ctl      QoS 1 control messages (key-frame requests)
+The topics and the formats on them are :mod:`dslth_edge.transport.messages`
+(``docs/mqtt.md`` is the reference); how to reach the broker is
+:mod:`dslth_edge.transport.mqtt_options`; building paho clients, the protocol probe and
+the duplicate-id check are :mod:`dslth_edge.transport.mqtt_client`.
 
 A node publishes only under its own id and subscribes only to its neighbours'
 topics, so a broker ACL can pin each client to its id. The sender of a payload is the
@@ -16,177 +14,67 @@ session is persistent, paho reconnects with backoff and ``on_connect`` restores 
 subscriptions, hello and status. Recent frames are kept and published again after a
 reconnect and whenever a neighbour comes (back) online, so a broker restart or a
 rejoining node loses no round; receivers drop the copies.
+
+Every handler survives every input: a hello, status, control or mask message that is
+malformed in any way (overflowing numbers, deep nesting, oversized, not UTF-8, a bad
+seal) is dropped, counted per cause in :attr:`TransportStats.dropped` (and handed to
+the exchange's ``rejected`` count through :meth:`MqttTransport.take_dropped`) and
+logged once per cause; no exception reaches paho's network thread. The inbox is
+bounded (oldest dropped first, counted), and so is paho's outgoing queue.
+
+A second process started with a node id that is already running is refused before it
+can take over the first one's MQTT session (:func:`~dslth_edge.transport.mqtt_client.refuse_duplicate`);
+the running one answers its ping and logs one line.
 """
 
 from __future__ import annotations
 
-import json
 import logging
 import os
-import queue
-import ssl
+import secrets
+import socket
 import threading
 import time
-from collections import deque
+from collections import Counter, deque
 from collections.abc import Iterable
-from dataclasses import asdict, dataclass, field
-from pathlib import Path
+from dataclasses import dataclass, field, replace
 from typing import Any
-from urllib.parse import unquote, urlsplit
 
 import paho.mqtt.client as mqtt
-from paho.mqtt.enums import CallbackAPIVersion
-from paho.mqtt.properties import Properties
-from paho.mqtt.packettypes import PacketTypes
 
 from dslth_edge.errors import TransportError, UsageError
-from dslth_edge.wire import CODEC_NAMES, DEFAULT_MAX_MESSAGE_BYTES, VERSION as WIRE_VERSION, Chunker, FrameError, Reassembler
 from dslth_edge.transport.base import Envelope
+from dslth_edge.transport.identity import AuthError, Identity
+from dslth_edge.transport.messages import (
+    KINDS,
+    MAX_CTL_BYTES,
+    MAX_HELLO_BYTES,
+    MAX_STATUS_BYTES,
+    PROTOCOL,
+    Hello,
+    parse_control,
+    parse_status,
+    pong_payload,
+    topic,
+)
+from dslth_edge.transport.mqtt_client import (
+    AUTH_FAILURES,
+    connect_properties,
+    is_acked,
+    make_client,
+    probe,
+    refuse_duplicate,
+)
+from dslth_edge.transport.mqtt_options import MqttOptions
+from dslth_edge.wire import Chunker, FrameError, Reassembler
 
-__all__ = [
-    "PROTOCOL",
-    "ENV_USERNAME",
-    "ENV_PASSWORD",
-    "BrokerAddress",
-    "MqttOptions",
-    "Hello",
-    "MqttTransport",
-    "parse_broker_url",
-    "read_secret",
-    "topic",
-]
+__all__ = ["MqttTransport", "TransportStats"]
 
 log = logging.getLogger(__name__)
 
-#: Version of the topic/hello protocol (the wire format has its own version).
-PROTOCOL = 1
-ENV_USERNAME = "DSLTH_MQTT_USERNAME"
-ENV_PASSWORD = "DSLTH_MQTT_PASSWORD"
-_KINDS = ("hello", "status", "mask", "ctl")
-_MAX_HELLO_BYTES = 4096
-_AUTH_FAILURES = {"Bad user name or password", "Not authorized", "Client identifier not valid", "Banned"}
-
-
-def topic(fleet: str, node: int | str, kind: str) -> str:
-    """``dslth/<fleet>/<node>/<kind>``."""
-    return f"dslth/{fleet}/{node}/{kind}"
-
-
-def _acked(info: mqtt.MQTTMessageInfo) -> bool:
-    """Whether the broker acknowledged a QoS 1 publish.
-
-    paho's ``is_published()`` raises for a message published while disconnected, though
-    it is queued and sent on reconnect; its flag is still set by the PUBACK.
-    """
-    try:
-        return info.is_published()
-    except (RuntimeError, ValueError):
-        return bool(getattr(info, "_published", False))
-
-
-@dataclass(frozen=True)
-class BrokerAddress:
-    """A parsed broker URL: ``mqtt://host[:1883]`` or ``mqtts://host[:8883]`` (TLS)."""
-
-    host: str
-    port: int
-    tls: bool
-    username: str | None = None
-    password: str | None = None
-
-    def __str__(self) -> str:
-        return f"{'mqtts' if self.tls else 'mqtt'}://{self.host}:{self.port}"
-
-
-def parse_broker_url(url: str) -> BrokerAddress:
-    """Parse ``mqtt://``, ``tcp://``, ``mqtts://``/``ssl://`` URLs (credentials allowed, not advised)."""
-    parts = urlsplit(url if "://" in url else f"mqtt://{url}")
-    scheme = parts.scheme.lower()
-    if scheme not in ("mqtt", "tcp", "mqtts", "ssl", "tls"):
-        raise UsageError(f"broker URL {url!r}: scheme must be mqtt:// or mqtts://")
-    tls = scheme in ("mqtts", "ssl", "tls")
-    try:
-        port = parts.port or (8883 if tls else 1883)
-    except ValueError:
-        raise UsageError(f"broker URL {url!r}: bad port") from None
-    if not parts.hostname:
-        raise UsageError(f"broker URL {url!r}: no host")
-    return BrokerAddress(parts.hostname, port, tls,
-                         unquote(parts.username) if parts.username else None,
-                         unquote(parts.password) if parts.password else None)
-
-
-def read_secret(*, env: str | None = None, file: str | None = None) -> str | None:
-    """A secret from a file (first line, trailing newline stripped) or else an environment variable."""
-    if file:
-        try:
-            return Path(file).read_text().splitlines()[0] if Path(file).stat().st_size else ""
-        except OSError as exc:
-            raise UsageError(f"cannot read secret file {file}: {exc.strerror or exc}") from exc
-    if env:
-        return os.environ.get(env)
-    return None
-
-
-@dataclass(frozen=True)
-class MqttOptions:
-    """How to reach the broker. Credentials: explicit, else the URL's, else ``$DSLTH_MQTT_*``."""
-
-    url: str = "mqtt://127.0.0.1:1883"
-    ca_file: str | None = None
-    cert_file: str | None = None
-    key_file: str | None = None
-    insecure: bool = False  # skip host-name verification (self-signed test set-ups only)
-    username: str | None = None
-    password: str | None = None
-    protocol: str = "auto"  # "auto" (5, else 3.1.1), "5" or "3.1.1"
-    keepalive_s: int = 10
-    session_expiry_s: int = 3600
-    connect_timeout_s: float = 20.0
-    max_message_bytes: int = DEFAULT_MAX_MESSAGE_BYTES
-    resend_frames: int = 2  # recent frames published again after a reconnect / a peer's return
-
-    def address(self) -> BrokerAddress:
-        return parse_broker_url(self.url)
-
-    def credentials(self) -> tuple[str | None, str | None]:
-        addr = self.address()
-        user = self.username or addr.username or os.environ.get(ENV_USERNAME)
-        password = self.password if self.password is not None else addr.password
-        if password is None:
-            password = os.environ.get(ENV_PASSWORD)
-        return user, password
-
-
-@dataclass(frozen=True)
-class Hello:
-    """What a node announces (retained) before it gossips: who it is and what it can decode."""
-
-    node: int
-    fleet: str
-    fingerprint: str  # hex SHA-256 of the fixed weights: frames from another one are refused
-    profile: str | None = None
-    keep: tuple[float, ...] = ()
-    codecs: tuple[str, ...] = tuple(CODEC_NAMES)
-    protocol: int = PROTOCOL
-    wire_version: int = WIRE_VERSION
-    extra: dict[str, Any] = field(default_factory=dict)
-
-    def to_bytes(self) -> bytes:
-        return json.dumps(asdict(self), sort_keys=True, separators=(",", ":")).encode()
-
-    @classmethod
-    def from_bytes(cls, data: bytes) -> "Hello":
-        """Parse a hello (bounded; raises ValueError on anything malformed)."""
-        if len(data) > _MAX_HELLO_BYTES:
-            raise ValueError("hello too large")
-        raw = json.loads(data)
-        if not isinstance(raw, dict):
-            raise ValueError("hello is not an object")
-        return cls(node=int(raw["node"]), fleet=str(raw["fleet"]), fingerprint=str(raw["fingerprint"]),
-                   profile=raw.get("profile"), keep=tuple(float(k) for k in raw.get("keep", ())),
-                   codecs=tuple(str(c) for c in raw.get("codecs", ())), protocol=int(raw.get("protocol", 0)),
-                   wire_version=int(raw.get("wire_version", 0)), extra=dict(raw.get("extra", {})))
+_INBOX_LIMIT = 4096  # messages waiting for the round loop; the oldest is dropped beyond it
+_RESEND_GAP_S = 2.0  # a neighbour's return triggers a resend (and a key frame) at most this often
+_PONG_GAP_S = 1.0
 
 
 @dataclass
@@ -200,6 +88,10 @@ class TransportStats:
     resent: int = 0
     reconnects: int = 0
     chunk_errors: int = 0
+    out_dropped: int = 0  # publishes refused because paho's outgoing queue was full
+    #: inputs dropped before the round loop saw them, per cause (malformed hello, bad seal,
+    #: status flood, inbox overflow, handler error …)
+    dropped: Counter[str] = field(default_factory=Counter)
 
 
 class MqttTransport:
@@ -222,6 +114,8 @@ class MqttTransport:
         hello: Hello,
         max_frame_bytes: int,
         fresh: bool = True,
+        identity: Identity | None = None,
+        inbox_limit: int = _INBOX_LIMIT,
     ) -> None:
         if "/" in fleet or "+" in fleet or "#" in fleet or not fleet:
             raise UsageError(f"fleet name {fleet!r} must be non-empty without '/', '+' or '#'")
@@ -229,7 +123,12 @@ class MqttTransport:
         self.fleet = fleet
         self.node_id = node_id
         self.neighbours = tuple(sorted(set(neighbours)))
-        self.hello = hello
+        #: seals our hello and opens the neighbours' (None: plain JSON hellos)
+        self.identity = identity
+        self.instance = secrets.token_hex(8)  # this process's incarnation of the node
+        self.hello = replace(hello, extra={**hello.extra, "instance": self.instance, "pid": os.getpid(),
+                                           "host": socket.gethostname()[:64],
+                                           **({"epoch": identity.epoch, "auth": identity.mode} if identity else {})})
         self.fresh = fresh  # a fresh run wipes this client id's old broker session first
         self.stats = TransportStats()
         self.peers: dict[int, Hello] = {}
@@ -238,17 +137,27 @@ class MqttTransport:
         self._offline: set[int] = set()  # seen online, then its last will
         self._returned: set[int] = set()
         self._lock = threading.Lock()
-        self._inbox: queue.Queue[tuple[int, str, bytes]] = queue.Queue()
+        self._inbox: deque[tuple[int, str, bytes]] = deque()
+        self._inbox_limit = max(1, inbox_limit)
+        self._inbox_ready = threading.Condition(self._lock)
+        self._dropped_new = 0  # dropped since the last take_dropped()
+        self._logged: set[str] = set()
+        self._last_resend: dict[int, float] = {}
+        self._repeats: dict[int, int] = {}  # "online" repeats since the last resend, per neighbour
+        self._last_pong = 0.0
+        self._duplicates_seen: set[str] = set()
         self._recent: deque[list[bytes]] = deque(maxlen=max(1, options.resend_frames))
         self._chunker = Chunker(options.max_message_bytes)
         self._reassembler = Reassembler(max_frame_bytes, timeout_s=120.0)
         self._max_message = max(options.max_message_bytes, max_frame_bytes) + 64
+        self._max_hello = MAX_HELLO_BYTES + (identity.overhead if identity else 0)
         self._connected = threading.Event()
         self._refused: str | None = None
         self._client: mqtt.Client | None = None
         self._v5 = False
         self._closing = False
         self._first_connect = True
+        self._sub_mid: int | None = None  # our SUBSCRIBE of the current connection
         self._unacked: deque[mqtt.MQTTMessageInfo] = deque()  # our QoS 1 publishes, oldest first
 
     # ------------------------------------------------------------------ connection
@@ -268,8 +177,10 @@ class MqttTransport:
         # only; a resumed node probes under another id and keeps its session.
         probe_id = self.client_id if self.fresh else f"{self.client_id}-probe"
         wiped = False
+        refuse_duplicate(self.options, addr, fleet=self.fleet, node_id=self.node_id, client_id=self.client_id,
+                         instance=self.instance)
         if use_v5:
-            verdict = self._probe(addr, v5=True, client_id=probe_id)
+            verdict = probe(self.options, addr, v5=True, client_id=probe_id, node_id=self.node_id)
             if verdict == "unsupported" and proto == "auto":
                 use_v5 = False
             elif verdict != "ok":
@@ -278,15 +189,21 @@ class MqttTransport:
                 wiped = self.fresh
         if not use_v5 or (self.fresh and not wiped):
             # 3.1.1 has no clean-start-then-persist: a clean connection clears the old session
-            verdict = self._probe(addr, v5=use_v5, client_id=probe_id)
+            verdict = probe(self.options, addr, v5=use_v5, client_id=probe_id, node_id=self.node_id)
             if verdict != "ok":
                 raise TransportError(verdict)
         self._v5 = use_v5
-        self._client = self._make_client(addr, v5=use_v5, persistent=True)
+        client = make_client(self.options, addr, client_id=self.client_id, v5=use_v5, persistent=True,
+                             will_topic=topic(self.fleet, self.node_id, "status"))
+        client.on_connect = self._on_connect
+        client.on_disconnect = self._on_disconnect
+        client.on_message = self._on_message
+        client.on_subscribe = self._on_subscribe
+        self._client = client
         try:
             self._client.connect_async(addr.host, addr.port, keepalive=self.options.keepalive_s,
                                        clean_start=False if use_v5 else mqtt.MQTT_CLEAN_START_FIRST_ONLY,
-                                       properties=self._connect_properties() if use_v5 else None)
+                                       properties=connect_properties(self.options) if use_v5 else None)
         except (OSError, ValueError) as exc:
             raise TransportError(f"cannot reach MQTT broker {addr}: {exc}") from exc
         self._client.loop_start()
@@ -296,93 +213,25 @@ class MqttTransport:
                                  f"within {self.options.connect_timeout_s:.0f} s")
         return self
 
-    def _connect_properties(self) -> Properties:
-        props = Properties(PacketTypes.CONNECT)
-        props.SessionExpiryInterval = self.options.session_expiry_s
-        return props
-
-    def _make_client(self, addr: BrokerAddress, *, v5: bool, persistent: bool, client_id: str | None = None) -> mqtt.Client:
-        client = mqtt.Client(
-            CallbackAPIVersion.VERSION2, client_id=client_id or self.client_id,
-            protocol=mqtt.MQTTv5 if v5 else mqtt.MQTTv311,
-            clean_session=None if v5 else not persistent,
-        )
-        user, password = self.options.credentials()
-        if user is not None:
-            client.username_pw_set(user, password)
-        if addr.tls:
-            try:
-                client.tls_set(ca_certs=self.options.ca_file, certfile=self.options.cert_file,
-                               keyfile=self.options.key_file, cert_reqs=ssl.CERT_REQUIRED)
-            except (OSError, ssl.SSLError, ValueError) as exc:
-                raise TransportError(f"TLS set-up for {addr} failed: {exc}") from exc
-            if self.options.insecure:
-                client.tls_insecure_set(True)
-        client.reconnect_delay_set(min_delay=1, max_delay=8)
-        client.max_queued_messages_set(0)  # QoS 1 frames published while offline wait, unbounded
-        if persistent:
-            client.will_set(topic(self.fleet, self.node_id, "status"), b"offline", qos=1, retain=True)
-            client.on_connect = self._on_connect
-            client.on_disconnect = self._on_disconnect
-            client.on_message = self._on_message
-        return client
-
-    def _probe(self, addr: BrokerAddress, *, v5: bool, client_id: str | None = None) -> str:
-        """One short clean connection: "ok", "unsupported" (no MQTT 5) or an error line."""
-        result: dict[str, Any] = {}
-        done = threading.Event()
-        client = self._make_client(addr, v5=v5, persistent=False, client_id=client_id)
-
-        def on_connect(c: mqtt.Client, u: Any, flags: Any, rc: Any, props: Any = None) -> None:
-            result["rc"] = rc
-            done.set()
-
-        def on_disconnect(c: mqtt.Client, u: Any, flags: Any, rc: Any, props: Any = None) -> None:
-            result.setdefault("rc", rc)
-            done.set()
-
-        client.on_connect = on_connect
-        client.on_disconnect = on_disconnect
-        try:
-            client.connect(addr.host, addr.port, keepalive=self.options.keepalive_s,
-                           clean_start=True if v5 else mqtt.MQTT_CLEAN_START_FIRST_ONLY)
-        except ssl.SSLError as exc:
-            return f"TLS handshake with MQTT broker {addr} failed: {exc}"
-        except OSError as exc:
-            return f"cannot reach MQTT broker {addr}: {exc.strerror or exc}"
-        deadline = time.monotonic() + self.options.connect_timeout_s
-        while not done.is_set() and time.monotonic() < deadline:
-            client.loop(0.1)
-        rc = result.get("rc")
-        try:
-            client.disconnect()
-            client.loop(0.05)
-        except Exception:  # noqa: BLE001 - best effort on a throwaway connection
-            pass
-        if rc is None:
-            return f"MQTT broker {addr} did not answer node {self.node_id} within {self.options.connect_timeout_s:.0f} s"
-        if not rc.is_failure:
-            return "ok"
-        if str(rc) == "Unsupported protocol version":
-            return "unsupported"
-        user, _ = self.options.credentials()
-        who = f"user {user!r}" if user else "anonymous"
-        if str(rc) in _AUTH_FAILURES:
-            return f"MQTT broker {addr} refused node {self.node_id} ({who}): {rc}"
-        return f"MQTT broker {addr} refused node {self.node_id}: {rc}"
-
     def _on_connect(self, client: mqtt.Client, userdata: Any, flags: Any, rc: Any, props: Any = None) -> None:
         if rc.is_failure:
             self._refused = f"MQTT broker {self.options.address()} refused node {self.node_id}: {rc}"
-            if str(rc) in _AUTH_FAILURES:  # retrying with the same credentials cannot help
+            if str(rc) in AUTH_FAILURES:  # retrying with the same credentials cannot help
                 client.disconnect()
             return
         # subscriptions first: a persistent session keeps them, but a restarted broker without
         # persistence (amqtt) does not
         subs = [(topic(self.fleet, j, "+"), 1) for j in self.neighbours]
-        if subs:
-            client.subscribe(subs)
-        client.publish(topic(self.fleet, self.node_id, "hello"), self.hello.to_bytes(), qos=1, retain=True)
+        # our own hello and ctl: another process announcing itself under our id
+        subs += [(topic(self.fleet, self.node_id, "hello"), 1), (topic(self.fleet, self.node_id, "ctl"), 1)]
+        _, self._sub_mid = client.subscribe(subs)
+
+    def _on_subscribe(self, client: mqtt.Client, userdata: Any, mid: int, reason_codes: Any, props: Any = None) -> None:
+        """Announce (hello, "online") only once the broker confirmed our subscriptions: a
+        neighbour that sees us online publishes at once, and its frame must not find none."""
+        if mid != self._sub_mid:
+            return
+        client.publish(topic(self.fleet, self.node_id, "hello"), self.hello_payload(), qos=1, retain=True)
         client.publish(topic(self.fleet, self.node_id, "status"), b"online", qos=1, retain=True)
         if not self._first_connect:
             self.stats.reconnects += 1
@@ -395,6 +244,11 @@ class MqttTransport:
         if not self._closing:
             log.info("node %s lost the broker (%s); paho reconnects with backoff", self.node_id, rc)
 
+    def hello_payload(self) -> bytes:
+        """Our retained hello: JSON, sealed when the node has an identity."""
+        data = self.hello.to_bytes()
+        return self.identity.seal("hello", 0, data) if self.identity is not None else data
+
     def _resend(self, client: mqtt.Client) -> None:
         with self._lock:
             recent = list(self._recent)
@@ -404,31 +258,113 @@ class MqttTransport:
                 self.stats.resent += 1
 
     # ------------------------------------------------------------------ receiving
+    def _drop(self, cause: str, detail: str = "") -> None:
+        """Count a dropped input under ``cause``; log the first of each cause."""
+        with self._lock:
+            self.stats.dropped[cause] += 1
+            self._dropped_new += 1
+            first = cause not in self._logged
+            self._logged.add(cause)
+        if first:
+            log.warning("node %s: dropped %s%s (further ones counted, not logged)", self.node_id, cause,
+                        f": {detail}" if detail else "")
+
+    def take_dropped(self) -> int:
+        """Inputs dropped (malformed, forged, flooding, overflow) since the last call."""
+        with self._lock:
+            n, self._dropped_new = self._dropped_new, 0
+            return n
+
     def _on_message(self, client: mqtt.Client, userdata: Any, message: mqtt.MQTTMessage) -> None:
+        """paho's callback: never lets an exception reach paho's network thread."""
+        try:
+            self._handle(client, message)
+        except Exception as exc:  # noqa: BLE001 - one bad message must not unplug the node
+            self._drop(f"handler error ({type(exc).__name__})", str(exc)[:200])
+
+    def _handle(self, client: mqtt.Client, message: mqtt.MQTTMessage) -> None:
         parts = message.topic.split("/")
-        if len(parts) != 4 or parts[0] != "dslth" or parts[1] != self.fleet or parts[3] not in _KINDS:
+        if len(parts) != 4 or parts[0] != "dslth" or parts[1] != self.fleet or parts[3] not in KINDS:
             return
         try:
             sender = int(parts[2])
         except ValueError:
             return
+        kind, payload = parts[3], bytes(message.payload)
+        if sender == self.node_id:
+            self._on_own(client, kind, payload, bool(message.retain))
+            return
         if sender not in self.neighbours:
             return
-        kind, payload = parts[3], bytes(message.payload)
         if kind == "hello":
             self._on_hello(sender, payload)
         elif kind == "status":
-            self._on_status(client, sender, payload)
+            self._on_status(client, sender, payload, bool(message.retain))
         else:
-            self._inbox.put((sender, kind, payload))
+            self._enqueue((sender, kind, payload))
+
+    def _enqueue(self, item: tuple[int, str, bytes]) -> None:
+        overflow = False
+        with self._lock:
+            if len(self._inbox) >= self._inbox_limit:
+                self._inbox.popleft()  # oldest first: the newest frames are the ones still useful
+                overflow = True
+            self._inbox.append(item)
+            self._inbox_ready.notify()
+        if overflow:
+            self._drop("inbox overflow", f"more than {self._inbox_limit} messages waiting")
+
+    def _on_own(self, client: mqtt.Client, kind: str, payload: bytes, retained: bool) -> None:
+        """A message on our own topics: our echo, or another process claiming our node id."""
+        if kind == "ctl":
+            try:
+                msg = parse_control(payload)
+            except ValueError:
+                return  # our own (possibly sealed) key requests come back here
+            if msg["type"] != "ping" or msg.get("instance") == self.instance:
+                return
+            now = time.monotonic()
+            if now - self._last_pong >= _PONG_GAP_S:
+                self._last_pong = now
+                client.publish(topic(self.fleet, self.node_id, "ctl"), pong_payload(msg.get("nonce", "")), qos=1)
+            self._duplicate(str(msg.get("instance", "?"))[:32], f"pid {msg.get('pid', '?')}",
+                            "tried to start and was told to stop")
+        elif kind == "hello" and not retained and payload != self.hello_payload():
+            try:
+                hello = self._open_hello(self.node_id, payload)
+                who, what = str(hello.extra.get("instance", "?"))[:32], f"pid {hello.extra.get('pid', '?')}"
+            except ValueError:
+                who, what = "unverified", "with another key, run epoch or security mode"
+            self._duplicate(who, what, "announced itself")
+            client.publish(topic(self.fleet, self.node_id, "hello"), self.hello_payload(), qos=1, retain=True)
+
+    def _duplicate(self, instance: str, who: str, what: str) -> None:
+        with self._lock:
+            first = instance not in self._duplicates_seen
+            self._duplicates_seen.add(instance)
+        if first:
+            log.warning("node %s: another process (%s) %s as node %s of fleet %r: is --id %s used twice?",
+                        self.node_id, who, what, self.node_id, self.fleet, self.node_id)
+
+    def _open_hello(self, sender: int, payload: bytes) -> Hello:
+        """Verify (when sealed) and parse a hello; ValueError on anything wrong."""
+        if len(payload) > self._max_hello:
+            raise ValueError(f"hello of {len(payload)} bytes")
+        if self.identity is not None:
+            try:
+                payload = self.identity.open(payload, sender=sender, kind="hello").payload
+            except AuthError as exc:
+                raise ValueError(str(exc)) from None
+        return Hello.from_bytes(payload)
 
     def _on_hello(self, sender: int, payload: bytes) -> None:
         if not payload:
             return
         try:
-            hello = Hello.from_bytes(payload)
-        except (ValueError, KeyError, TypeError):
-            log.warning("node %s: malformed hello from node %s ignored", self.node_id, sender)
+            hello = self._open_hello(sender, payload)
+        except ValueError as exc:
+            # the last good hello stands: a forged retained one must not unplug the neighbour
+            self._drop("malformed or unverified hello", f"from node {sender}: {exc}")
             return
         with self._lock:
             self.peers[sender] = hello
@@ -440,42 +376,62 @@ class MqttTransport:
             else:
                 self.incompatible.discard(sender)
 
-    def _on_status(self, client: mqtt.Client, sender: int, payload: bytes) -> None:
+    def _on_status(self, client: mqtt.Client, sender: int, payload: bytes, retained: bool = False) -> None:
+        try:
+            status = parse_status(payload[:MAX_STATUS_BYTES + 1])
+        except ValueError as exc:
+            self._drop("malformed status", f"from node {sender}: {exc}")
+            return
+        now = time.monotonic()
         with self._lock:
-            if payload == b"online":
-                if sender in self._offline:
-                    self._returned.add(sender)
-                self._offline.discard(sender)
-                self.online.add(sender)
-            elif payload == b"offline":
+            if status == "offline":
                 self.online.discard(sender)
                 self._offline.add(sender)
                 return
-            else:
+            transition = sender in self._offline or sender not in self.online
+            if retained and not transition:  # a broker's extra copy of a retained status (amqtt sends one per filter)
                 return
+            if sender in self._offline:
+                self._returned.add(sender)  # the exchange limits the key frames this forces
+            self._offline.discard(sender)
+            self.online.add(sender)
+            recent = now - self._last_resend.get(sender, -_RESEND_GAP_S) < _RESEND_GAP_S
+            if not recent:
+                self._last_resend[sender] = now
+                self._repeats[sender] = 0
+            elif not transition:
+                self._repeats[sender] = self._repeats.get(sender, 0) + 1
+            # a retained and a live "online" may cross on (re)subscription: only a third
+            # repeat within the gap is a flood
+            flood = recent and not transition and self._repeats[sender] > 2
+        if flood:
+            self._drop("status flood", f"node {sender} said online again and again within {_RESEND_GAP_S:.0f} s")
+        if recent:
+            return
         # a neighbour came (back) online: it may have missed our last frames
         self._resend(client)
 
     def poll(self, timeout: float) -> list[Envelope]:
         """Mask/ctl payloads received since the last call, waiting up to ``timeout`` s for the first."""
+        with self._lock:
+            if not self._inbox and timeout > 0:
+                self._inbox_ready.wait(timeout)
+            items = list(self._inbox)
+            self._inbox.clear()
         out: list[Envelope] = []
-        try:
-            item = self._inbox.get(timeout=max(0.0, timeout))
-        except queue.Empty:
-            return out
-        while True:
+        for item in items:
             self._deliver(item, out)
-            try:
-                item = self._inbox.get_nowait()
-            except queue.Empty:
-                return out
+        return out
 
     def _deliver(self, item: tuple[int, str, bytes], out: list[Envelope]) -> None:
         sender, kind, payload = item
         self.stats.messages_in += 1
         self.stats.bytes_in += len(payload)
         if kind == "ctl":
-            out.append(Envelope(sender, kind, payload[:256]))
+            if len(payload) > MAX_CTL_BYTES + 128:  # room for a seal
+                self._drop("oversized control message", f"{len(payload)} bytes from node {sender}")
+            else:
+                out.append(Envelope(sender, kind, payload))
             return
         try:
             frame = self._reassembler.feed(sender, payload)
@@ -501,11 +457,14 @@ class MqttTransport:
         sent = 0
         for msg in messages:
             info = self._client.publish(topic(self.fleet, self.node_id, kind), msg, qos=1)
+            if info.rc == mqtt.MQTT_ERR_QUEUE_SIZE:  # broker away too long: drop, counted; resent/keyed later
+                self.stats.out_dropped += 1
+                continue
             if info.rc not in (mqtt.MQTT_ERR_SUCCESS, mqtt.MQTT_ERR_NO_CONN):  # NO_CONN: queued for the reconnect
                 raise TransportError(f"node {self.node_id}: MQTT publish failed: {mqtt.error_string(info.rc)}")
             sent += len(msg)
             self._unacked.append(info)
-        while self._unacked and _acked(self._unacked[0]):
+        while self._unacked and is_acked(self._unacked[0]):
             self._unacked.popleft()
         self.stats.messages_out += len(messages)
         self.stats.bytes_out += sent
@@ -556,7 +515,7 @@ class MqttTransport:
         reach the broker before the process exits); False on timeout."""
         end = time.monotonic() + timeout
         while self._unacked:
-            if _acked(self._unacked[0]):
+            if is_acked(self._unacked[0]):
                 self._unacked.popleft()
             elif time.monotonic() >= end:
                 return False

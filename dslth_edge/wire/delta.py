@@ -13,11 +13,12 @@ from __future__ import annotations
 
 import math
 from collections import OrderedDict
-from collections.abc import Iterable, Sequence
+from collections.abc import Iterable, Mapping, Sequence
 from typing import Any
 
 import numpy as np
 
+from dslth_edge.wire.errors import HeaderError
 from dslth_edge.wire.frame import decode_frame, encode_frame_stats
 from dslth_edge.wire.results import DecodedFrame, EncodedFrame, Masks
 
@@ -29,6 +30,27 @@ _Packed = tuple[tuple[np.ndarray, tuple[int, ...]], ...]  # per layer: packbits,
 
 def _unpack(bits: np.ndarray, shape: tuple[int, ...]) -> np.ndarray:
     return np.unpackbits(bits, count=math.prod(shape)).view(bool).reshape(shape)
+
+
+def _int(value: Any) -> int:
+    """An int of a loaded state (TypeError for anything else, bools included)."""
+    if isinstance(value, bool) or not isinstance(value, int):
+        raise TypeError(f"expected an int, got {type(value).__name__}")
+    return value
+
+
+def _target(value: Any) -> int | None:
+    """A receiver id of a loaded state: an int, or None for the broadcast."""
+    return None if value is None else _int(value)
+
+
+def _bool_masks(masks: Any) -> tuple[np.ndarray, ...]:
+    """Read-only bool copies of a loaded state's masks (numpy arrays or CPU tensors)."""
+    arrays = [np.asarray(m) for m in masks]
+    for a in arrays:
+        if a.dtype != np.bool_:
+            raise ValueError(f"a mask of a loaded state has dtype {a.dtype}, not bool")
+    return _frozen(arrays)
 
 
 def _frozen(masks: Masks) -> tuple[np.ndarray, ...]:
@@ -123,6 +145,41 @@ class MaskEncoderState:
                     self._last_key[target] = round
                 self._key_requested.clear()
 
+    def state(self) -> dict[str, Any]:
+        """Everything this object holds, as plain data: ints, bools, lists, None and numpy bool
+        arrays (copies), in insertion order. :meth:`load_state` of it continues exactly."""
+        requested = sorted(t for t in self._key_requested if t is not None)
+        return {
+            "key_interval": self.key_interval,
+            "history": self.history,
+            "optimistic": self.optimistic,
+            "receivers": sorted(self.receivers),
+            "sent": [[r, [np.array(m) for m in masks]] for r, masks in self._sent.items()],
+            "confirmed": [[t, r] for t, r in self._confirmed.items()],
+            "last_key": [[t, r] for t, r in self._last_key.items()],  # target None: the broadcast
+            "key_requested": ([None] if None in self._key_requested else []) + requested,
+        }
+
+    def load_state(self, state: Mapping[str, Any]) -> None:
+        """Become the object :meth:`state` described (arrays may be CPU tensors); nothing
+        changes unless the whole state is well formed (else ValueError)."""
+        try:
+            key_interval, history = _int(state["key_interval"]), _int(state["history"])
+            optimistic = state["optimistic"]
+            if key_interval < 1 or history < 1 or not isinstance(optimistic, bool):
+                raise ValueError("key_interval and history must be >= 1, optimistic a bool")
+            sent: OrderedDict[int, tuple[np.ndarray, ...]] = OrderedDict(
+                (_int(r), _bool_masks(masks)) for r, masks in state["sent"])
+            receivers = {_int(t) for t in state["receivers"]}
+            confirmed = {_int(t): _int(r) for t, r in state["confirmed"]}
+            last_key = {_target(t): _int(r) for t, r in state["last_key"]}
+            key_requested = {_target(t) for t in state["key_requested"]}
+        except (KeyError, TypeError, ValueError) as exc:
+            raise ValueError(f"malformed MaskEncoderState state: {type(exc).__name__}: {exc}") from exc
+        self.key_interval, self.history, self.optimistic = key_interval, history, optimistic
+        self.receivers = receivers
+        self._sent, self._confirmed, self._last_key, self._key_requested = sent, confirmed, last_key, key_requested
+
     def encode(
         self, masks: Masks, *, round: int, receiver: int | None = None, **frame_args: Any  # noqa: A002
     ) -> EncodedFrame:
@@ -197,12 +254,58 @@ class PeerMaskStore:
     def forget(self, sender: int) -> None:
         self._peers.pop(sender, None)
 
-    def decode(self, data: bytes | bytearray | memoryview, **decode_args: Any) -> DecodedFrame:
+    def state(self) -> dict[str, Any]:
+        """Everything this store holds, as plain data: ints, lists and numpy uint8 arrays (the
+        packed bits, copies), senders least recently updated first. :meth:`load_state` of it
+        continues exactly."""
+        return {
+            "rounds_per_sender": self.rounds_per_sender,
+            "max_senders": self.max_senders,
+            "peers": [[sender, [[r, [[bits.copy(), list(shape)] for bits, shape in packed]]
+                                for r, packed in rounds.items()]]
+                      for sender, rounds in self._peers.items()],
+        }
+
+    def load_state(self, state: Mapping[str, Any]) -> None:
+        """Become the store :meth:`state` described (arrays may be CPU tensors); nothing
+        changes unless the whole state is well formed (else ValueError)."""
+        try:
+            rounds_per_sender, max_senders = _int(state["rounds_per_sender"]), _int(state["max_senders"])
+            if rounds_per_sender < 1 or max_senders < 1:
+                raise ValueError("rounds_per_sender and max_senders must be >= 1")
+            peers: OrderedDict[int, dict[int, _Packed]] = OrderedDict()
+            for sender, rounds in state["peers"]:
+                held: dict[int, _Packed] = {}
+                for r, packed in rounds:
+                    layers = []
+                    for bits, shape in packed:
+                        dims = tuple(_int(d) for d in shape)
+                        arr = np.array(np.asarray(bits), copy=True)
+                        size = -(-math.prod(dims) // 8)
+                        if arr.dtype != np.uint8 or arr.shape != (size,) or min(dims, default=0) < 0:
+                            raise ValueError(f"packed mask of dtype {arr.dtype} and shape {arr.shape} "
+                                             f"does not hold a mask of shape {dims}")
+                        layers.append((arr, dims))
+                    held[_int(r)] = tuple(layers)
+                peers[_int(sender)] = held
+        except (KeyError, TypeError, ValueError) as exc:
+            raise ValueError(f"malformed PeerMaskStore state: {type(exc).__name__}: {exc}") from exc
+        self.rounds_per_sender, self.max_senders, self._peers = rounds_per_sender, max_senders, peers
+
+    def decode(self, data: bytes | bytearray | memoryview, *, sender: int | None = None,
+               **decode_args: Any) -> DecodedFrame:
         """:func:`decode_frame` with this store as ``base_lookup``; stores the result.
 
+        ``sender``: the sender the network vouches for (e.g. the topic owner); a frame
+        naming another sender raises :class:`HeaderError` and is *not* stored. Without it,
+        whatever a frame claims is stored under the sender it names: verify first (the
+        fleet's :class:`~dslth_edge.fleet.exchange.Exchange` decodes with
+        :func:`decode_frame` and calls :meth:`put` only once every check passed).
         Raises :class:`MissingBaseError` for a delta on an unknown base (then request a
         key frame from ``err.sender``).
         """
         frame = decode_frame(data, base_lookup=self.get, **decode_args)
+        if sender is not None and frame.sender != sender:
+            raise HeaderError(f"frame names sender {frame.sender}, it came from {sender}")
         self.put(frame.sender, frame.round, frame.masks)
         return frame

@@ -330,9 +330,9 @@ def test_classes_scheme_properties(data, nodes, k, seed):
     m = counts_matrix(splits)
     holders = np.zeros((nodes, num_classes), dtype=int)
     # class assignment is balanced: holder counts differ by at most one
-    from dslth_edge.data import _assign_classes
+    from dslth_edge.data import assign_classes
 
-    for i, cls in enumerate(_assign_classes(nodes, num_classes, k, seed)):
+    for i, cls in enumerate(assign_classes(nodes, num_classes, k, seed)):
         assert len(cls) == k == len(set(cls))
         holders[i, cls] = 1
     h = holders.sum(axis=0)

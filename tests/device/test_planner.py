@@ -40,6 +40,7 @@ def synthetic_profile(
     traffic_bytes: float = 1e15,
     dtype: str = "fp32",
     can_train: bool = True,
+    channel_multiple: int = 1,
 ) -> Profile:
     """A profile whose budgets are given in the planner's own units."""
     data = {
@@ -56,7 +57,7 @@ def synthetic_profile(
             "effective_fp32_gmacs": fp32_gmacs,
             "effective_int8_gmacs": int8_gmacs,
             "per_op_overhead_us": overhead_us,
-            "channel_multiple": 4,
+            "channel_multiple": channel_multiple,
         },
         "budget": {
             "latency_ms": latency_ms,
@@ -72,7 +73,8 @@ def synthetic_profile(
 
 
 def lc(name, params, macs, in_elems, out_elems, input_from, prunable_out=True):
-    return LayerCost(name, "conv", 1, 1, params, macs, in_elems, out_elems, input_from, prunable_out)
+    # 100 channels: every grid keep k = i/100 is an exact channel count (channel_multiple 1)
+    return LayerCost(name, "conv", 100, 100, params, macs, in_elems, out_elems, input_from, prunable_out)
 
 
 def two_layers():
@@ -212,7 +214,9 @@ def test_unstructured_export_stays_dense():
         plan(three_layers(), synthetic_profile(latency_ms=5.0), granularity="unstructured")
     message = str(info.value)
     assert "latency: 6.15 ms predicted vs 5 ms budget" in message
-    assert "dense" in message and "0.02" in message
+    assert "0.02" in message and "latency binds" in message
+    assert "nearest feasible: --granularity channel (keep 0.87)" in message  # 6k ms + 0.15 <= 5 at the grid
+    assert "\n" not in message and info.value.binding == "latency"
     # every layer (the classifier too) carries k of its weights in unstructured mode
     pred = predict(three_layers(), synthetic_profile(), 0.25, granularity="unstructured")
     assert [layer.mask_density for layer in pred.layers] == [0.25, 0.25, 0.25]
@@ -370,7 +374,9 @@ def test_esp32_keeps_less_than_jetson_nano_on_paper_cnn():
     esp = plan(costs, load_profile("esp32-s3"))
     assert esp.keep_ratio < jetson.keep_ratio
     assert (jetson.keep_ratio, jetson.binding) == (1.0, "none")
-    assert (esp.keep_ratio, esp.binding) == (0.60, "latency")
+    # channels rounded down to esp32-s3's multiple of 16: 64*0.68 -> 32, 128*0.68 -> 80, ...
+    assert (esp.keep_ratio, esp.binding) == (0.68, "latency")
+    assert esp.channels == {"conv1": 32, "conv2": 80, "conv3": 160, "fc1": 128, "fc2": 10}
     assert esp.dtype == "int8" and not esp.can_train
 
 
@@ -400,6 +406,10 @@ def fake_models(monkeypatch):
     module.build_model = build_model
     module.layer_costs = lambda model, input_shape: paper_cnn_costs()
     monkeypatch.setitem(sys.modules, "dslth_edge.learn.models", module)
+    from dslth_edge.device import training  # the training rows trace a model too: the same stand-in
+
+    monkeypatch.setattr(training, "trace_model", lambda name, shape, classes: training.trace_from_costs(
+        name, paper_cnn_costs(), shape, saved_fixed_bytes=0.0, saved_per_sample_bytes=4.0 * 64 * 28 * 28, batch_norm=False))
     return calls
 
 
@@ -409,7 +419,7 @@ def test_cli_plan_text(fake_models):
     )
     assert result.exit_code == 0, result.output
     assert fake_models == [("paper-cnn", (1, 28, 28), 10)]
-    assert "keep 0.60 — bound by latency: 198.9 ms predicted vs 200 ms budget" in result.output
+    assert "keep 0.68 — bound by latency: 193.7 ms predicted vs 200 ms budget" in result.output
     for word in ("storage", "ram", "traffic", "conv3", "inference target"):
         assert word in result.output
 

@@ -240,7 +240,7 @@ def test_cli_list_table_and_json():
     assert result.exit_code == 0, result.output
     for name in REQUIRED:
         assert name in result.output
-    assert "Cortex-A57" in result.output and "onnx fp32" in result.output
+    assert "Cortex-A57" in result.output and "onnx/fp32" in result.output
 
     result = runner.invoke(profiles, ["list", "--json"])
     assert result.exit_code == 0

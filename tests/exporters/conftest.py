@@ -41,3 +41,34 @@ def exported_tflite(trained_run: Path, tmp_path_factory: pytest.TempPathFactory)
         "tflite": dict(format="tflite", quantize="none", compare_dense=False),
         "tflite-int8": dict(format="tflite", quantize="int8", round_channels=True, compare_dense=False),
     })
+
+
+@pytest.fixture(scope="session")
+def mcu_fleet(tmp_path_factory: pytest.TempPathFactory) -> dict[str, object]:
+    """A short simulated fleet of two microcontroller nodes (nrf52840, esp32-s3), then
+    ``dslth-edge export`` with no run, format or dtype option, run from the folder that
+    holds runs/: {"cwd", "run", "exit_code", "output"}. Each node becomes a TFLite Micro
+    int8 bundle (its profile's default); aeq route and 300 test samples keep it short.
+    """
+    import os
+
+    from click.testing import CliRunner
+
+    from dslth_edge.cli import cli
+    from dslth_edge.fleet.plan import FleetOptions
+    from dslth_edge.fleet.simulator import simulate
+
+    pytest.importorskip("litert_torch")
+    pytest.importorskip("tflite_micro")
+    cwd = tmp_path_factory.mktemp("mcu-fleet")
+    run = cwd / "runs" / "fleet"
+    simulate(FleetOptions(nodes=2, topology="full", dataset="synthetic", model="mcu-cnn", granularity="channel", keep=0.5,
+                          rounds=10, eval_every=10, eval_samples=200, profiles=("nrf52840", "esp32-s3"), out=str(run),
+                          overrides={"batch_size": 64}), write_plots=False)
+    before = os.getcwd()
+    os.chdir(cwd)
+    try:
+        res = CliRunner().invoke(cli, ["export", "--int8-route", "aeq", "--no-dense", "--eval-samples", "300"])
+    finally:
+        os.chdir(before)
+    return {"cwd": cwd, "run": run, "exit_code": res.exit_code, "output": res.output, "exception": res.exception}

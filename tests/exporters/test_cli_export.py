@@ -78,8 +78,11 @@ def test_json_report(trained_run, tmp_path) -> None:
     res = CliRunner().invoke(cli, ["export", "--run", str(trained_run / "node-0"), "--out", str(out), "--no-dense",
                                    "--eval-samples", "200", "--json"])
     assert res.exit_code == 0, res.output
-    doc = json.loads(res.stdout)
+    docs = json.loads(res.stdout)
+    assert len(docs) == 1  # one report per exported node
+    doc = docs[0]
     assert doc["file"] == str(out) and out.is_file()
+    assert doc["budget"]["profile"] == "x86-host" and doc["budget"]["verdict"] == "fits"
     assert [r["variant"] for r in doc["rows"]] == ["masked-dense", "shrunk", "shrunk+int8"]
     assert doc["parity"]["max_abs_diff"] <= 1e-4
     assert json.loads((tmp_path / "report.json").read_text())["exports"]["m.onnx"]["format"] == "onnx"
@@ -88,3 +91,4 @@ def test_json_report(trained_run, tmp_path) -> None:
 def test_default_output_path(tmp_path) -> None:
     assert pipeline.default_output(Path("r/node-2"), "tflite", "int8") == Path("r/node-2/exports/model-int8.tflite")
     assert pipeline.default_output(Path("r/node-0"), "onnx", "none") == Path("r/node-0/exports/model.onnx")
+    assert pipeline.default_output(Path("r/node-1"), "tflm", "int8") == Path("r/node-1/exports/tflm-int8/model.tflite")

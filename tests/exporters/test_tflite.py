@@ -79,3 +79,19 @@ def test_dynamic_quantization(exported_tflite) -> None:
     assert runner.input_quantization is None and len(data) < path.stat().st_size
     x = np.random.default_rng(1).standard_normal((64, 1, 28, 28)).astype(np.float32)
     assert (runner.run(x).argmax(1) == TfliteRunner(path).run(x).argmax(1)).mean() >= 0.9
+
+
+def test_litert_torch_private_flatbuffer_accessor_still_exists() -> None:
+    """litert-torch's private ``_exporter.to_bytes()`` (wrapped by litert_torch_flatbuffer): fail loudly if it moves."""
+    import litert_torch
+
+    from dslth_edge.exporters.tflite import litert_torch_flatbuffer
+    from dslth_edge.exporters.tflm import model_ops
+
+    module = torch.nn.Sequential(torch.nn.Flatten(), torch.nn.Linear(8, 3)).eval()
+    edge_model = litert_torch.convert(module, (torch.zeros(1, 2, 4),))
+    data = litert_torch_flatbuffer(edge_model)
+    assert data is not None, "litert-torch no longer keeps the flatbuffer at edge_model._exporter.to_bytes()"
+    assert "FULLY_CONNECTED" in model_ops(data).ops
+    x = np.arange(8, dtype=np.float32).reshape(1, 2, 4)
+    np.testing.assert_allclose(TfliteRunner(data).run(x), module(torch.from_numpy(x)).detach().numpy(), atol=1e-5)

@@ -112,3 +112,62 @@ def test_refuses_to_overwrite_a_run(tmp_path: Path) -> None:
     simulate(_opts(tmp_path, "local", rounds=1), dataset=TINY, write_plots=False)
     with pytest.raises(UsageError, match="already holds"):
         simulate(_opts(tmp_path, "local", rounds=1), dataset=TINY, write_plots=False)
+
+
+PAPER_SHAPE = (1, 28, 28)
+
+
+def test_paper_cnn_heterogeneous_fleet_mcu_models_fit(tmp_path: Path) -> None:
+    """jetson-nano, raspberry-pi-4, nrf52840 on the paper CNN: each node trains its own plan; the MCU's
+    shrunk model has at most the planned channels and fits its budgets (structure and budgets, not accuracy)."""
+    from dslth_edge.device.profiles import BYTES_PER_VALUE, load_profile
+    from dslth_edge.exporters.shrink import count_params, shrink, shrunk_info
+    from dslth_edge.profiler.analysis import analyze_torch_module
+    from dslth_edge.profiler.predictor import predict
+    from dslth_edge.runs.runinfo import load_run
+
+    ds = make_synthetic(shape=PAPER_SHAPE, num_classes=4, train_size=96, test_size=24, noise=2.0)
+    opts = FleetOptions(nodes=3, topology="ring", dataset="synthetic", partition="iid", model="paper-cnn", rounds=4,
+                        eval_every=2, eval_samples=8, out=str(tmp_path / "run"),
+                        profiles=("jetson-nano", "raspberry-pi-4", "nrf52840"),
+                        overrides={"batch_size": 8, "group_lasso": 1e-4, "drop_threshold": 0.5})
+    simulate(opts, dataset=ds, write_plots=False)
+    for i in range(3):
+        cfg = json.loads((tmp_path / "run" / f"node-{i}" / "config.json").read_text())
+        plan = cfg["extra"]["plan"]  # the plan actually used
+        assert plan["profile"] == cfg["profile"]
+        if cfg["profile"] != "nrf52840":
+            assert plan["route"] == "unstructured" and plan["channels"] is None and cfg["channels"] is None
+            continue
+        assert plan["route"] == "progressive" and cfg["channels"] == plan["channels"]
+        profile = load_profile("nrf52840")
+        info = load_run(tmp_path / "run", i, load_data=False)
+        shrunk = shrink(info.model, PAPER_SHAPE)
+        widths = list(shrunk_info(shrunk).widths().values())
+        assert all(w <= c for w, c in zip(widths, plan["channels"])), (widths, plan["channels"])
+        assert widths[-1] == 4  # every class row stays
+        ops = list(analyze_torch_module(shrunk, torch.zeros(1, *PAPER_SHAPE)).ops)
+        assert predict(ops, profile, dtype="int8").total_ms <= profile.budget.latency_ms
+        weight_bytes = count_params(shrunk) * BYTES_PER_VALUE["int8"]
+        assert weight_bytes <= profile.model_storage_budget_bytes
+        # op.bytes = (input + output + weights) elements x 4 (fp32 analysis): activations in elements
+        peak_act = max(op.bytes / BYTES_PER_VALUE["fp32"] - op.params for op in ops)
+        assert weight_bytes + peak_act * BYTES_PER_VALUE["int8"] <= profile.model_ram_budget_bytes
+
+
+def test_simulate_refuses_when_no_plan_fits(tmp_path: Path) -> None:
+    root = Path(__file__).resolve().parents[2]
+    tight = tmp_path / "tight-nrf.toml"
+    tight.write_text((root / "firmware_profiles" / "nrf52840.toml").read_text()
+                     .replace("latency_ms = 500.0", "latency_ms = 5.0"))
+    res = CliRunner().invoke(cli, [
+        "simulate", "--nodes", "2", "--dataset", "synthetic", "--model", "paper-cnn", "--rounds", "1",
+        "--profiles", f"jetson-nano,{tight}", "--out", str(tmp_path / "run"),
+    ])
+    from dslth_edge.device.planner import PlanError
+
+    assert isinstance(res.exception, PlanError), res.output  # cli main maps it to exit 2
+    assert res.exception.exit_code == 2 and "\n" not in str(res.exception)
+    assert "tight-nrf" in str(res.exception) and "latency binds" in str(res.exception)
+    assert "nearest feasible: --model mcu-cnn" in str(res.exception)
+    assert not (tmp_path / "run" / "node-0" / "metrics.jsonl").exists()

@@ -90,8 +90,15 @@ def test_resume_refuses_other_settings_and_missing_runs(tmp_path: Path) -> None:
 def test_keep_comes_from_the_plan(tmp_path: Path) -> None:
     res = train(_opts(tmp_path / "a", keep=None, rounds=1, profile="jetson-nano"))
     assert res.keep == MAX_LEARNING_KEEP and "capped" in res.keep_source
-    res = train(_opts(tmp_path / "b", keep=None, rounds=1, profile="nrf52840", model="paper-cnn", granularity="channel"))
+    # an MCU cannot train: the host trains on its behalf only when asked, and says so
+    with pytest.raises(UsageError, match="can_train = false.*--for-device"):
+        train(_opts(tmp_path / "b", keep=None, rounds=1, profile="nrf52840", model="paper-cnn", granularity="channel"))
+    res = train(_opts(tmp_path / "b", keep=None, rounds=1, profile="nrf52840", model="paper-cnn", granularity="channel",
+                      for_device=True))
     assert res.keep < MAX_LEARNING_KEEP and "bound by" in res.keep_source
+    assert res.for_device == "nrf52840"
+    cfg = json.loads((Path(res.node_dir) / "config.json").read_text())
+    assert cfg["extra"]["for_device"] is True and "trained on this host for nrf52840" in cfg["extra"]["trained_by"]
 
 
 def test_bad_options(tmp_path: Path) -> None:

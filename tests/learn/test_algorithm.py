@@ -67,9 +67,11 @@ def test_neighbour_average_mixed_keep_ratios() -> None:
 
 def test_structured_drop_by_hand() -> None:
     mask = torch.tensor([[True, True, True, False], [True, False, False, False], [False] * 4])
-    out = drop_sparse_channels(mask, 0.5)  # channel 1 keeps 1/4 < 0.5: dropped whole
+    # relative to the layer's keep 0.5: channels keeping < 0.5 * 0.5 = 1/4 go; channel 1 keeps exactly 1/4
+    assert torch.equal(drop_sparse_channels(mask, 0.5, keep=0.5), mask)
+    out = drop_sparse_channels(mask, 0.6, keep=0.5)  # < 0.3: channel 1 (1/4) dropped whole
     assert out.tolist() == [[True, True, True, False], [False] * 4, [False] * 4]
-    assert torch.equal(drop_sparse_channels(mask, 0.0), mask)
+    assert torch.equal(drop_sparse_channels(mask, 0.0, keep=0.5), mask)
 
 
 def test_presets() -> None:

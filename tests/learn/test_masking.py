@@ -118,8 +118,10 @@ def test_gate_zeroes_pruned_channels_after_batchnorm() -> None:
 
 def test_drop_sparse_channels() -> None:
     m = torch.tensor([[1, 0, 0, 0], [1, 1, 1, 0]], dtype=torch.bool)
-    assert drop_sparse_channels(m, 0.5).tolist() == [[False] * 4, [True, True, True, False]]
-    assert torch.equal(drop_sparse_channels(m, 0.0), m)
+    # keep 0.5: τ = 0.6 drops channels keeping < 0.3 of their weights (channel 0 keeps 1/4)
+    assert drop_sparse_channels(m, 0.6, keep=0.5).tolist() == [[False] * 4, [True, True, True, False]]
+    assert torch.equal(drop_sparse_channels(m, 0.4, keep=0.5), m)  # < 0.2: nothing goes
+    assert torch.equal(drop_sparse_channels(m, 0.0, keep=0.5), m)
 
 
 def test_group_lasso_is_channel_norm_sum() -> None:

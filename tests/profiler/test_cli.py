@@ -152,3 +152,24 @@ def test_input_shape_parsing() -> None:
     for bad in ("3xx2", "a=b", "0x3"):
         with pytest.raises(UsageError):
             parse_input_shape(bad)
+
+
+def test_mcu_verdict_uses_tflite_micro_figures(small_tflite: Path, small_onnx: Path) -> None:
+    """esp32-s3 runs TFLite Micro: memory is the TFLM arena, latency the prediction; the host's figures do not count."""
+    pytest.importorskip("tflite_micro")
+    from dslth_edge.exporters.tflm import measure_arena
+
+    doc = json.loads(invoke(str(small_tflite), *FAST, "--profile", "esp32-s3", "--json"))
+    checks = {c["name"]: c for c in doc["models"][0]["verdict"]["checks"]}
+    assert set(checks) == {"host latency", "predicted latency", "memory", "host memory", "storage"}
+    assert checks["memory"]["value"] == measure_arena(small_tflite.read_bytes()).recommended_bytes
+    assert checks["memory"]["decides"] and "TFLite Micro tensor arena" in checks["memory"]["basis"]
+    assert checks["predicted latency"]["decides"] and checks["storage"]["decides"]
+    assert not checks["host latency"]["decides"] and not checks["host memory"]["decides"]
+    assert "on this host, not on the device" in checks["host latency"]["basis"]
+    assert "on this host, not on the device" in checks["host memory"]["basis"]
+    out = invoke(str(small_tflite), *FAST, "--profile", "esp32-s3")
+    assert "info host memory:" in out and "TFLite Micro tensor arena" in out
+    onnx_doc = json.loads(invoke(str(small_onnx), *FAST, "--profile", "esp32-s3", "--json"))
+    memory = {c["name"]: c for c in onnx_doc["models"][0]["verdict"]["checks"]}["memory"]
+    assert memory["value"] is None and "TFLite Micro runs .tflite files" in memory["basis"]

@@ -117,3 +117,16 @@ def test_torch_backend_on_a_shrunk_directory(tmp_path: Path) -> None:
     (tmp_path / "model.pt").write_bytes(b"not loaded")
     with pytest.raises(UsageError, match="pickled"):
         profile_model(tmp_path / "model.pt")
+
+
+def test_litert_private_ops_details_still_exist(small_tflite: Path) -> None:
+    """LiteRT's private ``_get_ops_details()`` (wrapped by litert_ops_details): fail loudly if it disappears."""
+    from dslth_edge.profiler.analysis import litert_ops_details, tflite_interpreter_class
+
+    cls = tflite_interpreter_class()[0]
+    it = cls(model_path=str(small_tflite))
+    it.allocate_tensors()
+    details = litert_ops_details(it)
+    assert details is not None, "the LiteRT interpreter no longer has _get_ops_details()"
+    assert details and all({"index", "op_name", "inputs", "outputs"} <= set(d) for d in details)
+    assert any(d["op_name"] == "CONV_2D" for d in details)

@@ -1,15 +1,11 @@
-"""The latency predictor: its arithmetic, its fit, and its accuracy on this machine.
+"""The latency predictor: its arithmetic and its fit (on synthetic points with known constants).
 
-Accuracy: calibrate this machine, write the host profile, load it back like
-``--profile host.toml`` would, predict every zoo model (paper-cnn, mcu-cnn, resnet-8) at
-keep 0.1 / 0.3 / 0.5 (shrunk by dslth_edge.exporters.shrink, exported with torch.onnx.export),
-and measure each with onnxruntime on 1 thread. Target: median |pred - meas| / meas <= 25 %.
-Measurements are round-robin best-of-passes medians (the machine is shared).
+How well it predicts a real machine is a measured figure, not a test assertion:
+tools/bench_predictor.py calibrates this host, predicts the zoo and prints the errors.
 """
 
 from __future__ import annotations
 
-import statistics
 from pathlib import Path
 
 import pytest
@@ -17,16 +13,11 @@ import pytest
 from dslth_edge.profiler.analysis import OpCost
 from dslth_edge.profiler.calibrate import (
     CalibrationPoint,
-    best_of_passes,
-    calibrate,
     fit_calibration,
     fit_latency_model,
 )
-from dslth_edge.profiler.host_profile import write_host_profile
 from dslth_edge.profiler.predictor import DeviceModel, op_costs_from_layer_costs, padded_macs, predict
 from dslth_edge.device.profiles import load_profile
-
-TARGET = 0.25
 
 
 def _conv(name: str, macs: int, cout: int, nbytes: int = 0) -> OpCost:
@@ -93,53 +84,3 @@ def test_layer_costs_agree_with_the_shrunk_onnx_graph(tmp_path: Path) -> None:
     assert [op.macs for op in ops] == [op.macs for op in graph.ops if op.macs]
     assert [op.out_channels for op in ops] == [op.out_channels for op in graph.ops if op.macs]
 
-
-def _zoo_onnx(directory: Path) -> tuple[list[tuple[str, Path]], str]:
-    from .zoo import ZOO, export_onnx, shrunk_or_scaled
-
-    out, how = [], ""
-    for name, shape, classes in ZOO:
-        for keep in (0.1, 0.3, 0.5):
-            module, how = shrunk_or_scaled(name, shape, classes, keep)
-            out.append((f"{name}@{keep}", Path(export_onnx(module, shape, str(directory / f"{name}-{keep}.onnx")))))
-    return out, how
-
-
-def _measure(paths: list[Path]) -> list[float]:
-    from dslth_edge.profiler.backends import OnnxRuntimeRunner
-
-    runners = []
-    for p in paths:
-        r = OnnxRuntimeRunner(p, threads=1)
-        r.load()
-        r.prepare_inputs()
-        runners.append(r)
-    return best_of_passes([r.run for r in runners], passes=5, min_runs=20, min_seconds=0.05, warmup=5)
-
-
-@pytest.mark.slow
-def test_predictor_accuracy_on_the_zoo(tmp_path: Path) -> None:
-    pytest.importorskip("torch")
-    pytest.importorskip("onnx")
-    models, how = _zoo_onnx(tmp_path)
-    lines: list[str] = []
-    for attempt in range(2):  # one retry: a burst of load can skew calibration against measurement
-        cal = calibrate(threads=1)
-        prof = load_profile(str(write_host_profile(cal, tmp_path / "host.toml")))
-        measured = _measure([p for _, p in models])
-        errs, errs_full = [], []
-        lines = [f"attempt {attempt + 1}: models from {how}; profile fit {cal.schema.to_dict()}",
-                 f"{'model':16s} {'measured':>10s} {'predicted':>10s} {'error':>7s} {'full model':>10s} {'error':>7s}"]
-        for (name, path), meas in zip(models, measured):
-            pred = predict(path, prof).total_s
-            full = predict(path, cal.full.device_model()).total_s
-            errs.append(abs(pred - meas) / meas)
-            errs_full.append(abs(full - meas) / meas)
-            lines.append(f"{name:16s} {meas * 1e6:8.1f}us {pred * 1e6:8.1f}us {100 * (pred - meas) / meas:+6.1f}% "
-                         f"{full * 1e6:8.1f}us {100 * (full - meas) / meas:+6.1f}%")
-        med, med_full = statistics.median(errs), statistics.median(errs_full)
-        lines.append(f"median |error|: profile {100 * med:.1f}%, full model {100 * med_full:.1f}%")
-        print("\n".join(lines))
-        if med <= TARGET:
-            return
-    pytest.fail("predictor median error above 25 %:\n" + "\n".join(lines))

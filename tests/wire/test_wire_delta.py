@@ -129,3 +129,98 @@ def test_lossy_sequence_always_converges(seed: int, k: int, drops: list[bool]) -
             assert same(store.decode(enc.data, **DECODE_ARGS).masks, masks)
         except MissingBaseError as err:
             state.request_key(err.sender)
+
+
+def test_store_decode_with_sender_refuses_before_storing() -> None:
+    """A frame naming sender 3 that came from node 5 is refused and leaves the store as it was."""
+    from dslth_edge.wire import HeaderError
+
+    masks = drift(1, 1)[0]
+    data = MaskEncoderState().encode(masks, round=0, **FRAME_ARGS).data
+    store = PeerMaskStore()
+    with pytest.raises(HeaderError, match="names sender 3"):
+        store.decode(data, sender=5, **DECODE_ARGS)
+    assert store.get(3, 0) is None and store.rounds(3) == []
+    assert same(store.decode(data, sender=3, **DECODE_ARGS).masks, masks) and store.rounds(3) == [0]
+
+
+def _state_equal(a: object, b: object) -> bool:
+    """Two plain states (dicts, lists, ints, arrays …) hold the same values, arrays by dtype and content."""
+    if isinstance(a, np.ndarray) or isinstance(b, np.ndarray):
+        a, b = np.asarray(a), np.asarray(b)
+        return a.dtype == b.dtype and a.shape == b.shape and np.array_equal(a, b)
+    if isinstance(a, dict) and isinstance(b, dict):
+        return list(a) == list(b) and all(_state_equal(a[k], b[k]) for k in a)
+    if isinstance(a, list) and isinstance(b, list):
+        return len(a) == len(b) and all(_state_equal(x, y) for x, y in zip(a, b))
+    return type(a) is type(b) and a == b
+
+
+def test_encoder_and_store_state_round_trip() -> None:
+    """state() is plain data (no object of this package); load_state() of it into fresh objects
+    continues exactly: the same frames, bases and decisions as the originals, round after round."""
+    seq = drift(7, 12)
+    enc = MaskEncoderState(key_interval=5, history=3, receivers=[4, 2], optimistic=True)
+    store = PeerMaskStore(rounds_per_sender=2, max_senders=3)
+    for rnd in range(6):
+        store.decode(enc.encode(seq[rnd], round=rnd, **FRAME_ARGS).data, **DECODE_ARGS)
+    enc.confirm(4, 5)
+    enc.request_key(2)  # a unicast request: the broadcast's key flag (None) is set too
+    enc.sent(5, seq[5], base_round=None, receiver=9)  # a unicast key: a per-target last key
+    store.put(8, 1, seq[1])
+    store.put(1, 0, seq[0])  # senders 3, 8, 1 in update order; 1 round each kept for 8 and 1
+    es, ss = enc.state(), store.state()
+    plain = (dict, list, int, bool, str, type(None), np.ndarray)
+
+    def walk(x: object) -> None:
+        assert isinstance(x, plain), type(x)
+        for v in (x.values() if isinstance(x, dict) else x if isinstance(x, list) else ()):
+            walk(v)
+
+    walk(es)
+    walk(ss)
+    assert es["key_requested"] == [None, 2] and [9, 5] in es["last_key"] and [s for s, _ in ss["peers"]] == [3, 8, 1]
+    enc2, store2 = MaskEncoderState(), PeerMaskStore()
+    enc2.load_state(es)
+    store2.load_state(ss)
+    assert _state_equal(enc2.state(), es) and _state_equal(store2.state(), ss)
+    es["sent"][0][1][0][0, 0] ^= True  # the state is a copy: editing it changes neither object
+    assert not _state_equal(enc.state(), es) and not _state_equal(enc2.state(), es)
+    kinds = []
+    for rnd in range(6, 12):
+        a = enc.encode(seq[rnd], round=rnd, **FRAME_ARGS)
+        b = enc2.encode(seq[rnd], round=rnd, **FRAME_ARGS)
+        assert a.data == b.data
+        kinds.append(a.kind)
+        assert same(store.decode(a.data, **DECODE_ARGS).masks, store2.decode(b.data, **DECODE_ARGS).masks)
+        assert _state_equal(store.state(), store2.state())
+    assert kinds[0] == "key" and "delta" in kinds  # the requested key, then deltas on restored bases
+    store.put(5, 0, seq[0])  # the least recently updated sender (8) is evicted from both
+    store2.put(5, 0, seq[0])
+    assert store.get(8, 1) is None and store2.get(8, 1) is None and store2.get(1, 0) is not None
+
+
+def test_malformed_state_is_refused_and_changes_nothing() -> None:
+    enc, store = MaskEncoderState(optimistic=True), PeerMaskStore()
+    store.decode(enc.encode(drift(2, 1)[0], round=0, **FRAME_ARGS).data, **DECODE_ARGS)
+    es, ss = enc.state(), store.state()
+    bad_encoder = [
+        {**es, "sent": [[0, [m.astype(np.uint8) for m in es["sent"][0][1]]]]},  # not bool masks
+        {**es, "history": 0},
+        {**es, "confirmed": [["1", 0]]},
+        {k: v for k, v in es.items() if k != "last_key"},
+        b"\x80\x04pickled",
+    ]
+    for bad in bad_encoder:
+        with pytest.raises(ValueError, match="MaskEncoderState"):
+            enc.load_state(bad)  # type: ignore[arg-type]
+    bits = ss["peers"][0][1][0][1][0][0]
+    bad_store = [
+        {**ss, "peers": [[3, [[0, [[bits[:-1], SHAPES[0]]]]]]]},  # too few packed bytes for the shape
+        {**ss, "peers": [[3, [[0, [[bits.astype(np.int64), SHAPES[0]]]]]]]},
+        {**ss, "max_senders": True},
+    ]
+    for bad in bad_store:
+        with pytest.raises(ValueError, match="PeerMaskStore"):
+            store.load_state(bad)
+    assert _state_equal(enc.state(), es) and _state_equal(store.state(), ss)

@@ -1,0 +1,49 @@
+"""One copy of the fixed weights for every node of a process.
+
+Every node of a fleet derives the same fixed weights from the fleet's weight seed
+(:mod:`dslth_edge.learn.masking`), and nothing writes them after a node is built: the
+node learns scores, the weights stay buffers. The nodes that one ``fleet run`` worker
+(or the simulator) hosts can therefore point their weight buffers at one shared
+tensor per layer instead of holding a copy each. Sharing is keyed by the weights'
+fingerprint (a SHA-256 of names, shapes and values), so only bit-identical weights are
+ever shared; the registry holds weak references, so the tensors go when the last node
+using them does.
+"""
+
+from __future__ import annotations
+
+import threading
+import weakref
+from typing import Any
+
+import torch
+
+from dslth_edge.learn.masking import masked_layers
+
+__all__ = ["share_fixed_weights"]
+
+_POOL: weakref.WeakValueDictionary[tuple[bytes, str], torch.Tensor] = weakref.WeakValueDictionary()
+_LOCK = threading.Lock()
+
+
+def share_fixed_weights(node: Any) -> int:
+    """Point ``node``'s fixed weight buffers at the process-wide copy; returns the bytes freed.
+
+    The first node with a fingerprint registers its tensors; later ones drop their own.
+    Dense baselines (whose weights train) are left alone.
+    """
+    if getattr(node, "dense", False):
+        return 0
+    freed = 0
+    with _LOCK:
+        for name, layer in masked_layers(node.model):
+            key = (bytes(node.fingerprint), name)
+            shared = _POOL.get(key)
+            w = layer.weight
+            if shared is None or shared.shape != w.shape or shared.dtype != w.dtype:
+                _POOL[key] = w
+                continue
+            if shared is not w:
+                layer.weight = shared  # a registered buffer: nn.Module keeps it a buffer
+                freed += w.numel() * w.element_size()
+    return freed

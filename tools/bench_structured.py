@@ -1,0 +1,202 @@
+#!/usr/bin/env python3
+"""Structured routes compared on a heterogeneous fleet: accuracy, shrunk size, budgets.
+
+For each model and route, one simulated MCE-PL fleet (Fashion-MNIST; the paper-4 split
+over the paper graph with 20 nodes, else ``classes:4`` over a ring), profiles mixed as
+in the README. Routes (``--granularity`` of every training command, plus options):
+
+``unstructured``  weight-level masks at keep 0.5 for every node, the dense shape kept
+                  (the baseline at the same keep ratio; MCU budgets are *not* met);
+``channel``       channel-level scores (whole output channels by mean score);
+``progressive``   group sparsity on the scores + progressive relative-threshold drop
+                  down to the plan's channel counts (the default for nodes that must shrink);
+``drop-only``     the progressive route without group sparsity (λ = 0);
+``early``         progressive with the channel counts reached after the first round.
+
+mcu-cnn fits every profile whole, so its structured routes use ``--keep 0.5`` as the
+channel fraction (learning quality at the same widths); the paper CNN uses each
+profile's own plan. Per route and profile it prints the mean personalized accuracy,
+shrunk params and MACs, weight bytes (or the exported file with ``--export``), the
+predicted latency on the device, and how many nodes fit every budget; then a dense
+narrow model with the shrunk model's exact widths, trained locally on each node for
+the same number of steps.
+
+    .venv/bin/python tools/bench_structured.py --nodes 20 --rounds 100     # the full setting
+    .venv/bin/python tools/bench_structured.py --nodes 5 --rounds 40 --models mcu-cnn   # reduced
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import statistics
+import sys
+import tempfile
+import time
+from collections import defaultdict
+from pathlib import Path
+from typing import Any
+
+import torch
+import torch.nn.functional as F
+
+from dslth_edge.data import batch_indices, load_dataset
+from dslth_edge.device.profiles import BYTES_PER_VALUE, load_profile
+from dslth_edge.exporters.shrink import count_macs, count_params, shrink, shrunk_info
+from dslth_edge.fleet.plan import FleetOptions
+from dslth_edge.fleet.simulator import simulate
+from dslth_edge.profiler.analysis import analyze_torch_module
+from dslth_edge.profiler.predictor import predict
+from dslth_edge.runs.runinfo import load_run
+
+PAPER = Path(__file__).resolve().parents[1].parent / "shared" / "paper"
+PROFILES = ("jetson-nano", "raspberry-pi-4", "esp32-s3", "stm32h743", "nrf52840")
+ROUTES: dict[str, dict[str, Any]] = {
+    "unstructured": {"granularity": "unstructured", "keep": 0.5},
+    "channel": {"granularity": "channel"},
+    "progressive": {"granularity": "progressive", "group_lasso": None, "drop_threshold": None},
+    "drop-only": {"granularity": "progressive", "group_lasso": 0.0, "drop_threshold": None},
+    "early": {"granularity": "progressive", "group_lasso": None, "drop_threshold": None, "drop_until": 0.0},
+}
+
+
+def node_figures(run: Path, i: int, export: bool) -> dict[str, Any]:
+    """Shrunk params/MACs, bytes, predicted latency and budget checks of node ``i``."""
+    info = load_run(run, i, load_data=export)
+    cfg = info.config
+    profile = load_profile(cfg["profile"])
+    shape = info.input_shape
+    shrunk = shrink(info.model, shape)
+    ops = list(analyze_torch_module(shrunk, torch.zeros(1, *shape)).ops)
+    dtype = profile.export.dtype
+    latency = predict(ops, profile, dtype=dtype).total_ms
+    params = count_params(shrunk)
+    weight_bytes = params * BYTES_PER_VALUE[dtype]
+    peak_act = max(op.bytes / 4 - op.params for op in ops) * BYTES_PER_VALUE[dtype]
+    ram = weight_bytes + peak_act
+    storage = float(weight_bytes)
+    ok = (latency <= profile.budget.latency_ms and storage <= profile.model_storage_budget_bytes
+          and ram <= profile.model_ram_budget_bytes)
+    if export:
+        from dslth_edge.exporters.pipeline import ExportOptions, export_node
+
+        rep = export_node(ExportOptions(run=str(info.node_dir), format="tflite",
+                                        quantize="int8" if dtype == "int8" else "none", compare_dense=False))
+        storage = float(Path(rep.file).stat().st_size)
+        ok = bool((rep.budget or {}).get("ok"))
+    plan = cfg["extra"].get("plan") or {}
+    return {"profile": profile.name, "params": params, "macs": count_macs(shrunk, shape), "bytes": storage,
+            "latency_ms": latency, "fits": ok, "plan_macs": plan.get("macs"),
+            "widths": list(shrunk_info(shrunk).widths().values()), "shrunk": shrunk, "shape": shape}
+
+
+def dense_narrow_accuracy(shrunk: torch.nn.Module, run: Path, i: int, steps: int, batch: int, seed: int) -> float:
+    """A dense model with the shrunk widths, weights trained locally on node ``i``'s data (SGD 0.01, momentum 0.9)."""
+    info = load_run(run, i)
+    model = shrunk
+    for p in model.parameters():
+        p.requires_grad_(True)
+    opt = torch.optim.SGD(model.parameters(), lr=0.01, momentum=0.9, weight_decay=5e-4)
+    ds, split = info.dataset, info.split
+    assert ds is not None and split is not None
+    model.train()
+    for step in range(steps):
+        idx = batch_indices(split.train_indices, batch, step, seed)
+        x, y = torch.from_numpy(ds.train_batch(idx)), torch.from_numpy(ds.y_train[idx])
+        loss = F.cross_entropy(model(x), y)
+        opt.zero_grad()
+        loss.backward()
+        opt.step()
+    model.eval()
+    with torch.no_grad():
+        idx = split.test_indices
+        correct = 0
+        for s in range(0, len(idx), 500):
+            part = idx[s:s + 500]
+            out = model(torch.from_numpy(ds.test_batch(part)))
+            correct += int((out.argmax(1) == torch.from_numpy(ds.y_test[part])).sum())
+    return correct / max(1, len(idx))
+
+
+def main() -> int:
+    ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    ap.add_argument("--nodes", type=int, default=20)
+    ap.add_argument("--rounds", type=int, default=100)
+    ap.add_argument("--batch-size", type=int, default=64)
+    ap.add_argument("--models", default="mcu-cnn,paper-cnn")
+    ap.add_argument("--routes", default=",".join(ROUTES))
+    ap.add_argument("--profiles", default=",".join(PROFILES))
+    ap.add_argument("--group-lasso", type=float, default=1e-4, help="λ of the progressive routes")
+    ap.add_argument("--drop-threshold", type=float, default=0.5, help="τ of the progressive routes (relative)")
+    ap.add_argument("--workers", type=int, default=1)
+    ap.add_argument("--export", action="store_true", help="export TFLite per node (file size, measured RAM)")
+    ap.add_argument("--no-dense", action="store_true", help="skip the dense narrow local models")
+    ap.add_argument("--json", default=None, help="write all figures here")
+    ap.add_argument("--out", default=None, help="keep the runs here (default: a temporary directory)")
+    a = ap.parse_args()
+    torch.set_num_threads(1)
+    ds = load_dataset("fashion-mnist")
+    paper = a.nodes == 20 and (PAPER / "train_counts_4.txt").is_file()
+    partition = f"file:{PAPER / 'train_counts_4.txt'}" if paper else "classes:4"
+    topology = str(PAPER / "adjacency_20.txt") if paper else "ring"
+    print(f"# bench_structured: {a.nodes} nodes, {a.rounds} rounds, batch {a.batch_size}, partition "
+          f"{'paper-4' if paper else partition}, topology {'paper graph' if paper else topology}, "
+          f"λ {a.group_lasso}, τ {a.drop_threshold}", flush=True)
+    base = Path(a.out) if a.out else Path(tempfile.mkdtemp(prefix="bench-structured-"))
+    results: list[dict[str, Any]] = []
+    for model in a.models.split(","):
+        for route in a.routes.split(","):
+            spec = dict(ROUTES[route])
+            over: dict[str, Any] = {"batch_size": a.batch_size}
+            if "group_lasso" in spec:
+                lam = a.group_lasso if spec["group_lasso"] is None else spec["group_lasso"]
+                over.update(group_lasso=lam, structured_group_lasso=lam,  # 0 means none, not the preset's
+                            drop_threshold=a.drop_threshold, structured_drop_threshold=a.drop_threshold)
+            if "drop_until" in spec:
+                over["drop_until"] = spec["drop_until"]
+            keep = spec.get("keep")
+            if model == "mcu-cnn" and spec["granularity"] != "unstructured":
+                keep = 0.5  # mcu-cnn fits every profile whole: compare at channel fraction 0.5
+            run = base / f"{model}-{route}"
+            opts = FleetOptions(nodes=a.nodes, topology=topology, dataset="fashion-mnist", partition=partition,
+                                profiles=tuple(a.profiles.split(",")), model=model, keep=keep,
+                                granularity=spec["granularity"], rounds=a.rounds, eval_every=max(1, a.rounds // 4),
+                                out=str(run), overrides=over)
+            t0 = time.perf_counter()
+            simulate(opts, dataset=ds, write_plots=False, workers=a.workers)
+            sim_s = time.perf_counter() - t0
+            per_node = []
+            for i in range(a.nodes):
+                summary_acc = json.loads((run / f"node-{i}" / "metrics.jsonl").read_text().splitlines()[-1])["acc"]
+                fig = node_figures(run, i, a.export)
+                fig["accuracy"] = summary_acc
+                if not a.no_dense:
+                    fig["dense_narrow"] = dense_narrow_accuracy(fig["shrunk"], run, i, a.rounds, a.batch_size, seed=i)
+                del fig["shrunk"], fig["shape"]
+                per_node.append(fig)
+            by_profile: dict[str, list[dict[str, Any]]] = defaultdict(list)
+            for f in per_node:
+                by_profile[f["profile"]].append(f)
+            print(f"\n## {model} · {route} ({sim_s:.0f} s)")
+            print(f"{'profile':<15}{'acc':>7}{'dense':>7}{'params':>9}{'MACs':>9}{'bytes':>9}{'lat ms':>9}"
+                  f"{'MAC/plan':>9}{'fit':>6}")
+            for prof, fs in by_profile.items():
+                mean = lambda k: statistics.fmean(f[k] for f in fs)  # noqa: E731
+                dense = f"{100 * mean('dense_narrow'):.1f}" if not a.no_dense else "-"
+                ratio = ("-" if any(f["plan_macs"] in (None, 0) for f in fs) else
+                         f"{max(f['macs'] / f['plan_macs'] for f in fs):.2f}")
+                print(f"{prof:<15}{100 * mean('accuracy'):>7.1f}{dense:>7}{mean('params'):>9.0f}{mean('macs'):>9.3g}"
+                      f"{mean('bytes'):>9.0f}{mean('latency_ms'):>9.4g}{ratio:>9}"
+                      f"{sum(f['fits'] for f in fs):>3}/{len(fs)}")
+            accs = [f["accuracy"] for f in per_node]
+            print(f"{'all':<15}{100 * statistics.fmean(accs):>7.1f}"
+                  + (f"{100 * statistics.fmean(f['dense_narrow'] for f in per_node):>7.1f}" if not a.no_dense else "")
+                  + f"   fit {sum(f['fits'] for f in per_node)}/{len(per_node)}", flush=True)
+            results.append({"model": model, "route": route, "seconds": sim_s, "nodes": per_node})
+    if a.json:
+        Path(a.json).write_text(json.dumps(results, indent=1, default=float))
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())
