@@ -207,10 +207,11 @@ def train(
     algo = get_preset(opts.preset, "local", **opts.overrides())
     training = node_training_plan(opts.model, input_shape, num_classes, profile, algo, len(ds.y_train), len(ds.y_test),
                                   ds.memory_mapped)
-    # micro-batches keep the device's own training RAM; a gateway (for_device) trains on
-    # this host, whose memory the MCU's budget says nothing about
-    if gateway is None and training.fits and algo.micro_batch == 0 and training.accumulation != 1:
-        algo = replace(algo, micro_batch=training.micro_batch)
+    # micro-batches keep the device's own training RAM (when nothing fits, the smallest, and
+    # train warns); a gateway (for_device) trains on this host, whose memory the MCU's
+    # budget says nothing about
+    if gateway is None and algo.micro_batch == 0 and training.accumulation != 1:
+        algo = replace(algo, micro_batch=max(1, training.micro_batch))
     run_dir = Path(opts.out) if opts.out else default_run_dir(opts.profile, opts.dataset)
     weight_seed = opts.seed if opts.weight_seed is None else opts.weight_seed
     extra = {"dataset": opts.dataset, "data_dir": opts.data_dir, "partition": "all", "keep_source": keep_source,
