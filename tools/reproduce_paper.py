@@ -190,7 +190,7 @@ def main(argv: list[str] | None = None) -> int:
                 if summary is None:
                     results.setdefault("unfinished", []).append({"run": tag, "round": resume_round(o.out), "of": o.rounds})
                     continue
-                summary["bits_per_param_round"] = bits_per_param_round(summary, o, tuple(ds.x_train.shape[1:]), ds.num_classes)
+                summary["bits_per_param_round"] = bits_per_param_round(summary, o, ds.input_shape, ds.num_classes)
                 per_seed.append(summary)
             if not per_seed:
                 continue
