@@ -1,7 +1,7 @@
 """``dslth-edge export`` as a library call: run directory → verified model file + report.
 
-Steps: load the node (fingerprint-checked) → optional channel rounding (accuracy
-re-evaluated) → shrink (checked against the masked model on real inputs) → shrink.json
+Steps: load the node (fingerprint-checked) → shrink, padded with exactly-zero channels to
+the profile's channel multiple (checked against the masked model on real inputs) → shrink.json
 → convert (ONNX or TFLite) → parity of the fp32 file with its runtime → optional
 quantization (calibrated on the node's own training inputs) → accuracy of every variant
 on the node's test split → metadata into the file → atomic write → report.json.
@@ -26,7 +26,6 @@ import numpy as np
 import torch
 
 from dslth_edge.errors import ExportError, UsageError
-from dslth_edge.learn.masking import set_masks
 from dslth_edge.runs.rundir import atomic_write_bytes
 from dslth_edge.runs.runinfo import RunInfo, accuracy, load_run
 from dslth_edge.exporters.shrink import (
@@ -34,7 +33,6 @@ from dslth_edge.exporters.shrink import (
     count_nonzero_params,
     count_params,
     fold_batchnorm,
-    round_channels,
     save_shrunk,
     shrink,
     shrunk_info,
@@ -74,8 +72,7 @@ class ExportOptions:
     quantize: str = "none"
     calibration: int = 200  # training inputs for static int8 calibration
     out: str | None = None
-    round_channels: bool = False  # round kept channel counts up to the profile's multiple
-    channel_multiple: int | None = None  # explicit multiple (implies rounding)
+    channel_multiple: int | None = None  # zero-pad shrunk widths to this (None: the profile's; 1: no padding)
     parity_samples: int = 100
     eval_samples: int | None = None  # None: the node's whole test split
     int8_route: str = "auto"  # TFLite static int8: "auto", "aeq" (ai-edge-quantizer) or "pt2e" (litert-torch)
@@ -110,18 +107,15 @@ def _file_format(fmt: str) -> str:
     return "tflite" if fmt == "tflm" else fmt
 
 
-def _channel_multiple(info: RunInfo, opts: ExportOptions) -> int | None:
+def _channel_multiple(opts: ExportOptions, profile: Any) -> int:
+    """The multiple shrunk widths are zero-padded to: ``--channel-multiple``, else the node's
+    profile's ``compute.channel_multiple`` (what its plan and the latency predictor assume),
+    else 1 (no padding) for a node without a profile."""
     if opts.channel_multiple is not None:
         if opts.channel_multiple < 1:
             raise UsageError(f"--channel-multiple must be >= 1, got {opts.channel_multiple}")
         return int(opts.channel_multiple)
-    if not opts.round_channels:
-        return None
-    if not info.profile:
-        raise UsageError("--round-channels needs the run's profile (none recorded): pass --channel-multiple N")
-    from dslth_edge.device.profiles import load_profile
-
-    return int(load_profile(info.profile).compute.channel_multiple)
+    return 1 if profile is None else int(profile.compute.channel_multiple)
 
 
 def _convert(module: torch.nn.Module, shape: tuple[int, int, int], fmt: str, layout: str = "NCHW") -> bytes:
@@ -252,22 +246,11 @@ def export_node(opts: ExportOptions) -> ExportReport:
     x_par, _ = info.test_arrays(opts.parity_samples)
     seconds["load"] = time.perf_counter() - t0
 
-    # ---- masks: the final ones, or rounded to the channel multiple
+    # ---- shrink (zero-padded to the channel multiple: the same function), checked on real inputs
     acc_masked = accuracy(model, x_test, y_test)
-    rounding: dict[str, Any] | None = None
-    multiple = _channel_multiple(info, opts)
-    if multiple is not None:
-        t = time.perf_counter()
-        rr = round_channels(model, shape, multiple)
-        set_masks(model, rr.masks)
-        acc_rounded = accuracy(model, x_test, y_test)
-        rounding = {**rr.to_dict(), "accuracy_before": acc_masked, "accuracy_after": acc_rounded}
-        acc_masked = acc_rounded
-        seconds["round"] = time.perf_counter() - t
-
-    # ---- shrink, checked on real inputs
+    multiple = _channel_multiple(opts, hw)
     t = time.perf_counter()
-    shrunk = shrink(model, shape)
+    shrunk = shrink(model, shape, channel_multiple=multiple)
     with torch.no_grad():
         xt = torch.from_numpy(np.ascontiguousarray(x_par))
         ref = model(xt).numpy()
@@ -360,8 +343,9 @@ def export_node(opts: ExportOptions) -> ExportReport:
         file=str(out), format=opts.format, quantize=opts.quantize, provenance=provenance, rows=rows,
         parity={"max_abs_diff": parity, "samples": int(len(x_par)), "tolerance": PARITY_TOL, "runtime": float_runner.backend},
         shrink={"max_abs_diff_vs_masked": diff, "tolerance": SHRINK_TOL, "widths": shrunk_info(shrunk).widths(),
+                "channel_multiple": multiple, "padding": shrunk_info(shrunk).padding(),
                 "shrink_json": str(shrink_json)},
-        rounding=rounding, quantization=quant, seconds=seconds, notes=notes, tflm=tflm,
+        quantization=quant, seconds=seconds, notes=notes, tflm=tflm,
     )
     if opts.judge:
         if hw is None:

@@ -53,8 +53,7 @@ class ExportReport:
     provenance: dict[str, Any]
     rows: list[VariantRow]
     parity: dict[str, Any]  # fp32 file vs torch: max_abs_diff, samples, tolerance
-    shrink: dict[str, Any]  # widths, max |masked - shrunk|, shrink.json path
-    rounding: dict[str, Any] | None = None  # multiple, re-admitted channels, accuracy before/after
+    shrink: dict[str, Any]  # widths, zero padding per layer, channel multiple, max |masked - shrunk|, shrink.json path
     quantization: dict[str, Any] | None = None  # int8 input/output (scale, zero point), route, drop
     seconds: dict[str, float] = field(default_factory=dict)
     notes: list[str] = field(default_factory=list)
@@ -68,15 +67,20 @@ class ExportReport:
         return d
 
     def table(self) -> tuple[list[str], list[list[str]]]:
-        """(header, rows) of strings for printing."""
-        header = ["model", "params", "non-zero", "MACs", "file", "≤ bound", "accuracy", "measured with"]
+        """(header, rows) of strings for printing; narrow enough for an 80-column terminal
+        (which runtime measured each accuracy is :meth:`measured_with`)."""
+        header = ["model", "params", "non-zero", "MACs", "file", "fits", "accuracy"]
         rows = []
         for r in self.rows:
             size = "-" if r.file_bytes is None else _kib(r.file_bytes)
             ok = "-" if r.file_bytes is None or r.variant == "masked-dense" else ("yes" if r.file_bytes <= r.size_bound else "NO")
             acc = "-" if r.accuracy is None else f"{100 * r.accuracy:.2f}%"
-            rows.append([r.variant, f"{r.params:,}", f"{r.nonzero_params:,}", f"{r.macs / 1e6:.2f} M", size, ok, acc, r.measured_with])
+            rows.append([r.variant, f"{r.params:,}", f"{r.nonzero_params:,}", f"{r.macs / 1e6:.2f} M", size, ok, acc])
         return header, rows
+
+    def measured_with(self) -> str:
+        """One line: the runtime that measured each variant's accuracy."""
+        return "accuracy measured with: " + "; ".join(f"{r.variant} {r.measured_with}" for r in self.rows)
 
 
 def _kib(n: int) -> str:

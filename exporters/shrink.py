@@ -19,10 +19,16 @@ Three steps, each exact in eval mode:
 
 The output layer (the model's last masked layer) keeps all its outputs.
 
-Channel rounding (:func:`round_channels`) works on the masks, before shrinking: each
-group's kept width is rounded up to the profile's channel multiple by re-admitting the
-dead channels with the highest scores, since fast kernels (XNNPACK, NEON, int8 GEMM)
-process channels in blocks and a width just past a multiple costs a whole block.
+Zero-channel padding (``channel_multiple``): fast kernels (XNNPACK, NEON, CMSIS-NN,
+int8 GEMMs) process output channels in blocks, so a shrunk group whose kept width is
+not a multiple is padded up to the next one (never beyond the dense width) with
+channels that are exactly zero: the padding slots are pruned channels whose producer
+weights, BatchNorm scale/shift/mean (variance 1) and consumer input weights (conv input
+channels, the flattened columns of a linear) are all set to 0. Every slot was dead
+(no consumer read it), so the shrunk module still computes the masked model's function
+exactly; no pruned channel is ever given its weights back. A zero channel stays 0
+through BatchNorm (scale 0, shift 0), ReLU, pooling and residual adds (all members of
+an add's group are padded together).
 
 A shrunk module is saved as ``shrink.json`` (architecture, layer shapes, widths,
 provenance) plus ``shrunk.npz`` (plain arrays); :func:`load_shrunk` rebuilds the
@@ -34,9 +40,8 @@ from __future__ import annotations
 import copy
 import io
 import json
-import math
 from collections.abc import Sequence
-from dataclasses import asdict, dataclass, field
+from dataclasses import asdict, dataclass
 from pathlib import Path
 from typing import Any
 
@@ -45,7 +50,7 @@ import torch
 from torch import nn
 
 from dslth_edge.errors import ExportError
-from dslth_edge.learn.masking import ChannelGate, MaskedConv2d, MaskedLayer, MaskedLinear, keep_count, masked_layers
+from dslth_edge.learn.masking import ChannelGate, MaskedConv2d, MaskedLayer, MaskedLinear, masked_layers
 from dslth_edge.learn.models import ModelSpec, arch_name, build_model
 from dslth_edge.runs.rundir import atomic_write_bytes, write_json
 
@@ -55,12 +60,11 @@ __all__ = [
     "SHRUNK_ARRAYS",
     "LayerWidth",
     "ShrunkInfo",
-    "RoundingResult",
+    "padded_width",
     "to_plain",
     "shrink",
     "fold_batchnorm",
     "shrunk_info",
-    "round_channels",
     "count_params",
     "count_nonzero_params",
     "count_macs",
@@ -84,11 +88,12 @@ class LayerWidth:
     name: str
     kind: str  # "conv" | "depthwise" | "linear"
     in_channels: int
-    out_channels: int
+    out_channels: int  # padding included
     dense_in: int
     dense_out: int
     params: int  # weights stored in the shrunk layer (zeros inside kept channels included)
     nonzero: int  # of which non-zero
+    padded: tuple[int, ...] = ()  # output channels that are zero padding (indices in the shrunk layer)
 
 
 @dataclass(frozen=True)
@@ -99,34 +104,38 @@ class ShrunkInfo:
     input_shape: tuple[int, int, int]
     num_classes: int
     layers: tuple[LayerWidth, ...]
+    channel_multiple: int = 1  # widths were padded with zero channels to multiples of this
 
     def widths(self) -> dict[str, int]:
-        """Output channels per layer name."""
+        """Output channels per layer name (zero padding included)."""
         return {w.name: w.out_channels for w in self.layers}
+
+    def padding(self) -> dict[str, int]:
+        """Zero output channels added per layer name (layers without padding left out)."""
+        return {w.name: len(w.padded) for w in self.layers if w.padded}
 
     def to_dict(self) -> dict[str, Any]:
         return {"arch": self.arch, "input_shape": list(self.input_shape), "num_classes": self.num_classes,
-                "layers": [asdict(w) for w in self.layers]}
+                "channel_multiple": self.channel_multiple,
+                "layers": [{**asdict(w), "padded": list(w.padded)} for w in self.layers]}
 
     @classmethod
     def from_dict(cls, d: dict[str, Any]) -> "ShrunkInfo":
+        # files written before padding existed have neither "padded" nor "channel_multiple"
+        layers = tuple(LayerWidth(**{**w, "padded": tuple(int(i) for i in w.get("padded", ()))}) for w in d["layers"])
         return cls(d.get("arch"), tuple(int(s) for s in d["input_shape"]), int(d["num_classes"]),  # type: ignore[arg-type]
-                   tuple(LayerWidth(**w) for w in d["layers"]))
+                   layers, int(d.get("channel_multiple", 1)))
 
 
-@dataclass(frozen=True)
-class RoundingResult:
-    """Masks whose kept channel counts are multiples of ``multiple`` (where the layer allows)."""
-
-    masks: list[torch.Tensor]
-    multiple: int
-    readmitted: list[tuple[str, int]] = field(default_factory=list)  # (layer, output channel) turned back on
-    widths_before: dict[str, int] = field(default_factory=dict)  # group root layer -> shrunk width
-    widths_after: dict[str, int] = field(default_factory=dict)
-
-    def to_dict(self) -> dict[str, Any]:
-        return {"multiple": self.multiple, "readmitted": [list(r) for r in self.readmitted],
-                "widths_before": self.widths_before, "widths_after": self.widths_after}
+def padded_width(kept: int, size: int, multiple: int) -> int:
+    """Width of a shrunk group that keeps ``kept`` of its ``size`` channels, padded with zero
+    channels to a multiple of ``multiple``: at least one channel (a layer cannot have
+    width 0), never more than ``size`` (padding past the dense width only adds work)."""
+    if multiple < 1:
+        raise ExportError(f"channel multiple must be >= 1, got {multiple}")
+    if size < 1:
+        raise ExportError(f"a layer has at least one channel, got {size}")
+    return min(size, max(1, -(-max(kept, 0) // multiple)) * multiple)
 
 
 # --------------------------------------------------------------------------------------
@@ -279,8 +288,13 @@ class _Group:
     root: nn.Module
     root_name: str
     size: int
-    dead: list[int]  # root indices that no consumer reads
+    dead: list[int]  # root indices that no consumer reads (all of them may be dead)
     producers: dict[str, dict[int, int]]  # layer name -> {root index: its output channel}
+
+    @property
+    def kept(self) -> int:
+        """Channels some consumer reads: what the group must keep before padding."""
+        return self.size - len(self.dead)
 
 
 def _is_depthwise(mod: nn.Module) -> bool:
@@ -328,12 +342,8 @@ def _analyse(plain: nn.Module, input_shape: Sequence[int]) -> tuple[Any, list[_G
             for i, r in zip(item.idxs, item.root_idxs):
                 if bool(reads[i]):
                     read[r] = True
-        if not supported or not has_consumer:
-            dead: list[int] = []
-        else:
-            dead = [int(i) for i in torch.nonzero(~read).flatten()]
-            if len(dead) == size:  # keep one (zero) channel: a layer cannot have width 0
-                dead = dead[1:]
+        # an unsupported group, or one nobody reads (only the model output), stays whole
+        dead = [int(i) for i in torch.nonzero(~read).flatten()] if supported and has_consumer else []
         groups.append(_Group(root, names[root], size, dead, producers))
     return dg, groups
 
@@ -346,7 +356,8 @@ def shrunk_info(shrunk: nn.Module) -> ShrunkInfo:
     return info
 
 
-def _layer_widths(shrunk: nn.Module, dense: dict[str, tuple[int, int]]) -> tuple[LayerWidth, ...]:
+def _layer_widths(shrunk: nn.Module, dense: dict[str, tuple[int, int]],
+                  padded: dict[str, tuple[int, ...]]) -> tuple[LayerWidth, ...]:
     out = []
     for name, mod in shrunk.named_modules():
         if isinstance(mod, nn.Conv2d):
@@ -357,34 +368,93 @@ def _layer_widths(shrunk: nn.Module, dense: dict[str, tuple[int, int]]) -> tuple
         else:
             continue
         din, dout = dense.get(name, (cin, cout))
-        out.append(LayerWidth(name, kind, cin, cout, din, dout, int(mod.weight.numel()), int((mod.weight != 0).sum())))
+        out.append(LayerWidth(name, kind, cin, cout, din, dout, int(mod.weight.numel()), int((mod.weight != 0).sum()),
+                              padded.get(name, ())))
     return tuple(out)
 
 
-def shrink(model: nn.Module, input_shape: Sequence[int]) -> nn.Module:
+def _zero_channels(dg: Any, group: _Group, slots: list[int]) -> None:
+    """Make the group's channels ``slots`` (root indices) exactly zero everywhere they appear.
+
+    Producers (conv/linear rows, depthwise channels) and their BatchNorm get zero weights
+    and biases (BN: mean 0, variance 1, so the normalised value is 0 too); consumers get
+    zero input weights (conv input channels, a linear's flattened columns), so nothing
+    downstream depends on the slot even in the int8 file, where a zero weight stays 0.
+    The slots are dead (no consumer reads them), so this changes no output.
+    """
+    if not slots:
+        return
+    fn = dg.get_pruner_of_module(group.root).prune_out_channels
+    with torch.no_grad():
+        for item in dg.get_pruning_group(group.root, fn, slots).items:
+            mod, handler = item.dep.target.module, item.dep.handler
+            idx = torch.as_tensor([int(i) for i in item.idxs], dtype=torch.long)
+            if isinstance(mod, nn.BatchNorm2d):
+                if mod.affine:
+                    mod.weight[idx] = 0.0
+                    mod.bias[idx] = 0.0
+                if mod.running_mean is not None and mod.running_var is not None:
+                    mod.running_mean[idx] = 0.0
+                    mod.running_var[idx] = 1.0
+            elif isinstance(mod, (nn.Conv2d, nn.Linear)):
+                if _is_depthwise(mod) or dg.is_out_channel_pruning_fn(handler):
+                    mod.weight[idx] = 0.0
+                    if mod.bias is not None:
+                        mod.bias[idx] = 0.0
+                else:
+                    mod.weight[:, idx] = 0.0
+
+
+def shrink(model: nn.Module, input_shape: Sequence[int], *, channel_multiple: int = 1) -> nn.Module:
     """A plain module (eval mode) without the model's dead channels; same outputs as ``model``.
 
     ``model`` is a masked model with its masks pinned (``set_masks``) or taken from its
-    scores; ``input_shape`` is (C, H, W). The result carries a :class:`ShrunkInfo`
-    (see :func:`shrunk_info`); save it with :func:`save_shrunk`.
+    scores; ``input_shape`` is (C, H, W). ``channel_multiple``: each coupled group's width
+    is padded with exactly-zero channels to a multiple of it (:func:`padded_width`; 1: no
+    padding); the padding slots are dead channels whose weights are zeroed, never
+    pruned channels given their weights back, so the outputs stay the masked model's.
+    The result carries a :class:`ShrunkInfo` (see :func:`shrunk_info`); save it with
+    :func:`save_shrunk`.
     """
     shape = tuple(int(s) for s in input_shape)
     if len(shape) != 3:
         raise ExportError(f"input_shape must be (C, H, W), got {input_shape!r}")
+    multiple = int(channel_multiple)
+    if multiple < 1:
+        raise ExportError(f"channel multiple must be >= 1, got {channel_multiple}")
     arch = arch_name(model)
     plain = to_plain(model)
     dense = {n: ((m.in_channels, m.out_channels) if isinstance(m, nn.Conv2d) else (m.in_features, m.out_features))
              for n, m in plain.named_modules() if isinstance(m, (nn.Conv2d, nn.Linear))}
     dg, groups = _analyse(plain, shape)
+    removals: list[tuple[_Group, list[int]]] = []  # (group, root indices to remove)
+    padded: dict[str, tuple[int, ...]] = {}
     for g in groups:
-        if g.dead:
+        if not g.dead:
+            continue
+        # the lowest dead indices become the zero padding (any dead slot would do: a zero
+        # channel's position does not matter); the rest is removed
+        n_pad = padded_width(g.kept, g.size, multiple) - g.kept
+        slots, remove = g.dead[:n_pad], g.dead[n_pad:]
+        _zero_channels(dg, g, slots)
+        removals.append((g, remove))
+        gone, pads = set(remove), set(slots)
+        for name, idx in g.producers.items():
+            removed = sorted(c for r, c in idx.items() if r in gone)
+            pos = tuple(sorted(c - sum(1 for x in removed if x < c) for r, c in idx.items() if r in pads))
+            if pos:
+                padded[name] = pos
+    # every group's slots are zeroed before any removal: pruning renumbers channels
+    for g, remove in removals:
+        if remove:
             fn = dg.get_pruner_of_module(g.root).prune_out_channels
-            dg.get_pruning_group(g.root, fn, g.dead).prune()
+            dg.get_pruning_group(g.root, fn, remove).prune()
     plain.eval()
     for p in plain.parameters():
         p.requires_grad_(False)
     num_classes = int(_output_layer(plain).weight.shape[0])
-    setattr(plain, _INFO_ATTR, ShrunkInfo(arch, shape, num_classes, _layer_widths(plain, dense)))  # type: ignore[arg-type]
+    info = ShrunkInfo(arch, shape, num_classes, _layer_widths(plain, dense, padded), multiple)  # type: ignore[arg-type]
+    setattr(plain, _INFO_ATTR, info)
     return plain
 
 
@@ -406,86 +476,6 @@ def fold_batchnorm(module: nn.Module) -> nn.Module:
     if info is not None:
         setattr(out, _INFO_ATTR, info)
     return out
-
-
-# --------------------------------------------------------------------------------------
-# Channel rounding
-# --------------------------------------------------------------------------------------
-def _channel_scores(layer: MaskedLayer) -> torch.Tensor:
-    """Mean |y| per output channel, relative to the layer's mean (comparable across layers)."""
-    y = layer.aggregated_scores().detach().abs()
-    per = y.reshape(y.shape[0], -1).mean(1)
-    return per / per.mean().clamp_min(1e-12)
-
-
-def _readmit(layer: MaskedLayer, mask: torch.Tensor, channel: int) -> torch.Tensor:
-    """``mask`` with output channel ``channel`` turned back on.
-
-    Channel masks get the whole channel; unstructured masks the channel's top
-    ``keep`` fraction of |y| (the layer's own density).
-    """
-    mask = mask.clone()
-    if layer.granularity == "channel":
-        mask[channel] = True
-        return mask
-    y = layer.aggregated_scores().detach().abs()[channel].flatten()
-    k = keep_count(y.numel(), layer.keep)
-    top = torch.topk(y, k).indices
-    row = mask[channel].flatten().clone()
-    row[top] = True
-    mask[channel] = row.view_as(mask[channel])
-    return mask
-
-
-def round_channels(model: nn.Module, input_shape: Sequence[int], multiple: int, *, max_passes: int = 4) -> RoundingResult:
-    """Masks with each coupled group's shrunk width rounded up to a multiple of ``multiple``.
-
-    For each group of ``n`` kept channels out of ``N``, ``min(N, ⌈n/multiple⌉·multiple) - n``
-    dead channels come back: those with the highest channel score (mean |y|, relative to
-    the layer), turned on in every masked layer of the group that had pruned them. The
-    model itself is not changed; pin the result with ``set_masks`` to evaluate it.
-    """
-    if multiple < 1:
-        raise ExportError(f"channel multiple must be >= 1, got {multiple}")
-    shape = tuple(int(s) for s in input_shape)
-    names = [n for n, _ in masked_layers(model)]
-    layers = dict(masked_layers(model))
-    masks = {n: _layer_mask(layer).clone() for n, layer in layers.items()}
-    saved = [layer.mask_override for layer in layers.values()]
-    readmitted: list[tuple[str, int]] = []
-    before: dict[str, int] = {}
-    after: dict[str, int] = {}
-    try:
-        for _ in range(max_passes):
-            for n, layer in layers.items():
-                layer.mask_override = masks[n]
-            _, groups = _analyse(to_plain(model), shape)
-            widths = {g.root_name: g.size - len(g.dead) for g in groups}
-            if not before:
-                before = dict(widths)
-            after = widths
-            changed = False
-            for g in groups:
-                kept = g.size - len(g.dead)
-                target = min(g.size, math.ceil(kept / multiple) * multiple)
-                if target == kept or not g.dead:
-                    continue
-                def score(r: int) -> float:
-                    return max((float(_channel_scores(layers[n])[c]) for n, idx in g.producers.items()
-                                if n in layers and (c := idx.get(r)) is not None), default=0.0)
-                for r in sorted(g.dead, key=lambda r: (-score(r), r))[: target - kept]:
-                    for n, idx in g.producers.items():
-                        c = idx.get(r)
-                        if n in layers and c is not None and not bool(masks[n][c].any()):
-                            masks[n] = _readmit(layers[n], masks[n], c)
-                            readmitted.append((n, c))
-                            changed = True
-            if not changed:
-                break
-    finally:
-        for layer, m in zip(layers.values(), saved):
-            layer.mask_override = m
-    return RoundingResult([masks[n] for n in names], multiple, readmitted, before, after)
 
 
 # --------------------------------------------------------------------------------------

@@ -23,12 +23,6 @@ SKIP_ALLOW_LIST: dict[str, str] = {
     # the same test runs on Mosquitto (its [mosquitto] case), which must not skip.
     "the embedded broker (amqtt) reads no Mosquitto password file or ACL file":
         "amqtt has no password/ACL file support; covered on Mosquitto",
-    # tests/transport: the [embedded] variants of the multi-node fleet tests. A known amqtt
-    # 0.12.1 race loses frames by luck (see AMQTT_RACE in tests/transport/conftest.py): a
-    # test that fails by luck is what CI must not have. Each runs on Mosquitto, which
-    # must not skip; the embedded broker still carries a `fleet run` CLI test.
-    "amqtt 0.12.1 subscription-table race":
-        "a third-party race makes the result luck; the same tests run on Mosquitto",
 }
 
 

@@ -1,11 +1,11 @@
 #!/usr/bin/env python
-"""Does shrinking pay off in measured latency? masked-dense vs shrunk vs shrunk+rounded.
+"""Does shrinking pay off in measured latency? masked-dense vs shrunk vs shrunk+padded.
 
 For each model and keep ratio, channel-structured masks (the top-k channels of the
 initial scores: which channels survive does not matter for speed) give three plain
 models: masked-dense (w ⊙ m, all channels: what a runtime without sparsity support
-computes), shrunk (dead channels removed) and shrunk+rounded (kept channels rounded up
-to --multiple). Each is converted to ONNX and TFLite and timed at batch 1 with
+computes), shrunk (dead channels removed) and shrunk+padded (widths padded with
+exactly-zero channels to --multiple, the same function). Each is converted to ONNX and TFLite and timed at batch 1 with
 onnxruntime and LiteRT at 1 and 2 threads, the variants timed in interleaved chunks. The table reports the MAC reduction, the
 measured speed-up and their ratio (target: speed-up >= 0.7 x MAC reduction).
 
@@ -29,7 +29,7 @@ from dslth_edge.exporters.onnx import onnx_bytes
 from dslth_edge.exporters.runtime import OnnxRunner, TfliteRunner
 from dslth_edge.learn.masking import masked_layers, set_masks, topk_mask
 from dslth_edge.learn.models import ModelSpec, build_model
-from dslth_edge.exporters.shrink import count_macs, round_channels, shrink, shrunk_info, to_plain
+from dslth_edge.exporters.shrink import count_macs, shrink, shrunk_info, to_plain
 
 SHAPES = {"paper-cnn": (1, 28, 28), "mcu-cnn": (1, 28, 28), "resnet-8": (3, 32, 32)}
 TARGET = 0.7
@@ -42,9 +42,8 @@ def _variants(name: str, keep: float, multiple: int) -> dict[str, tuple[torch.nn
     out = {"masked-dense": (to_plain(model), count_macs(model, shape), {})}
     shrunk = shrink(model, shape)
     out["shrunk"] = (shrunk, count_macs(shrunk, shape), shrunk_info(shrunk).widths())
-    set_masks(model, round_channels(model, shape, multiple).masks)
-    rounded = shrink(model, shape)
-    out[f"shrunk+round{multiple}"] = (rounded, count_macs(rounded, shape), shrunk_info(rounded).widths())
+    padded = shrink(model, shape, channel_multiple=multiple)
+    out[f"shrunk+pad{multiple}"] = (padded, count_macs(padded, shape), shrunk_info(padded).widths())
     return out
 
 
@@ -131,7 +130,7 @@ def main() -> None:
     ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     ap.add_argument("--models", default="paper-cnn", help="comma-separated zoo models (paper-cnn, mcu-cnn, resnet-8)")
     ap.add_argument("--keeps", default="0.1,0.3,0.5")
-    ap.add_argument("--multiple", type=int, default=8, help="channel multiple for the rounded variant")
+    ap.add_argument("--multiple", type=int, default=8, help="channel multiple for the zero-padded variant")
     ap.add_argument("--threads", default="1,2")
     ap.add_argument("--runs", type=int, default=200, help="timed runs per configuration")
     ap.add_argument("--stat", default="p10", choices=["p10", "median", "min"],

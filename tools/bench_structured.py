@@ -11,7 +11,11 @@ in the README. Routes (``--granularity`` of every training command, plus options
 ``progressive``   group sparsity on the scores + progressive relative-threshold drop
                   down to the plan's channel counts (the default for nodes that must shrink);
 ``drop-only``     the progressive route without group sparsity (λ = 0);
-``early``         progressive with the channel counts reached after the first round.
+``early``         progressive with the channel counts reached after the first round;
+``aligned``       channels dropped progressively in the order every node shares (the
+                  highest-indexed first): nested shrunk models, no group sparsity, no
+                  threshold (``--granularity aligned``; docs/algorithm.md has why it is
+                  not the default).
 
 mcu-cnn fits every profile whole, so its structured routes use ``--keep 0.5`` as the
 channel fraction (learning quality at the same widths); the paper CNN uses each
@@ -57,6 +61,7 @@ ROUTES: dict[str, dict[str, Any]] = {
     "progressive": {"granularity": "progressive", "group_lasso": None, "drop_threshold": None},
     "drop-only": {"granularity": "progressive", "group_lasso": 0.0, "drop_threshold": None},
     "early": {"granularity": "progressive", "group_lasso": None, "drop_threshold": None, "drop_until": 0.0},
+    "aligned": {"granularity": "aligned"},
 }
 
 
@@ -66,7 +71,7 @@ def node_figures(run: Path, i: int, export: bool) -> dict[str, Any]:
     cfg = info.config
     profile = load_profile(cfg["profile"])
     shape = info.input_shape
-    shrunk = shrink(info.model, shape)
+    shrunk = shrink(info.model, shape, channel_multiple=profile.compute.channel_multiple)  # as exported: zero-padded
     ops = list(analyze_torch_module(shrunk, torch.zeros(1, *shape)).ops)
     dtype = profile.export.dtype
     latency = predict(ops, profile, dtype=dtype).total_ms
@@ -128,6 +133,7 @@ def main() -> int:
     ap.add_argument("--profiles", default=",".join(PROFILES))
     ap.add_argument("--group-lasso", type=float, default=1e-4, help="λ of the progressive routes")
     ap.add_argument("--drop-threshold", type=float, default=0.5, help="τ of the progressive routes (relative)")
+    ap.add_argument("--seed", type=int, default=0, help="partition, scores and batches (fixed weights too)")
     ap.add_argument("--workers", type=int, default=1)
     ap.add_argument("--export", action="store_true", help="export TFLite per node (file size, measured RAM)")
     ap.add_argument("--no-dense", action="store_true", help="skip the dense narrow local models")
@@ -141,7 +147,7 @@ def main() -> int:
     topology = str(PAPER / "adjacency_20.txt") if paper else "ring"
     print(f"# bench_structured: {a.nodes} nodes, {a.rounds} rounds, batch {a.batch_size}, partition "
           f"{'paper-4' if paper else partition}, topology {'paper graph' if paper else topology}, "
-          f"λ {a.group_lasso}, τ {a.drop_threshold}", flush=True)
+          f"λ {a.group_lasso}, τ {a.drop_threshold}, seed {a.seed}", flush=True)
     base = Path(a.out) if a.out else Path(tempfile.mkdtemp(prefix="bench-structured-"))
     results: list[dict[str, Any]] = []
     for model in a.models.split(","):
@@ -161,7 +167,7 @@ def main() -> int:
             opts = FleetOptions(nodes=a.nodes, topology=topology, dataset="fashion-mnist", partition=partition,
                                 profiles=tuple(a.profiles.split(",")), model=model, keep=keep,
                                 granularity=spec["granularity"], rounds=a.rounds, eval_every=max(1, a.rounds // 4),
-                                out=str(run), overrides=over)
+                                out=str(run), overrides=over, seed=a.seed)
             t0 = time.perf_counter()
             simulate(opts, dataset=ds, write_plots=False, workers=a.workers)
             sim_s = time.perf_counter() - t0

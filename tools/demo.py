@@ -26,7 +26,7 @@ from typing import Any
 from rich.console import Console
 from rich.table import Table
 
-from dslth_edge.cli.progress import quiet_third_party, setup_logging
+from dslth_edge.cli.progress import native_stderr_captured, quiet_third_party, setup_logging
 
 quiet_third_party()  # before torch / LiteRT load: their start-up chatter is not the demo's
 
@@ -63,11 +63,12 @@ def node_table(node_dir: Path) -> tuple[Table, dict[str, Any]]:
     info = load_run(node_dir, load_data=False)
     shape = info.input_shape
     plain = to_plain(info.model)
-    shrunk = shrink(info.model, shape)
+    shrunk = shrink(info.model, shape, channel_multiple=profile.compute.channel_multiple)  # as exported: zero-padded
     widths = list(shrunk_info(shrunk).widths().values())
     full = [int(layer.weight.shape[0]) for _, layer in info.model.named_modules() if hasattr(layer, "channel_alive")]
     quantize = "int8" if profile.export.dtype == "int8" else "none"
-    report = export_node(ExportOptions(run=str(node_dir), format="tflite", quantize=quantize, compare_dense=False))
+    with native_stderr_captured():  # absl/XNNPACK lines from the converter and interpreter
+        report = export_node(ExportOptions(run=str(node_dir), format="tflite", quantize=quantize, compare_dense=False))
     checks = {c["name"]: c for c in (report.budget or {}).get("checks", [])}
     acc = next((r.accuracy for r in reversed(report.rows) if r.accuracy is not None), None)
     fits = (report.budget or {}).get("ok")

@@ -17,6 +17,7 @@ rows (mce-pl, consensus, local) under both presets; dense baselines do not depen
     E1  DSLTH verification: mask training (mce-pl) at keep 0.1/0.3/0.5 vs weight training (dpsgd)
     E2  communication: mce-pl, consensus, local, dpsgd, dpsgd-ft; accuracy vs bytes, bytes to target
     E3  heterogeneity: paper splits 3/4/5 classes; scarce data; ring vs paper graph vs full
+    EW  width: mce-pl vs local on mcu-cnn and its 2x/4x-channel variants (--width-models)
 """
 
 from __future__ import annotations
@@ -82,6 +83,14 @@ def runs_for(exp: str, bases: dict[str, FleetOptions], args: argparse.Namespace)
         for topo, name in (("ring", "ring"), (str(PAPER / "adjacency_20.txt"), "paper graph"), ("full", "full")):
             for label, o in rows("mce-pl"):
                 out.append((label, f"topology {name}", replace(o, topology=topo, partition_file=paper4)))
+    elif exp == "EW":
+        # is collaboration's small gain the tiny model? the same run at 1x/2x/4x channels
+        for model in args.width_models:
+            for algo in ("mce-pl", "local"):
+                for label, o in rows(algo):
+                    out.append((label, f"model {model}", replace(o, model=model)))
+    else:
+        raise SystemExit(f"unknown experiment {exp!r}: choose from E1, E2, E3, EW")
     return out
 
 
@@ -138,6 +147,7 @@ def main(argv: list[str] | None = None) -> int:
     ap.add_argument("--eval-samples", type=int, default=1000)
     ap.add_argument("--profiles", default="jetson-nano,raspberry-pi-4,nrf52840")
     ap.add_argument("--algorithms", default=",".join(ALGOS))
+    ap.add_argument("--width-models", default="mcu-cnn,mcu-cnn-x2", help="EW only: the zoo models compared")
     ap.add_argument("--target", type=float, default=None,
                     help="accuracy for 'bytes to reach' (default: 95%% of the best final accuracy in the setting)")
     ap.add_argument("--keep", default=None, help="keep for every run but E1's (a ratio or conv=R,fc=R; default: the preset's, "
@@ -149,6 +159,7 @@ def main(argv: list[str] | None = None) -> int:
     args = ap.parse_args(argv)
     torch.set_num_threads(args.threads)
     args.algorithms = tuple(a for a in args.algorithms.split(",") if a)
+    args.width_models = tuple(m for m in args.width_models.split(",") if m)
     args.settings = tuple(s for s in args.settings.split(",") if s) if args.settings else ()
     presets = [p for p in args.presets.split(",") if p]
     rounds = args.rounds or preset_run(presets[0]).rounds or 400

@@ -14,6 +14,7 @@ from typing import Any
 
 import click
 from rich.console import Console
+from rich import box
 from rich.table import Table
 
 __all__ = ["export"]
@@ -31,8 +32,9 @@ __all__ = ["export"]
 @click.option("--out", default=None,
               help="Output file (tflm: folder) of a single node; with several nodes a folder holding node-I/ "
                    "[default: DIR/node-I/exports/model[-int8|-dynamic].FORMAT, tflm: DIR/node-I/exports/tflm[-int8]/].")
-@click.option("--round-channels", is_flag=True, help="Round kept channels up to the profile's channel multiple (re-admits the best pruned channels).")
-@click.option("--channel-multiple", default=None, type=int, help="Round kept channels up to this multiple (implies --round-channels).")
+@click.option("--channel-multiple", default=None, type=click.IntRange(min=1),
+              help="Pad shrunk layers with exactly-zero channels to multiples of N (same outputs) "
+                   "[default: the node's profile's compute.channel_multiple; 1 without a profile]. 1: no padding.")
 @click.option("--eval-samples", default=None, type=int, help="Evaluate on N test samples of the node, evenly spread over its classes (default: all).")
 @click.option("--int8-route", default="auto", show_default=True,
               help="TFLite int8: auto (ai-edge-quantizer, or PT2E when that is more faithful) | aeq | pt2e.")
@@ -41,7 +43,7 @@ __all__ = ["export"]
               help="Keep going (exit 0) when an export violates its device's storage, RAM or latency budget.")
 @click.option("--json", "as_json", is_flag=True, help="Print the reports as JSON (a list, one per node).")
 def export(run: str | None, node: int | None, fmt: str | None, quantize: str | None, calibration: int, out: str | None,
-           round_channels: bool, channel_multiple: int | None, eval_samples: int | None, int8_route: str, no_dense: bool,
+           channel_multiple: int | None, eval_samples: int | None, int8_route: str, no_dense: bool,
            allow_over: bool, as_json: bool) -> None:
     """Shrink each node's final model, export it, and check it against the node's device.
 
@@ -61,6 +63,7 @@ def export(run: str | None, node: int | None, fmt: str | None, quantize: str | N
     from dslth_edge.exporters.budget import raise_if_over_dicts
     from dslth_edge.exporters.pipeline import ExportOptions, check_extra, default_output, export_node
     from dslth_edge.exporters.targets import resolve_targets
+    from dslth_edge.cli.progress import native_stderr_captured
 
     targets = resolve_targets(run, node, fmt, quantize)
     for t in targets:
@@ -73,13 +76,14 @@ def export(run: str | None, node: int | None, fmt: str | None, quantize: str | N
             rel = default_output(Path(t.node_dir.name), t.format, t.quantize)
             node_out = str(Path(out) / (rel.parent if t.format == "tflm" else rel))
         opts = ExportOptions(run=str(t.node_dir), node=None, format=t.format, quantize=t.quantize, calibration=calibration,
-                             out=node_out, round_channels=round_channels, channel_multiple=channel_multiple,
+                             out=node_out, channel_multiple=channel_multiple,
                              eval_samples=eval_samples, int8_route=int8_route, compare_dense=not no_dense)
         what = f"{t.node_dir} ({t.profile or 'no profile'}): {t.format}{'' if t.quantize == 'none' else ' ' + t.quantize}"
         if as_json:
-            reports.append(export_node(opts))
+            with native_stderr_captured():
+                reports.append(export_node(opts))
             continue
-        with err.status(f"exporting {what} …"):
+        with err.status(f"exporting {what} …"), native_stderr_captured():
             report = export_node(opts)
         reports.append(report)
         _print(report)
@@ -98,20 +102,19 @@ def export(run: str | None, node: int | None, fmt: str | None, quantize: str | N
 def _print(report: Any) -> None:
     console = Console()
     header, rows = report.table()
-    table = Table(title=f"{report.file}", title_justify="left")
+    table = Table(title=f"{report.file}", title_justify="left", box=box.SIMPLE_HEAD, pad_edge=False)
     for i, h in enumerate(header):
-        table.add_column(h, justify="left" if i in (0, len(header) - 1) else "right")
+        table.add_column(h, justify="left" if i == 0 else "right", no_wrap=True)
     for r in rows:
         table.add_row(*r)
     console.print(table)
+    console.print(report.measured_with(), markup=False)
     p = report.parity
     console.print(f"fp32 parity ({p['runtime']}, {p['samples']} test inputs): max |Δ| = {p['max_abs_diff']:.2e} (≤ {p['tolerance']:g})")
     s = report.shrink
     console.print(f"shrunk widths {s['widths']}; max |masked − shrunk| = {s['max_abs_diff_vs_masked']:.2e}")
-    if report.rounding:
-        r = report.rounding
-        console.print(f"channels rounded to ×{r['multiple']}: {len(r['readmitted'])} re-admitted; accuracy "
-                      f"{100 * r['accuracy_before']:.2f}% → {100 * r['accuracy_after']:.2f}%")
+    if s.get("padding"):
+        console.print(f"zero channels added for multiples of {s['channel_multiple']}: {s['padding']}")
     q = report.quantization
     if q:
         io = q.get("io") or {}

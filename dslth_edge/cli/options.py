@@ -25,7 +25,7 @@ from typing import Any
 import click
 
 from dslth_edge.errors import UsageError
-from dslth_edge.learn.names import ALGORITHMS, MODEL_NAMES, PRESET_NAMES
+from dslth_edge.learn.names import ALGORITHMS, MODEL_NAMES, PRESET_NAMES, ROUTES
 
 __all__ = ["Opt", "opt", "apply", "pick", "NODE", "FLEET_SHAPE", "NETWORK", "OUTPUT", "SLICE", "KeepParam", "DATASETS",
            "ALGORITHM_OVERRIDES", "algorithm_overrides", "parse_deadline", "option_names"]
@@ -87,9 +87,11 @@ NODE: tuple[Opt, ...] = (
     opt("--keep", default=None, type=KeepParam(),
         help="Fraction of weights each layer keeps, or per layer type in a fleet: conv=0.3,fc=0.9 "
              "(default: the preset's, else the profile's plan)."),
-    opt("--granularity", default="unstructured", type=click.Choice(["unstructured", "progressive", "channel"]),
-        help="unstructured: weight-level masks, channels removed only where the profile's budgets need it; "
-             "progressive: always plan channels (group sparsity + progressive drop); channel: whole-channel masks."),
+    opt("--granularity", default="unstructured", type=click.Choice(ROUTES),
+        help="unstructured: weight-level masks, channels removed only where the profile's budgets need it (by the "
+             "preset's structured route); progressive: always plan channels (group sparsity + progressive drop of "
+             "the node's sparsest); aligned: always plan channels, dropped progressively in the order every node "
+             "shares (nested models); channel: whole-channel masks."),
     opt("--algorithm", default=None, type=click.Choice(ALGORITHMS),
         help="Update rule (default: mce-pl in a fleet, local alone)."),
     opt("--preset", default="default", type=click.Choice(PRESET_NAMES), help="Algorithm constants."),

@@ -156,7 +156,8 @@ def _model_costs(model: str, shape: tuple[int, int, int], classes: int) -> list[
     if model not in names:
         raise UsageError(f"unknown model {model!r}; available models: {', '.join(names)}")
     net = models.build_model(model, shape, classes)
-    return list(models.layer_costs(net, shape))
+    keep = importlib.import_module("dslth_edge.device.keep")  # residual-coupled layers keep their width, as in plan_node
+    return list(keep.plan_costs(net, shape))
 
 
 @profiles.command("plan")
@@ -266,7 +267,7 @@ def plan_command(
             console.print(f"note: {note}", markup=False)
 
 
-_MASKS = {"unstructured": "w", "progressive": "w+ch", "channel": "ch", "fixed": "--keep"}
+_MASKS = {"unstructured": "w", "progressive": "w+ch", "aligned": "w+ch", "channel": "ch", "fixed": "--keep"}
 
 
 def plan_rows(model: str, shape: tuple[int, int, int], classes: int, granularity: str) -> list[dict[str, Any]]:

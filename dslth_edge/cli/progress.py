@@ -11,10 +11,14 @@ or written to the file named by ``--debug-log`` / ``$DSLTH_DEBUG_LOG``.
 
 from __future__ import annotations
 
+import contextlib
 import json
 import logging
 import os
+import sys
+import tempfile
 import time
+from collections.abc import Iterator
 from typing import Any
 
 from rich.console import Console
@@ -22,7 +26,7 @@ from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, T
 
 from dslth_edge.cli.console import err_console
 
-__all__ = ["quiet_third_party", "setup_logging", "RoundReporter", "default_every", "ENV_DEBUG_LOG"]
+__all__ = ["quiet_third_party", "native_stderr_captured", "setup_logging", "RoundReporter", "default_every", "ENV_DEBUG_LOG"]
 
 ENV_DEBUG_LOG = "DSLTH_DEBUG_LOG"
 _OURS = "dslth_edge"
@@ -36,6 +40,47 @@ def quiet_third_party() -> None:
     os.environ.setdefault("TF_CPP_MIN_LOG_LEVEL", "2")
     os.environ.setdefault("GRPC_VERBOSITY", "ERROR")
     os.environ.setdefault("TORCH_LOGS", "-all")  # torch's logger has its own stderr handler (e.g. _pytree notices)
+
+
+@contextlib.contextmanager
+def native_stderr_captured() -> Iterator[None]:
+    """Keep native libraries' stderr lines (absl's "All log messages before
+    absl::InitializeLog()", oneDNN and XNNPACK notices from TensorFlow/LiteRT) off the terminal.
+
+    Those libraries write to file descriptor 2 from C++, below Python's logging, and
+    ``TF_CPP_MIN_LOG_LEVEL`` does not reach absl. Inside the block fd 2 goes to a temporary
+    file while ``sys.stderr`` (and so every rich console and our log lines) keeps writing to
+    the real stderr. Afterwards the captured bytes go to the debug log when one is set; if
+    the block raises, they are replayed on stderr, because then they may explain the failure.
+    """
+    sys.stderr.flush()
+    real_fd = os.dup(2)
+    python_stderr = sys.stderr
+    with tempfile.TemporaryFile() as captured:
+        os.dup2(captured.fileno(), 2)
+        sys.stderr = open(os.dup(real_fd), "w", buffering=1, encoding=getattr(python_stderr, "encoding", None) or "utf-8",
+                          errors="backslashreplace")
+        failed = False
+        try:
+            yield
+        except BaseException:
+            failed = True
+            raise
+        finally:
+            sys.stderr.flush()
+            sys.stderr.close()
+            sys.stderr = python_stderr
+            os.dup2(real_fd, 2)
+            os.close(real_fd)
+            captured.seek(0)
+            text = captured.read().decode("utf-8", "backslashreplace")
+            path = _SETTINGS["debug_log"] or os.environ.get(ENV_DEBUG_LOG)
+            if text and failed:
+                python_stderr.write(text)
+                python_stderr.flush()
+            elif text and path:
+                with open(path, "a", encoding="utf-8") as log:
+                    log.write(text)
 
 
 class _Ours(logging.Filter):

@@ -61,11 +61,13 @@ def train(as_json: bool, log_every: int | None, log_format: str, **kw: Any) -> N
         gateway = f"  [{node.config.extra['trained_by']}]" if node.config.extra.get("trained_by") else ""
         identity = getattr(node.exchange, "identity", None)  # fleet nodes: the security mode, stated
         security = f"  security: {identity.describe()}" if identity is not None else ""
+        micro = node.algo.micro_batch  # the device's training RAM splits each batch
+        micro_note = f"  micro-batch {micro} of {node.algo.batch_size}" if micro else ""
         report.info(f"node dir {res.node_dir}  keep {res.keep:.3f} ({res.keep_source})  "
                     f"weights {node.fingerprint.hex()[:16]}…  train {len(node.split.train_indices)} / "
-                    f"test {len(node.split.test_indices)}{gateway}{security}",
+                    f"test {len(node.split.test_indices)}{micro_note}{gateway}{security}",
                     node_dir=res.node_dir, keep=res.keep, keep_source=res.keep_source, round=node.round,
-                    trained_by=node.config.extra.get("trained_by"))
+                    trained_by=node.config.extra.get("trained_by"), micro_batch=micro)
         report.started(node.round)
 
     def on_round(r: Any) -> None:

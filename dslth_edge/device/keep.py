@@ -14,8 +14,24 @@ Routes (``route``):
     the budgets need channels removed: a weight-level mask at density 0.5 inside the
     kept channels, group sparsity on the scores, and channels dropped progressively
     (relative threshold) down to the plan's channel counts (:mod:`dslth_edge.learn.masking`).
+``aligned``
+    the budgets need channels removed: a weight-level mask at density 0.5 inside the
+    kept channels, and channels dropped progressively down to the plan's counts in an
+    order every node shares (the highest-indexed first), so every node ends with the
+    first ``channels`` of each layer and the fleet's shrunk models are nested: the masks
+    neighbours average describe the same channels. Asked for, or through a preset's
+    ``structured_route`` (``AlgorithmConfig.structured_route``; every preset says
+    ``progressive``: docs/algorithm.md, "Structured learning", has the measurements).
 ``channel``
     channel-level masks (whole output channels by mean score), at the plan's counts.
+
+Residual coupling: channels that a residual add sums must be removed from every member
+of the add together, and a node's members train their masks independently, so the
+channels shrink could remove there (those dead in *every* member) are not known in
+advance. :func:`plan_costs` therefore plans the layers an add couples (ResNet-8's stem,
+each stack's second conv and its shortcut: :func:`residual_groups`) at their full
+width and shrinks only the layers inside the blocks, whose channels nothing else
+shares. What the plan counts is then what shrink can always deliver.
 
 If no plan fits, :func:`plan_node` raises :class:`~dslth_edge.device.planner.PlanError`
 (exit 2) in one line naming the device, the binding budget and the nearest feasible
@@ -24,24 +40,34 @@ setting; it never falls back silently.
 
 from __future__ import annotations
 
-from dataclasses import dataclass
+import operator
+from dataclasses import dataclass, replace
 from typing import Any
+
+import torch
+from torch import nn
 
 from dslth_edge.device.planner import Plan, PlanError, plan, planned_channels
 from dslth_edge.device.profiles import load_profile
 from dslth_edge.errors import UsageError
+from dslth_edge.learn.algorithm import PRESETS
+from dslth_edge.learn.costs import LayerCost
+from dslth_edge.learn.masking import ChannelGate, MaskedLayer
 from dslth_edge.learn.models import MODEL_NAMES, ModelSpec, build_model, layer_costs
+from dslth_edge.learn.names import ROUTES, STRUCTURED_ROUTES
 
-__all__ = ["MAX_LEARNING_KEEP", "ROUTES", "NodePlan", "plan_node", "plan_keep"]
+__all__ = ["MAX_LEARNING_KEEP", "ROUTES", "NodePlan", "plan_node", "plan_keep", "plan_costs", "residual_groups"]
 
 
 #: Above this a mask has too little to choose: at keep 1.0 it keeps every weight and
 #: learns nothing, and strong-lottery-ticket accuracy peaks near 0.5 (edge-popup, Fig. 2).
 MAX_LEARNING_KEEP = 0.5
 
-#: What ``granularity`` a driver may ask for: "unstructured" shrinks by channels only when
-#: the budgets need it (progressive route); "progressive" and "channel" always plan channels.
-ROUTES = ("unstructured", "progressive", "channel")
+#: What ``granularity`` a driver may ask for (ROUTES): "unstructured" shrinks by channels only
+#: when the budgets need it (by the preset's structured route, STRUCTURED_ROUTES);
+#: "progressive", "aligned" and "channel" always plan channels.
+#: The route of nodes that must shrink when no preset is named: the default preset's.
+DEFAULT_STRUCTURED_ROUTE = PRESETS["default"].structured_route
 
 
 @dataclass(frozen=True)
@@ -49,7 +75,7 @@ class NodePlan:
     """The per-layer contract one node trains under."""
 
     profile: str
-    route: str  # "unstructured" | "progressive" | "channel" | "fixed" (--keep)
+    route: str  # "unstructured" | "progressive" | "aligned" | "channel" | "fixed" (--keep)
     granularity: str  # the masked layers' granularity ("unstructured" or "channel")
     keep: float  # the headline keep ratio (mask density inside the kept channels)
     keeps: tuple[float, ...]  # per masked layer: the ratio its mask is built with
@@ -61,6 +87,11 @@ class NodePlan:
     def model_keep(self) -> float | list[float]:
         """What :class:`~dslth_edge.learn.models.ModelSpec` takes: one ratio when all layers share it."""
         return self.keeps[0] if len(set(self.keeps)) == 1 else list(self.keeps)
+
+    @property
+    def channel_order(self) -> str:
+        """Which live channels the drop schedule removes first (:data:`~dslth_edge.learn.masking.CHANNEL_ORDERS`)."""
+        return "index" if self.route == "aligned" else "score"
 
     @property
     def structured(self) -> bool:
@@ -79,6 +110,72 @@ class NodePlan:
             "params": None if self.plan is None else sum(layer.params for layer in self.plan.layers),
             "macs": None if self.plan is None else sum(layer.macs for layer in self.plan.layers),
         }
+
+
+#: Element-wise operators whose operands must agree channel by channel (a residual add).
+_ELEMENTWISE = {operator.add, operator.iadd, operator.sub, operator.isub, operator.mul, operator.imul,
+                torch.add, torch.sub, torch.mul, "add", "add_", "sub", "sub_", "mul", "mul_"}
+_INPUT = "<input>"  # the network input, as a channel source
+
+
+def residual_groups(model: nn.Module) -> tuple[frozenset[str], ...]:
+    """Sets of masked layers whose output channels an element-wise op (a residual add) combines.
+
+    A torch.fx trace (masked layers and gates as leaves) follows which weight layer's
+    output channels each value carries: BatchNorm, gates, activations and pooling keep
+    them; an add unites its operands' producers. Layers coupled to the network input
+    itself form a group of their own. Layers in no group are left out.
+    """
+    from torch import fx
+
+    class _Tracer(fx.Tracer):
+        def is_leaf_module(self, m: nn.Module, qualname: str) -> bool:
+            return isinstance(m, (MaskedLayer, ChannelGate)) or super().is_leaf_module(m, qualname)
+
+    try:
+        graph = _Tracer().trace(model)
+    except Exception as exc:  # fx raises assorted types on data-dependent control flow
+        raise UsageError(f"cannot trace {type(model).__name__} to find its residual adds: {exc}") from exc
+    parent: dict[str, str] = {}
+
+    def find(x: str) -> str:
+        while parent.setdefault(x, x) != x:
+            x = parent[x]
+        return x
+
+    sources: dict[fx.Node, frozenset[str]] = {}
+    for node in graph.nodes:
+        args = [a for a in node.args if isinstance(a, fx.Node)]
+        first = sources.get(args[0], frozenset()) if args else frozenset()
+        if node.op == "placeholder":
+            sources[node] = frozenset({_INPUT})
+        elif node.op == "call_module":
+            mod = model.get_submodule(str(node.target))
+            weighted = isinstance(mod, (MaskedLayer, nn.Conv2d, nn.Linear))
+            sources[node] = frozenset({str(node.target)}) if weighted else first
+        elif node.op in ("call_function", "call_method") and node.target in _ELEMENTWISE and len(args) > 1:
+            members = frozenset().union(*(sources.get(a, frozenset()) for a in args))
+            for m in members:
+                parent[find(m)] = find(next(iter(sorted(members))))
+            sources[node] = members
+        else:  # flatten, mean, relu, pooling ...: the channels of the first operand (or none)
+            sources[node] = first
+    groups: dict[str, set[str]] = {}
+    for m in list(parent):
+        groups.setdefault(find(m), set()).add(m)
+    out = []
+    for members in groups.values():
+        if len(members) > 1:
+            out.append(frozenset(members - {_INPUT}))
+    return tuple(sorted((g for g in out if g), key=lambda g: sorted(g)))
+
+
+def plan_costs(model: nn.Module, input_shape: tuple[int, int, int]) -> list[LayerCost]:
+    """:func:`~dslth_edge.learn.models.layer_costs` as the planner must see them: a layer
+    that a residual add couples to others (:func:`residual_groups`) is not prunable, so
+    it keeps its full width in the plan (see the module docstring)."""
+    coupled = set().union(*residual_groups(model))
+    return [replace(c, prunable_out=False) if c.name in coupled else c for c in layer_costs(model, input_shape)]
 
 
 def _structured(p: Plan, profile: str, route: str, density: float, note: str) -> NodePlan:
@@ -100,7 +197,7 @@ def _refusal(exc: PlanError, model_name: str, input_shape: tuple[int, int, int],
         if other == model_name:
             continue
         try:
-            costs = layer_costs(build_model(ModelSpec(other, input_shape, num_classes, keep=1.0)), input_shape)
+            costs = plan_costs(build_model(ModelSpec(other, input_shape, num_classes, keep=1.0)), input_shape)
             p = plan(costs, profile, granularity="channel", density=MAX_LEARNING_KEEP)
         except (PlanError, UsageError):
             continue
@@ -117,19 +214,25 @@ def plan_node(
     granularity: str = "unstructured",
     *,
     keep: float | None = None,
+    structured_route: str | None = None,
 ) -> NodePlan:
     """The plan one node trains with (see the module docstring for the routes).
 
     ``keep`` overrides the planned ratio (no budget check: the note says so); with a
-    structured ``granularity`` it is also the channel fraction.
+    structured ``granularity`` it is also the channel fraction. ``structured_route``
+    (the preset's ``structured_route``; None: the default preset's) is the route of a
+    node whose dense export does not fit when ``granularity`` is "unstructured".
     """
     if granularity not in ROUTES:
         raise UsageError(f"unknown granularity {granularity!r}; choose one of {', '.join(ROUTES)}")
+    route = DEFAULT_STRUCTURED_ROUTE if structured_route is None else structured_route
+    if route not in STRUCTURED_ROUTES:
+        raise UsageError(f"unknown structured route {route!r}; choose one of {', '.join(STRUCTURED_ROUTES)}")
     if model_name not in MODEL_NAMES:
         raise UsageError(f"unknown model {model_name!r}; choose one of {', '.join(MODEL_NAMES)}")
     profile = load_profile(profile_name)
     model = build_model(ModelSpec(model_name, input_shape, num_classes, keep=1.0))
-    costs = layer_costs(model, input_shape)
+    costs = plan_costs(model, input_shape)
     n = len(costs)
     if keep is not None:
         if not 0.0 < keep <= 1.0:
@@ -143,7 +246,7 @@ def plan_node(
             keeps = tuple(ch / c.out_channels for ch, c in zip(chans[:-1], costs[:-1])) + (MAX_LEARNING_KEEP,)
             return NodePlan(profile.name, "channel", "channel", keep, keeps, chans if chans != full else None,
                             "--keep as the channel fraction (budgets not checked)")
-        return NodePlan(profile.name, "progressive", "unstructured", MAX_LEARNING_KEEP, (MAX_LEARNING_KEEP,) * n,
+        return NodePlan(profile.name, granularity, "unstructured", MAX_LEARNING_KEEP, (MAX_LEARNING_KEEP,) * n,
                         chans if chans != full else None, "--keep as the channel fraction (budgets not checked)")
     if granularity == "unstructured":
         try:
@@ -154,13 +257,13 @@ def plan_node(
             except PlanError as exc2:
                 raise _refusal(exc2, model_name, input_shape, num_classes, profile_name) from exc2
             why = f"the dense export does not fit ({exc.binding} binds)"
-            return _structured(p, profile.name, "progressive", MAX_LEARNING_KEEP,
+            return _structured(p, profile.name, route, MAX_LEARNING_KEEP,
                                f"channels removed: {why}; plan {p.explain()}")
         k = min(p.keep_ratio, MAX_LEARNING_KEEP)
         note = (f"plan allows {p.keep_ratio:.2f} ({p.binding} binds); capped at {MAX_LEARNING_KEEP}, the densest mask "
                 "that still learns" if p.keep_ratio > MAX_LEARNING_KEEP else f"plan: {p.explain()}")
         return NodePlan(profile.name, "unstructured", "unstructured", k, (k,) * n, None, note, p)
-    density = MAX_LEARNING_KEEP if granularity == "progressive" else None
+    density = MAX_LEARNING_KEEP if granularity in STRUCTURED_ROUTES else None
     try:
         p = plan(costs, profile, granularity="channel", density=density)
     except PlanError as exc:

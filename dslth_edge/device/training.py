@@ -76,6 +76,8 @@ __all__ = [
     "attach_training",
     "accumulation_chunks",
     "preset_setup",
+    "node_training_plan",
+    "device_micro_batch",
 ]
 
 #: Peak RSS in MiB of a warm runtime per CPU architecture: the interpreter after
@@ -330,6 +332,32 @@ class TrainingPlan:
                         "usage": c.usage} for c in self.checks],
             "notes": list(self.notes), "explanation": self.explain(),
         }
+
+
+def node_training_plan(model: str, input_shape: tuple[int, int, int], num_classes: int, profile: Profile,
+                       algo: Any, train_samples: int, test_samples: int, mapped: bool = True) -> TrainingPlan:
+    """The training plan of one node (micro-batch, memory, time) for its algorithm config and data.
+
+    ``algo`` is a :class:`dslth_edge.learn.algorithm.AlgorithmConfig` (read for its batch,
+    local steps, momentum and whether it trains dense weights).
+    """
+    setup = TrainingSetup(batch_size=algo.batch_size, local_steps=algo.local_steps, momentum=algo.momentum > 0,
+                          dense=algo.is_dense, train_samples=train_samples, test_samples=test_samples,
+                          sample_bytes=math.prod(input_shape), mapped=mapped)
+    return plan_training(model, input_shape, num_classes, profile, setup)
+
+
+def device_micro_batch(training: TrainingPlan, requested: int) -> int:
+    """The micro-batch a node trains with: ``requested`` when given (> 0); else the plan's when a
+    whole batch does not fit the device's training RAM; else 0 (whole batches).
+
+    One rule for every driver (``train``, ``train --fleet``, ``fleet run``, ``simulate``), so a
+    node computes the same steps whichever of them runs it. When nothing fits, the smallest
+    micro-batch (1) is used and the training report says the budget is exceeded.
+    """
+    if requested > 0 or training.accumulation == 1:
+        return requested
+    return max(1, training.micro_batch)
 
 
 def plan_training(

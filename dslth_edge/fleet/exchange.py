@@ -22,7 +22,9 @@ so a flood cannot make this node send key frames every round.
 from __future__ import annotations
 
 import json
+import threading
 import time
+from collections import OrderedDict
 from collections.abc import Callable, Mapping, Sequence
 from dataclasses import dataclass, field
 from typing import Any
@@ -34,13 +36,17 @@ from dslth_edge.errors import CheckpointError, FrameError
 from dslth_edge.transport.base import Envelope, Transport
 from dslth_edge.transport.identity import AuthError, Identity
 from dslth_edge.wire import (
+    DecodedFrame,
     MaskEncoderState,
     MissingBaseError,
     PeerMaskStore,
     decode_frame,
+    pack_masks,
+    same_packed,
+    unpack_masks,
 )
 
-__all__ = ["Exchange", "PayloadExchange", "ReceivedMasks", "key_request", "parse_key_request"]
+__all__ = ["Exchange", "FrameMemo", "PayloadExchange", "ReceivedMasks", "key_request", "parse_key_request"]
 
 _MAX_CTL_BYTES = 256
 
@@ -342,6 +348,56 @@ class PayloadExchange:
         self._force_key()
 
 
+_Packed = tuple[tuple[np.ndarray, tuple[int, ...]], ...]  # per layer: packbits, shape (as a PeerMaskStore holds masks)
+
+
+@dataclass(frozen=True)
+class _Memoized:
+    sender: int
+    round: int
+    base_round: int | None
+    base: _Packed | None  # the packed base the frame was decoded against (None: a key frame)
+    packed: _Packed  # the frame's masks
+
+
+class FrameMemo:
+    """Decoded mask frames shared by the exchanges of the nodes one process hosts.
+
+    Decoding a frame is a pure function of its bytes, of the receiver's frame settings
+    (layer shapes, weights fingerprint, fleet, frame key) and, for a delta, of the base
+    masks it applies to. In the simulator (or a ``fleet run`` worker) every neighbour of
+    a sender receives the same bytes and holds the same base, so each decoded that frame
+    again: ~10 decodes of one frame per round on the paper topology, the largest cost of
+    a simulated round beyond the training step. With a memo the first receiver decodes
+    it and the others take the result, but only when their own stored base is
+    bit-identical to the one it was decoded against; otherwise (or for a delta whose base
+    they lack) they decode it themselves, with every check and error of
+    :func:`~dslth_edge.wire.decode_frame`. Only successful decodes are kept, the newest
+    ``capacity`` of them, packed (1 bit per weight). Thread-safe.
+    """
+
+    def __init__(self, capacity: int = 1) -> None:
+        self.capacity = max(1, int(capacity))
+        self._entries: OrderedDict[tuple[Any, ...], _Memoized] = OrderedDict()
+        self._lock = threading.Lock()
+        self.hits = 0
+        self.misses = 0
+
+    def get(self, key: tuple[Any, ...]) -> _Memoized | None:
+        with self._lock:
+            entry = self._entries.get(key)
+            if entry is not None:
+                self._entries.move_to_end(key)
+            return entry
+
+    def put(self, key: tuple[Any, ...], entry: _Memoized) -> None:
+        with self._lock:
+            self._entries[key] = entry
+            self._entries.move_to_end(key)
+            while len(self._entries) > self.capacity:
+                self._entries.popitem(last=False)
+
+
 class Exchange(PayloadExchange):
     """Encodes this node's masks and collects its neighbours' for a round."""
 
@@ -368,6 +424,8 @@ class Exchange(PayloadExchange):
         self.encoder = MaskEncoderState(key_interval=key_interval, optimistic=True)
         self.store = PeerMaskStore(rounds_per_sender=window + 2)
         self.last_codecs: tuple[str, ...] = ()
+        #: decoded frames shared with the other nodes of this process (None: decode every frame here)
+        self.memo: FrameMemo | None = None
 
     def encode(self, masks: Sequence[torch.Tensor], round: int) -> bytes:  # noqa: A002
         """This round's payload: a key frame or a delta against the last one sent (sealed if configured)."""
@@ -411,13 +469,46 @@ class Exchange(PayloadExchange):
         self.encoder.request_key(None)
 
     def _decode(self, payload: bytes, sender: int) -> Decoded:
-        frame = decode_frame(payload, shapes=self.shapes, fingerprint=self.fingerprint, fleet=self.fleet,
-                             key=self.key, base_lookup=self.store.get)
+        memo = self.memo
+        if memo is None:
+            frame = self._decode_frame(payload)
+            packed = None
+        else:
+            key = (bytes(payload), tuple(self.shapes), self.fingerprint, self.fleet, self.key)
+            hit = memo.get(key)
+            if hit is not None and (hit.base is None or self._holds_base(hit)):
+                memo.hits += 1
+                if hit.sender != sender:
+                    raise AuthError(f"frame on node {sender}'s topic names sender {hit.sender}")
+                masks = [torch.from_numpy(m) for m in unpack_masks(hit.packed)]  # fresh arrays
+
+                def commit_packed(hit: _Memoized = hit) -> None:  # shared: never written to
+                    self.store.put_packed(hit.sender, hit.round, hit.packed)
+
+                return hit.round, masks, commit_packed
+            frame = self._decode_frame(payload)
+            base = None if frame.base_round is None else self.store.packed(frame.sender, frame.base_round)
+            packed = pack_masks(frame.masks)
+            memo.put(key, _Memoized(frame.sender, frame.round, frame.base_round, base, packed))
+            memo.misses += 1
         if frame.sender != sender:  # a valid frame on another node's topic: never stored
             raise AuthError(f"frame on node {sender}'s topic names sender {frame.sender}")
         masks = [torch.from_numpy(np.array(m, dtype=bool)) for m in frame.masks]
 
-        def commit(frame: Any = frame) -> None:
-            self.store.put(frame.sender, frame.round, frame.masks)
+        def commit(frame: Any = frame, packed: Any = packed) -> None:
+            if packed is None:
+                self.store.put(frame.sender, frame.round, frame.masks)
+            else:  # shared with the memo and the other receivers' stores: never written to
+                self.store.put_packed(frame.sender, frame.round, packed)
 
         return frame.round, masks, commit
+
+    def _decode_frame(self, payload: bytes) -> DecodedFrame:
+        return decode_frame(payload, shapes=self.shapes, fingerprint=self.fingerprint, fleet=self.fleet,
+                            key=self.key, base_lookup=self.store.get)
+
+    def _holds_base(self, hit: _Memoized) -> bool:
+        """Whether this node's store holds, bit for bit, the base a memoized delta was decoded against."""
+        assert hit.base is not None and hit.base_round is not None
+        own = self.store.packed(hit.sender, hit.base_round)
+        return own is not None and same_packed(own, hit.base)

@@ -47,12 +47,15 @@ class LiveTable:
         if self._live is not None:
             self._live.__exit__(*exc)
 
-    def started(self, plan: Any, run_dir: Any, url: str) -> None:
+    def started(self, plan: Any, run_dir: Any, url: str, security: str | None = None) -> None:
         keeps = ", ".join(f"{k:.2f}" for k in sorted(set(plan.keeps)))
         self._header = f"run dir {run_dir}  broker {url}  topology {plan.topology.name}  keep {keeps}"
+        if security:
+            self._header += f"\nsecurity: {security}"
         if self.lines and not self.disabled:
             self._print(self._header, {"event": "fleet", "run_dir": str(run_dir), "broker": url,
-                                       "topology": plan.topology.name, "keeps": sorted(set(plan.keeps))})
+                                       "topology": plan.topology.name, "keeps": sorted(set(plan.keeps)),
+                                       "security": security})
 
     def _print(self, text: str, obj: dict[str, Any]) -> None:
         line = json.dumps(obj, default=str) if self.fmt == "json" else text

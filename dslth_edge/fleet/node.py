@@ -71,6 +71,9 @@ class NodeConfig:
     weights_file: str | None = None
     extra: dict[str, Any] = field(default_factory=dict)  # provenance: dataset, partition, plan …
     channels: tuple[int, ...] | None = None  # per masked layer: output channels the plan ends with (None: all)
+    # which live channels the drop schedule removes first: "score" (progressive route: the
+    # node's sparsest) or "index" (aligned route: the order every node shares); NodePlan.channel_order
+    channel_order: str = "score"
 
 
 @dataclass
@@ -126,11 +129,13 @@ class Node:
         self.fingerprint = dense_fingerprint(self.model) if self.dense else weights_fingerprint(self.model)
         self.layers: list[MaskedLayer] = [layer for _, layer in masked_layers(self.model)]
         # λ and τ: the given ones, else (nodes whose plan removes channels) the preset's structured ones
-        structured = config.channels is not None
+        # (the aligned route drops channels in the fleet's shared order: the progressive route's λ and
+        # τ, which choose a node's own channels, apply to it only when given explicitly)
+        structured = config.channels is not None and config.channel_order == "score"
         self._group_lasso = self.algo.group_lasso or (self.algo.structured_group_lasso if structured else 0.0)
         self._drop_threshold = self.algo.drop_threshold or (self.algo.structured_drop_threshold if structured else 0.0)
         if not self.dense:  # the classifier is never structured; planned channel counts, relative τ
-            configure_structure(self.model, config.channels, self._drop_threshold)
+            configure_structure(self.model, config.channels, self._drop_threshold, config.channel_order)
         params = [p for p in self.model.parameters() if p.requires_grad]
         lr, momentum = (self.algo.dense_lr, self.algo.dense_momentum) if self.dense else (self.algo.lr, self.algo.momentum)
         # torch.optim.SGD's update and state_dict without its ~70 MiB torch._dynamo import
@@ -167,7 +172,9 @@ class Node:
             step = self.round * self.algo.local_steps + s
             self.optimizer.zero_grad(set_to_none=True)
             loss = self._backward_on(batch_indices(self.split.train_indices, self.algo.batch_size, step, self._batch_seed))
-            grads = [layer.scores.grad.detach().clone() for layer in self.layers]  # g_i, reused by (5)
+            # g_i, reused by (5); no copy needed: nothing writes to a .grad in place (the optimizer
+            # reads it, zero_grad(set_to_none=True) lets the next backward allocate a fresh one)
+            grads = [layer.scores.grad.detach() for layer in self.layers]
             self.optimizer.step()
             self._loss = loss
         self._grads = grads
@@ -244,7 +251,7 @@ class Node:
             if self.mbar is None or not self.algo.communicates:
                 layer.score_shift.zero_()
             else:
-                layer.score_shift.copy_(aggregation_shift(layer.scores, self.mbar[i], self.algo.beta))
+                aggregation_shift(layer.scores, self.mbar[i], self.algo.beta, out=layer.score_shift)
 
     def _communicating(self, round: int | None = None) -> bool:  # noqa: A002
         """Whether ``round`` (default: the current one) exchanges anything.

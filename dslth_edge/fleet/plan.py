@@ -18,7 +18,7 @@ from __future__ import annotations
 
 import json
 import time
-from dataclasses import dataclass, field
+from dataclasses import dataclass, field, replace
 from pathlib import Path
 from typing import Any
 
@@ -29,11 +29,13 @@ from dslth_edge.data import Dataset, NodeSplit, load_dataset, partition
 from dslth_edge.errors import UsageError
 from dslth_edge.fleet.exchange import Exchange
 from dslth_edge.learn.models import ModelSpec, masked_layer_shapes
+from dslth_edge.learn.names import STRUCTURED_ROUTES
 from dslth_edge.fleet.node import Node, NodeConfig
-from dslth_edge.fleet.sharing import share_fixed_weights
+from dslth_edge.fleet.sharing import share_fixed_weights, share_frame_memo
 from dslth_edge.fleet.topology import Topology, parse_topology
 from dslth_edge.device.keep import NodePlan, plan_node
 from dslth_edge.device.profiles import Profile, load_profile
+from dslth_edge.device.training import device_micro_batch, node_training_plan
 from dslth_edge.transport.base import Transport
 
 __all__ = ["FleetOptions", "FleetPlan", "load_profile_map", "assign_profiles", "fleet_keeps", "fleet_node_plans",
@@ -122,12 +124,19 @@ class FleetPlan:
         ds = self.dataset
         extra: dict[str, Any] = {}
         profile = load_profile(self.profiles[i])
+        algo = self.algorithm
         if not profile.can_train:
             extra = {"for_device": True, "trained_by": gateway_note(profile)}
+        else:
+            # the device's own training RAM decides its micro-batch, whichever driver runs the node
+            split = self.splits[i]
+            training = node_training_plan(o.model, ds.input_shape, ds.num_classes, profile, algo,
+                                          len(split.train_indices), len(split.test_indices), ds.memory_mapped)
+            algo = replace(algo, micro_batch=device_micro_batch(training, algo.micro_batch))
         # the node's own plan (per-layer keeps, granularity, channel counts), recorded in config.json
         np_ = self.node_plans[i] if self.node_plans else None
         keep: float | list[float] = self.layer_keeps[i] if self.layer_keeps else self.keeps[i]
-        granularity = "unstructured" if o.granularity == "progressive" else o.granularity
+        granularity = "unstructured" if o.granularity in STRUCTURED_ROUTES else o.granularity
         if np_ is not None:
             keep, granularity = np_.model_keep, np_.granularity
             extra["plan"] = np_.to_dict()
@@ -135,8 +144,8 @@ class FleetPlan:
             node_id=i,
             model=ModelSpec(o.model, ds.input_shape, ds.num_classes, keep=keep,
                             granularity=granularity, weight_seed=o.seed if o.weight_seed is None else o.weight_seed),
-            channels=None if np_ is None else np_.channels,
-            algorithm=self.algorithm, rounds=o.rounds, fleet=o.fleet_id, seed=o.seed, profile=self.profiles[i],
+            channels=None if np_ is None else np_.channels, channel_order="score" if np_ is None else np_.channel_order,
+            algorithm=algo, rounds=o.rounds, fleet=o.fleet_id, seed=o.seed, profile=self.profiles[i],
             eval_every=o.eval_every, eval_samples=o.eval_samples, stale_after=o.stale_after,
             checkpoint_every=o.checkpoint_every or max(o.rounds, 1),
             extra={"dataset": o.dataset, "data_dir": o.data_dir, "partition": o.partition_spec,
@@ -216,8 +225,10 @@ def fleet_node_plans(opts: FleetOptions, input_shape: tuple[int, int, int], num_
             return None
         keep = spec.uniform
     cache: dict[str, NodePlan] = {}
+    route = opts.algorithm_config().structured_route  # the preset's, for nodes whose dense export does not fit
     for name in dict.fromkeys(profiles):
-        cache[name] = plan_node(opts.model, input_shape, num_classes, name, opts.granularity, keep=keep)
+        cache[name] = plan_node(opts.model, input_shape, num_classes, name, opts.granularity, keep=keep,
+                                structured_route=route)
     return [cache[p] for p in profiles]
 
 
@@ -254,6 +265,7 @@ def make_node(plan: FleetPlan, i: int, transport: Transport | None, run_dir: str
     else:
         node.exchange = Exchange(node_id=i, shapes=masked_layer_shapes(node.model), fingerprint=node.fingerprint,
                                  fleet=plan.options.fleet_id)
+        share_frame_memo(node.exchange)  # and decode each neighbour's frame once, not once per receiver
     return node
 
 

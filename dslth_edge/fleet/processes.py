@@ -31,10 +31,10 @@ from typing import Any
 from dslth_edge.errors import (EXIT_BUG, EXIT_ISOLATED, EXIT_NETWORK, EXIT_USAGE, CheckpointError, DslthError,
                                IsolatedError, TransportError, UsageError)
 from dslth_edge.device.footprint import return_freed_memory
-from dslth_edge.fleet.device_node import NodeRunOptions, run_fleet_node
+from dslth_edge.fleet.device_node import NodeRunOptions, fleet_key, run_fleet_node
 from dslth_edge.runs.guard import open_node_dir, open_run_dir
 from dslth_edge.runs.rundir import NodePaths, read_metrics
-from dslth_edge.transport.identity import launcher_epoch
+from dslth_edge.transport.identity import choose_identity, launcher_epoch
 from dslth_edge.transport.mqtt_options import ENV_PASSWORD, MqttOptions
 
 __all__ = ["FleetRunOptions", "NodeStatus", "run_fleet", "worker_main", "node_status", "parse_node_slice"]
@@ -115,7 +115,7 @@ def run_fleet(
     fleet: Any,
     opts: FleetRunOptions,
     *,
-    on_start: Callable[[Any, Path, str], None] | None = None,
+    on_start: Callable[[Any, Path, str, str], None] | None = None,
     on_tick: Callable[[list[NodeStatus]], None] | None = None,
     write_plots: bool = True,
 ) -> dict[str, Any]:
@@ -165,7 +165,11 @@ def run_fleet(
     logs = []
     try:
         if on_start is not None:
-            on_start(plan, run_dir, url)
+            # the security mode, stated once for the fleet (as `train` states it per node);
+            # built for the slice's first node, as its worker will build it
+            identity = choose_identity(fleet.fleet_id, ids[0], roster=node_opts.roster, node_key=node_opts.node_key,
+                                       hmac_key=fleet_key(node_opts.fleet_key_file), epoch=node_opts.run_epoch)
+            on_start(plan, run_dir, url, identity.describe())
         for w in range(workers):
             spec = run_dir / f"worker-{tag}{w}.json"
             spec.write_text(json.dumps(_spec(fleet, ids[w::workers], run_dir, node_opts), indent=2))

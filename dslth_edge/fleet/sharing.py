@@ -18,11 +18,13 @@ from typing import Any
 
 import torch
 
+from dslth_edge.fleet.exchange import Exchange, FrameMemo
 from dslth_edge.learn.masking import masked_layers
 
-__all__ = ["share_fixed_weights"]
+__all__ = ["share_fixed_weights", "share_frame_memo"]
 
 _POOL: weakref.WeakValueDictionary[tuple[bytes, str], torch.Tensor] = weakref.WeakValueDictionary()
+_MEMOS: weakref.WeakValueDictionary[tuple[bytes, str], FrameMemo] = weakref.WeakValueDictionary()
 _LOCK = threading.Lock()
 
 
@@ -47,3 +49,21 @@ def share_fixed_weights(node: Any) -> int:
                 layer.weight = shared  # a registered buffer: nn.Module keeps it a buffer
                 freed += w.numel() * w.element_size()
     return freed
+
+
+def share_frame_memo(exchange: Exchange) -> FrameMemo:
+    """Attach the process-wide :class:`~dslth_edge.fleet.exchange.FrameMemo` of ``exchange``'s
+    weights and fleet: the nodes of one process decode each neighbour's frame once.
+
+    The memo keeps two frames per attached node (a round's frames, and the next round's
+    arriving early), packed; it goes when the last exchange using it does.
+    """
+    with _LOCK:
+        key = (bytes(exchange.fingerprint), exchange.fleet)
+        memo = _MEMOS.get(key)
+        if memo is None:
+            memo = _MEMOS[key] = FrameMemo(capacity=2)
+        else:
+            memo.capacity += 2
+        exchange.memo = memo
+    return memo

@@ -10,7 +10,6 @@ this host on its behalf only when asked (``for_device=True``), and config.json s
 
 from __future__ import annotations
 
-import math
 import time
 import warnings
 from collections.abc import Callable
@@ -26,13 +25,13 @@ from dslth_edge.fleet.node import Node, NodeConfig, RoundResult
 from dslth_edge.device.keep import plan_node
 from dslth_edge.device.footprint import peak_rss_bytes, return_freed_memory
 from dslth_edge.device.profiles import Profile, load_profile
-from dslth_edge.device.training import TrainingPlan, TrainingSetup, plan_training
+from dslth_edge.device.training import device_micro_batch, node_training_plan
 from dslth_edge.fleet.device_node import start_node
 from dslth_edge.fleet.plan import gateway_note
 from dslth_edge.runs.guard import open_node_dir, run_mode
 
 __all__ = ["FleetTrainOptions", "TrainOptions", "TrainResult", "train", "default_run_dir", "check_can_train",
-           "gateway_note", "node_training_plan"]
+           "gateway_note"]
 
 
 @dataclass(frozen=True)
@@ -140,15 +139,6 @@ class TrainResult:
         return asdict(self)
 
 
-def node_training_plan(model: str, input_shape: tuple[int, int, int], num_classes: int, profile: Profile,
-                       algo: Any, train_samples: int, test_samples: int, mapped: bool = True) -> TrainingPlan:
-    """The training plan of one node (micro-batch, memory, time) for its preset and data."""
-    setup = TrainingSetup(batch_size=algo.batch_size, local_steps=algo.local_steps, momentum=algo.momentum > 0,
-                          dense=algo.is_dense, train_samples=train_samples, test_samples=test_samples,
-                          sample_bytes=math.prod(input_shape), mapped=mapped)
-    return plan_training(model, input_shape, num_classes, profile, setup)
-
-
 def default_run_dir(profile: str, dataset: str) -> Path:
     """runs/<profile>-<dataset>-<YYYYmmdd-HHMMSS> under the current directory."""
     stamp = time.strftime("%Y%m%d-%H%M%S")
@@ -198,7 +188,8 @@ def train(
         if isinstance(opts.keep, str):  # a per-layer-type spec (conv=…,fc=…): fleets only
             raise UsageError(f"train alone takes one --keep ratio, got {opts.keep!r}; per layer type: simulate, fleet run")
     # the node's per-layer plan: keeps, granularity and, where the budgets need it, channel counts
-    node_plan = plan_node(opts.model, input_shape, num_classes, opts.profile, opts.granularity, keep=opts.keep)
+    node_plan = plan_node(opts.model, input_shape, num_classes, opts.profile, opts.granularity, keep=opts.keep,
+                          structured_route=get_preset(opts.preset, "local", **opts.overrides()).structured_route)
     keep, keep_source = node_plan.keep, node_plan.note
     algorithm = opts.algorithm or "local"
     if algorithm != "local":
@@ -210,8 +201,8 @@ def train(
     # micro-batches keep the device's own training RAM (when nothing fits, the smallest, and
     # train warns); a gateway (for_device) trains on this host, whose memory the MCU's
     # budget says nothing about
-    if gateway is None and algo.micro_batch == 0 and training.accumulation != 1:
-        algo = replace(algo, micro_batch=max(1, training.micro_batch))
+    if gateway is None:
+        algo = replace(algo, micro_batch=device_micro_batch(training, algo.micro_batch))
     run_dir = Path(opts.out) if opts.out else default_run_dir(opts.profile, opts.dataset)
     weight_seed = opts.seed if opts.weight_seed is None else opts.weight_seed
     extra = {"dataset": opts.dataset, "data_dir": opts.data_dir, "partition": "all", "keep_source": keep_source,
@@ -222,7 +213,7 @@ def train(
         node_id=0,
         model=ModelSpec(opts.model, input_shape, num_classes, keep=node_plan.model_keep,
                         granularity=node_plan.granularity, weight_seed=weight_seed, init=opts.init),
-        channels=node_plan.channels, algorithm=algo, rounds=opts.rounds, fleet="solo", seed=opts.seed, profile=profile.name,
+        channels=node_plan.channels, channel_order=node_plan.channel_order, algorithm=algo, rounds=opts.rounds, fleet="solo", seed=opts.seed, profile=profile.name,
         eval_every=opts.eval_every, checkpoint_every=opts.checkpoint_every, weights_file=opts.weights_file,
         extra=extra,
     )
@@ -319,7 +310,9 @@ def _train_in_fleet(
         return TrainResult(run_dir=str(run_dir), node_dir=str(node.paths.root) if node and node.paths else "",
                            rounds_done=node.round if node else 0, rounds=opts.rounds, keep=keep, keep_source=keep_source,
                            accuracy=state["acc"], loss=last.loss if last else None, seconds=time.perf_counter() - t0,
-                           stopped=stopped, for_device=profile.name if gateway is not None else None)
+                           stopped=stopped, for_device=profile.name if gateway is not None else None,
+                           peak_rss_bytes=peak_rss_bytes(), training_ram_budget_bytes=profile.training_ram_budget_bytes,
+                           micro_batch=node.algo.micro_batch if node else 0)
 
     def started(node: Node) -> None:
         state["node"] = node

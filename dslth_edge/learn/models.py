@@ -8,6 +8,8 @@ but the mask is learned, and a ChannelGate after it zeroes pruned channels.
 
 from __future__ import annotations
 
+import functools
+from collections.abc import Callable
 from dataclasses import dataclass
 
 import torch
@@ -133,21 +135,24 @@ class ConvBNGate(nn.Module):
 
 
 class McuCNN(nn.Module):
-    """A small CNN for microcontrollers: 3 × (3×3 conv, BN, ReLU) with 16/32/64 channels, GAP, classifier."""
+    """A small CNN for microcontrollers: 3 × (3×3 conv, BN, ReLU) with 16/32/64 channels, GAP, classifier.
 
-    def __init__(self, f: _Factory, input_shape: tuple[int, int, int], num_classes: int) -> None:
+    ``width`` multiplies every hidden layer's channels (``mcu-cnn-x2``: 32/64/128).
+    """
+
+    def __init__(self, f: _Factory, input_shape: tuple[int, int, int], num_classes: int, width: int = 1) -> None:
         super().__init__()
-        c = input_shape[0]
-        self.block1, self.block2, self.block3 = ConvBNGate(f, c, 16, 3), ConvBNGate(f, 16, 32, 3), ConvBNGate(f, 32, 64, 3)
+        c, (c1, c2, c3) = input_shape[0], (16 * width, 32 * width, 64 * width)
+        self.block1, self.block2, self.block3 = ConvBNGate(f, c, c1, 3), ConvBNGate(f, c1, c2, 3), ConvBNGate(f, c2, c3, 3)
         self.pool = nn.MaxPool2d(2)
-        self.fc = f.linear(64, num_classes, classifier=True)
+        self.fc = f.linear(c3, num_classes, classifier=True)
         _link(self.block1.conv, None), _link(self.block2.conv, self.block1.conv)
         _link(self.block3.conv, self.block2.conv), _link(self.fc, self.block3.conv)
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
-        x = self.pool(torch.relu(self.block1(x)))  # (B, 16, H/2, W/2)
-        x = self.pool(torch.relu(self.block2(x)))  # (B, 32, H/4, W/4)
-        x = torch.relu(self.block3(x))  # (B, 64, H/4, W/4)
+        x = self.pool(torch.relu(self.block1(x)))  # (B, 16·width, H/2, W/2)
+        x = self.pool(torch.relu(self.block2(x)))  # (B, 32·width, H/4, W/4)
+        x = torch.relu(self.block3(x))  # (B, 64·width, H/4, W/4)
         return self.fc(x.mean((2, 3)))  # global average pool -> (B, classes)
 
 
@@ -188,15 +193,20 @@ class ResNet8(nn.Module):
         return self.fc(x.mean((2, 3)))
 
 
-_ARCHS = {"paper-cnn": PaperCNN, "mcu-cnn": McuCNN, "resnet-8": ResNet8}
+_ZOO_ATTR = "zoo_name"  # every zoo model carries its name (variants share a class)
+_ARCHS: dict[str, Callable[[_Factory, tuple[int, int, int], int], nn.Module]] = {
+    "paper-cnn": PaperCNN,
+    "mcu-cnn": McuCNN,
+    "resnet-8": ResNet8,
+    "mcu-cnn-x2": functools.partial(McuCNN, width=2),
+    "mcu-cnn-x4": functools.partial(McuCNN, width=4),
+}
 
 
 def arch_name(model: nn.Module) -> str | None:
     """The zoo name of ``model``'s architecture (None for a model from elsewhere)."""
-    for name, cls in _ARCHS.items():
-        if type(model) is cls:
-            return name
-    return None
+    name = getattr(model, _ZOO_ATTR, None)
+    return name if isinstance(name, str) and name in _ARCHS else None
 
 
 def build_model(
@@ -213,6 +223,7 @@ def build_model(
     if spec.name not in _ARCHS:
         raise UsageError(f"unknown model {spec.name!r}; choose one of {', '.join(MODEL_NAMES)}")
     model = _ARCHS[spec.name](_Factory(spec), tuple(spec.input_shape), spec.num_classes)
+    setattr(model, _ZOO_ATTR, spec.name)
     n_masked = sum(1 for _ in masked_layers(model))
     if isinstance(spec.keep, list) and not spec.dense and n_masked != len(spec.keep):
         raise UsageError(f"{spec.name} needs one keep ratio per masked layer ({n_masked}), got {len(spec.keep)}")

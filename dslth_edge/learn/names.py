@@ -7,11 +7,18 @@ modules import these tuples, and tests/learn/test_names.py pins that they agree.
 
 from __future__ import annotations
 
-__all__ = ["ALGORITHMS", "MODEL_NAMES", "PRESET_NAMES"]
+__all__ = ["ALGORITHMS", "MODEL_NAMES", "PRESET_NAMES", "ROUTES", "STRUCTURED_ROUTES"]
 
-#: the model zoo (dslth_edge.learn.models)
-MODEL_NAMES = ("paper-cnn", "mcu-cnn", "resnet-8")
+#: the model zoo (dslth_edge.learn.models); "-x2"/"-x4": the same network with 2x/4x the channels
+#: of every hidden layer (a width multiplier: strong lottery tickets need wide random networks)
+MODEL_NAMES = ("paper-cnn", "mcu-cnn", "resnet-8", "mcu-cnn-x2", "mcu-cnn-x4")
 #: the update rules (dslth_edge.learn.algorithm)
 ALGORITHMS = ("mce-pl", "consensus", "local", "dpsgd", "dpsgd-ft")
 #: the algorithm constants' presets (dslth_edge.learn.algorithm.PRESETS)
 PRESET_NAMES = ("paper", "default", "reference")
+#: how a node learns a model its budgets need shrunk (dslth_edge.device.keep, docs/algorithm.md):
+#: progressive (its own sparsest channels go) or aligned (the fleet's shared channel order)
+STRUCTURED_ROUTES = ("progressive", "aligned")
+#: --granularity: unstructured (channels removed only where the budgets need it, by the
+#: preset's structured route), a structured route, or whole-channel masks
+ROUTES = ("unstructured", *STRUCTURED_ROUTES, "channel")

@@ -11,7 +11,10 @@ For one inference::
 ``channel_multiple``: CPU kernels (MLAS NCHWc blocks, XNNPACK, CMSIS-NN) vectorise over
 output channels and compute whole vectors, so a shrunk layer with 5 channels costs
 what 8 or 16 would (the profile schema's "channel counts that are a multiple of this
-hit the fast kernels").
+hit the fast kernels"). Exported files are already padded to the multiple with zero
+channels (``exporters.shrink``), so their operators carry the padded widths on both
+sides (a padded layer's consumer reads the zero channels too) and count what the
+planner counted; the rounding here then changes nothing.
 
 The per-op overhead is charged to weight layers (Conv / Gemm / MatMul and their
 quantized forms) only, matching the profile schema's ``per_op_overhead_us`` ("fixed

@@ -389,7 +389,7 @@ class MqttTransport:
                 self._offline.add(sender)
                 return
             transition = sender in self._offline or sender not in self.online
-            if retained and not transition:  # a broker's extra copy of a retained status (amqtt sends one per filter)
+            if retained and not transition:  # a broker's extra copy of a retained status (a re-subscription's)
                 return
             if sender in self._offline:
                 self._returned.add(sender)  # the exchange limits the key frames this forces

@@ -22,7 +22,7 @@ from dslth_edge.wire.errors import HeaderError
 from dslth_edge.wire.frame import decode_frame, encode_frame_stats
 from dslth_edge.wire.results import DecodedFrame, EncodedFrame, Masks
 
-__all__ = ["MaskEncoderState", "PeerMaskStore"]
+__all__ = ["MaskEncoderState", "PeerMaskStore", "pack_masks", "same_packed", "unpack_masks"]
 
 
 _Packed = tuple[tuple[np.ndarray, tuple[int, ...]], ...]  # per layer: packbits, shape
@@ -30,6 +30,22 @@ _Packed = tuple[tuple[np.ndarray, tuple[int, ...]], ...]  # per layer: packbits,
 
 def _unpack(bits: np.ndarray, shape: tuple[int, ...]) -> np.ndarray:
     return np.unpackbits(bits, count=math.prod(shape)).view(bool).reshape(shape)
+
+
+def pack_masks(masks: Masks) -> _Packed:
+    """Masks as :class:`PeerMaskStore` holds them: per layer, (packbits of the flat mask, shape)."""
+    return tuple((np.packbits(np.asarray(m, dtype=bool).reshape(-1)), np.shape(m)) for m in masks)
+
+
+def unpack_masks(packed: _Packed) -> tuple[np.ndarray, ...]:
+    """The masks of :func:`pack_masks`, as fresh bool arrays."""
+    return tuple(_unpack(bits, shape) for bits, shape in packed)
+
+
+def same_packed(a: _Packed, b: _Packed) -> bool:
+    """Whether two packed mask sets hold the same bits (the same objects: at once)."""
+    return a is b or (len(a) == len(b) and all(
+        x is y or (tuple(sx) == tuple(sy) and np.array_equal(x, y)) for (x, sx), (y, sy) in zip(a, b)))
 
 
 def _int(value: Any) -> int:
@@ -221,9 +237,13 @@ class PeerMaskStore:
 
     def put(self, sender: int, round: int, masks: Masks) -> None:  # noqa: A002
         """Store ``sender``'s masks of ``round`` (packed copies)."""
+        self.put_packed(sender, round, pack_masks(masks))
+
+    def put_packed(self, sender: int, round: int, packed: _Packed) -> None:  # noqa: A002
+        """Store masks already packed by :func:`pack_masks` (held as given: never write to them)."""
         rounds = self._peers.setdefault(sender, {})
         self._peers.move_to_end(sender)
-        rounds[round] = tuple((np.packbits(np.asarray(m, dtype=bool).reshape(-1)), np.shape(m)) for m in masks)
+        rounds[round] = packed
         for old in sorted(rounds)[: -self.rounds_per_sender]:
             del rounds[old]
         while len(self._peers) > self.max_senders:
@@ -237,6 +257,10 @@ class PeerMaskStore:
         return tuple(_unpack(bits, shape) for bits, shape in packed)
 
     __call__ = get
+
+    def packed(self, sender: int, round: int) -> _Packed | None:  # noqa: A002
+        """The packed masks of ``sender`` at ``round`` as held (read-only), or None."""
+        return self._peers.get(sender, {}).get(round)
 
     def latest(self, sender: int) -> tuple[int, tuple[np.ndarray, ...]] | None:
         """The newest ``(round, masks)`` held for ``sender``."""

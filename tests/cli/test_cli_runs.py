@@ -230,7 +230,7 @@ def test_train_for_a_device_that_cannot_train(tmp_path: Path) -> None:
 
 
 def test_fleet_run_follows_the_same_run_directory_rule(tmp_path: Path, mosquitto: Mosquitto) -> None:
-    # on Mosquitto: the embedded broker's amqtt race (tests/transport/conftest.py) is not what this tests
+    # on Mosquitto, as deployed fleets run (the embedded broker is covered by the [embedded] fleet tests)
     out = tmp_path / "fleet"
     args = ("fleet", "run", "--nodes", "2", "--dataset", "synthetic", "--model", "mcu-cnn", "--keep", "0.3",
             "--rounds", "2", "--eval-every", "0", "--workers", "1", "--no-plots", "--log-every", "1",
@@ -242,6 +242,7 @@ def test_fleet_run_follows_the_same_run_directory_rule(tmp_path: Path, mosquitto
     # finish between two polls), always ending with the last one
     seen = [ln.split()[2] for ln in lines]
     assert seen and seen[-1] == "2/2" and len(seen) == len(set(seen)) and set(seen) <= {"1/2", "2/2"}, p.stderr
+    assert "security: CRC-32C only" in p.stderr and "INSECURE" in p.stderr  # the mode is stated, not only logged
     assert (out / "summary.json").is_file()
     p = cli(*args, cwd=tmp_path)
     assert p.returncode == EXIT_USAGE and "already holds a run" in p.stderr

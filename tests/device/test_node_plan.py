@@ -1,4 +1,5 @@
-"""The per-node plan: routes, channel counts on the profile's multiple, refusal, plan ⇔ verdict agreement."""
+"""The per-node plan: routes, channel counts on the profile's multiple, residual coupling, refusal,
+plan ⇔ verdict agreement (zero-channel padding included)."""
 
 from __future__ import annotations
 
@@ -7,17 +8,19 @@ from pathlib import Path
 import pytest
 import torch
 
-from dslth_edge.device.keep import plan_node
+from dslth_edge.device.keep import plan_costs, plan_node, residual_groups
 from dslth_edge.device.planner import PlanError, plan, planned_channels
 from dslth_edge.device.profiles import load_profile
 from dslth_edge.errors import EXIT_USAGE
 from dslth_edge.exporters.shrink import shrink, shrunk_info
 from dslth_edge.learn.masking import masked_layers, set_masks
-from dslth_edge.learn.models import ModelSpec, build_model, layer_costs
+from dslth_edge.learn.models import ModelSpec, build_model
 from dslth_edge.profiler.analysis import analyze_torch_module
 from dslth_edge.profiler.predictor import predict as predict_latency
 
 SHAPE = (1, 28, 28)
+RESNET_SHAPE = (3, 32, 32)
+TRUNK = ("stem.conv", "stack1.body2.conv", "stack2.body2.conv", "stack2.shortcut", "stack3.body2.conv", "stack3.shortcut")
 ROOT = Path(__file__).resolve().parents[2]
 
 
@@ -63,22 +66,71 @@ def test_refuses_in_one_line_when_no_plan_fits(tmp_path: Path) -> None:
     assert plan_node("mcu-cnn", SHAPE, 10, str(tight)).plan is not None
 
 
-@pytest.mark.parametrize("profile", ["nrf52840", "esp32-s3"])
-def test_plan_and_verdict_predict_the_same_latency(profile: str) -> None:
-    """The shrunk model of a plan, judged by the profiler's predictor, costs what the plan said."""
-    p = load_profile(profile)
-    model = build_model(ModelSpec("paper-cnn", SHAPE, 10, keep=1.0))
-    result = plan(layer_costs(model, SHAPE), p, granularity="channel")
+def test_residual_groups() -> None:
+    """The adds of ResNet-8 couple the stem with stack1's second conv, and each later
+    stack's second conv with its shortcut; the plain CNNs have no add."""
+    resnet = build_model(ModelSpec("resnet-8", RESNET_SHAPE, 10, keep=1.0))
+    assert set(residual_groups(resnet)) == {frozenset({"stem.conv", "stack1.body2.conv"}),
+                                           frozenset({"stack2.body2.conv", "stack2.shortcut"}),
+                                           frozenset({"stack3.body2.conv", "stack3.shortcut"})}
+    for name in ("paper-cnn", "mcu-cnn"):
+        assert residual_groups(build_model(ModelSpec(name, SHAPE, 10, keep=1.0))) == ()
+    prunable = [c.name for c in plan_costs(resnet, RESNET_SHAPE) if c.prunable_out]
+    assert prunable == ["stack1.body1.conv", "stack2.body1.conv", "stack3.body1.conv"]
+
+
+@pytest.mark.parametrize("granularity", ["unstructured", "channel"])
+def test_resnet8_plan_keeps_the_residual_trunk_whole(granularity: str) -> None:
+    """Only the convs inside the blocks shrink: what shrink can always remove, whatever the
+    coupled layers' independently trained masks keep."""
+    np_ = plan_node("resnet-8", RESNET_SHAPE, 10, "nrf52840", granularity)
+    assert np_.structured and np_.channels is not None and np_.plan is not None
+    chans = dict(zip([lk.name for lk in np_.plan.layers], np_.channels))
+    full = {lk.name: lk.out_channels for lk in np_.plan.layers}
+    assert all(chans[n] == full[n] for n in TRUNK)
+    inner = [n for n in chans if n.endswith("body1.conv")]
+    assert any(chans[n] < full[n] for n in inner) and all(chans[n] % 4 == 0 for n in inner)
+    if granularity == "channel":  # a trunk layer's channel mask keeps every channel
+        assert all(k == 1.0 for k, lk in zip(np_.keeps, np_.plan.layers) if lk.name in TRUNK)
+
+
+def _plan_masks(model: torch.nn.Module, channels: list[int]) -> None:
+    """Pin masks keeping the first ``channels[i]`` output channels of layer i, whole."""
     masks = []
-    for (name, layer), lk in zip(masked_layers(model), result.layers):
+    for (_, layer), n in zip(masked_layers(model), channels):
         m = torch.zeros_like(layer.weight, dtype=torch.bool)
-        m[: lk.channels] = True  # keep the plan's channel count, whole
+        m[:n] = True
         masks.append(m)
     set_masks(model, masks)
     model.eval()
-    shrunk = shrink(model, SHAPE)
-    assert list(shrunk_info(shrunk).widths().values()) == [lk.channels for lk in result.layers]
-    ops = analyze_torch_module(shrunk, torch.zeros(1, *SHAPE)).ops
+
+
+CASES = [("paper-cnn", SHAPE, "nrf52840"), ("paper-cnn", SHAPE, "esp32-s3"), ("resnet-8", RESNET_SHAPE, "nrf52840")]
+
+
+@pytest.mark.parametrize("short", [0, 3], ids=["planned", "drop-killed-3"])
+@pytest.mark.parametrize("model_name, shape, profile", CASES, ids=[f"{c[0]}-{c[2]}" for c in CASES])
+def test_plan_and_verdict_predict_the_same_latency(model_name: str, shape: tuple[int, int, int], profile: str,
+                                                   short: int) -> None:
+    """The shrunk model of a plan, judged by the profiler's predictor, costs what the plan said.
+
+    ``short``: each shrinking layer ends 3 channels below its plan (a drop or mask that
+    killed more): shrink's zero-channel padding to the profile's multiple restores the
+    planned widths, so the figures still agree.
+    """
+    p = load_profile(profile)
+    m = p.compute.channel_multiple
+    model = build_model(ModelSpec(model_name, shape, 10, keep=1.0))
+    result = plan(plan_costs(model, shape), p, granularity="channel")
+    planned = [lk.channels for lk in result.layers]
+    kept = [n - short if n < lk.out_channels and n - short >= max(1, n - m + 1) else n
+            for n, lk in zip(planned, result.layers)]
+    if short:
+        assert kept != planned
+    _plan_masks(model, kept)
+    shrunk = shrink(model, shape, channel_multiple=m)
+    assert list(shrunk_info(shrunk).widths().values()) == planned
+    ops = analyze_torch_module(shrunk, torch.zeros(1, *shape)).ops
     verdict_ms = predict_latency(list(ops), p, dtype=result.dtype).total_ms
     assert verdict_ms == pytest.approx(result.check("latency").predicted, rel=1e-9)
     stored = sum(op.params for op in ops)

@@ -405,6 +405,11 @@ def fake_models(monkeypatch):
 
     module.build_model = build_model
     module.layer_costs = lambda model, input_shape: paper_cnn_costs()
+    # the CLI plans with device.keep.plan_costs (residual coupling): the same stand-in; keep is
+    # imported before the fake module replaces the real one, which it imports by name
+    from dslth_edge.device import keep
+
+    monkeypatch.setattr(keep, "plan_costs", lambda model, input_shape: module.layer_costs(model, input_shape))
     monkeypatch.setitem(sys.modules, "dslth_edge.learn.models", module)
     from dslth_edge.device import training  # the training rows trace a model too: the same stand-in
 

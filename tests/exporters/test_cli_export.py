@@ -86,6 +86,16 @@ def test_json_report(trained_run, tmp_path) -> None:
     assert [r["variant"] for r in doc["rows"]] == ["masked-dense", "shrunk", "shrunk+int8"]
     assert doc["parity"]["max_abs_diff"] <= 1e-4
     assert json.loads((tmp_path / "report.json").read_text())["exports"]["m.onnx"]["format"] == "onnx"
+    # zero-channel padding to the profile's multiple (x86-host: 8) by default; no re-admitting rounding
+    assert doc["shrink"]["channel_multiple"] == 8 and "rounding" not in doc
+    assert all(w % 8 == 0 or layer == "fc" for layer, w in doc["shrink"]["widths"].items())
+
+
+def test_channel_multiple_must_be_positive(capsys) -> None:
+    res = CliRunner().invoke(cli, ["export", "--channel-multiple", "0"])
+    assert res.exit_code == 2 and "--channel-multiple" in res.output
+    res = CliRunner().invoke(cli, ["export", "--round-channels"])  # the re-admitting rounding is gone
+    assert res.exit_code == 2 and "No such option" in res.output
 
 
 def test_default_output_path(tmp_path) -> None:

@@ -76,18 +76,38 @@ def test_int8_accuracy_drop(exported_onnx) -> None:
     assert any(n.op_type == "QuantizeLinear" for n in onnx.load(str(path)).graph.node)
 
 
+@pytest.mark.parametrize("multiple", [1, 8])
 @pytest.mark.parametrize("name,shape", [("paper-cnn", (1, 28, 28)), ("mcu-cnn", (1, 28, 28)), ("resnet-8", (3, 32, 32))])
-def test_zoo_parity(name: str, shape: tuple[int, int, int]) -> None:
-    """Every zoo architecture, shrunk with channel masks, converts with parity <= 1e-4."""
+def test_zoo_parity(name: str, shape: tuple[int, int, int], multiple: int) -> None:
+    """Every zoo architecture, shrunk with channel masks (unpadded, and zero-padded to
+    multiples of 8), converts with parity <= 1e-4 against the masked model."""
     model = build_model(ModelSpec(name, shape, 10, keep=1.0, granularity="channel", init="signed-constant")).eval()
     set_masks(model, [topk_mask(layer.scores, 0.3, "channel") for _, layer in masked_layers(model)])
-    shrunk = shrink(model, shape)
+    shrunk = shrink(model, shape, channel_multiple=multiple)
     data = onnx_bytes(shrunk, shape)
     check_onnx(data)
     x = np.random.default_rng(0).standard_normal((100, *shape)).astype(np.float32)
     with torch.no_grad():
         ref = model(torch.from_numpy(x)).numpy()
     assert float(np.abs(OnnxRunner(data).run(x) - ref).max()) <= 1e-4
+
+
+
+def test_padded_int8_onnx() -> None:
+    """ORT's static int8 (per-channel weights) handles zero-padded channels: same classes as fp32."""
+    from dslth_edge.exporters.shrink import fold_batchnorm, shrunk_info
+
+    shape = (1, 28, 28)
+    model = build_model(ModelSpec("mcu-cnn", shape, 10, keep=1.0, granularity="channel", init="signed-constant")).eval()
+    set_masks(model, [topk_mask(layer.scores, 0.3, "channel") for _, layer in masked_layers(model)])
+    module = fold_batchnorm(shrink(model, shape, channel_multiple=4))
+    assert shrunk_info(module).padding()
+    rng = np.random.default_rng(0)
+    calib, x = (rng.standard_normal((n, *shape)).astype(np.float32) for n in (100, 200))
+    with torch.no_grad():
+        ref = module(torch.from_numpy(x)).numpy().argmax(1)
+    q = quantize_onnx(onnx_bytes(module, shape), "int8", calib)
+    assert float((OnnxRunner(q).run(x).argmax(1) == ref).mean()) >= 0.95
 
 
 def test_dynamic_quantization(exported_onnx) -> None:

@@ -1,9 +1,8 @@
-"""shrink: masked model ≡ shrunk model, coupled channels, rounding, save/load without pickles."""
+"""shrink: masked model ≡ shrunk model, coupled channels, zero-channel padding, save/load without pickles."""
 
 from __future__ import annotations
 
 import json
-import math
 
 import numpy as np
 import pytest
@@ -24,7 +23,7 @@ from dslth_edge.exporters.shrink import (  # noqa: E402
     count_params,
     fold_batchnorm,
     load_shrunk,
-    round_channels,
+    padded_width,
     save_shrunk,
     shrink,
     shrunk_info,
@@ -124,13 +123,7 @@ def test_every_dead_channel_goes_and_residual_unions_survive(zoo) -> None:
 def test_random_channel_masks_resnet(zoo, data) -> None:
     """Any channel subsets (one channel at least per layer) shrink exactly, coupled through the adds."""
     model = zoo["resnet-8"]
-    masks = []
-    for _, layer in masked_layers(model):
-        c = layer.weight.shape[0]
-        keep = data.draw(st.sets(st.integers(0, c - 1), min_size=1, max_size=c))
-        row = torch.zeros(c, dtype=torch.bool)
-        row[list(keep)] = True
-        masks.append(row.view(c, *([1] * (layer.weight.dim() - 1))).expand_as(layer.weight).clone())
+    masks = _random_channel_masks(model, data)
     set_masks(model, masks)
     x = torch.randn(4, *SHAPES["resnet-8"], generator=torch.Generator().manual_seed(2))
     try:
@@ -201,47 +194,150 @@ def test_depthwise_coupling() -> None:
         save_shrunk(shrunk, "/nonexistent-not-written", {})
 
 
+def test_padded_width() -> None:
+    assert padded_width(13, 64, 4) == 16
+    assert padded_width(16, 64, 4) == 16
+    assert padded_width(0, 64, 8) == 8  # a layer keeps one block even when nothing is read
+    assert padded_width(0, 64, 1) == 1
+    assert padded_width(61, 62, 8) == 62  # never past the dense width
+    with pytest.raises(ExportError, match="multiple"):
+        padded_width(3, 8, 0)
+
+
+def _zero_rows(shrunk: nn.Module, x: torch.Tensor) -> dict[str, set[int]]:
+    """Per conv/linear layer: output channels that are exactly 0 after the layer and its
+    BatchNorm (a sibling named ``bn``) for every input in ``x``."""
+    outs: dict[str, torch.Tensor] = {}
+    hooks = []
+    for name, mod in shrunk.named_modules():
+        if isinstance(mod, (nn.Conv2d, nn.Linear)):
+            parent = shrunk.get_submodule(name.rpartition(".")[0]) if "." in name else shrunk
+            bn = getattr(parent, "bn", None) if name.endswith(".conv") else None
+            target = bn if isinstance(bn, nn.BatchNorm2d) else mod
+
+            def hook(m: nn.Module, i: tuple[torch.Tensor, ...], o: torch.Tensor, name: str = name) -> None:
+                outs[name] = o
+            hooks.append(target.register_forward_hook(hook))
+    with torch.no_grad():
+        shrunk(x)
+    for h in hooks:
+        h.remove()
+    return {n: {c for c in range(o.shape[1]) if bool((o[:, c] == 0).all())} for n, o in outs.items()}
+
+
+def _check_padding(model: nn.Module, shape: tuple[int, int, int], multiple: int, x: torch.Tensor) -> nn.Module:
+    """Shrink ``model`` padded to ``multiple`` and check everything padding promises."""
+    # channels some consumer reads: the unpadded width less its one zero channel, if it needed one
+    live = {w.name: w.out_channels - len(w.padded) for w in shrunk_info(shrink(model, shape, channel_multiple=1)).layers}
+    shrunk = shrink(model, shape, channel_multiple=multiple)
+    info = shrunk_info(shrunk)
+    assert info.channel_multiple == multiple
+    d = _max_diff(model, shrunk, x)
+    assert d <= TOL, f"padded to {multiple}: max |masked - shrunk| = {d:.2e}"
+    masks = {n: layer.current_mask() for n, layer in masked_layers(model)}
+    zero = _zero_rows(shrunk, x)
+    last = info.layers[-1].name
+    for w in info.layers:
+        if w.name == last:
+            assert w.out_channels == w.dense_out and not w.padded  # the classes are never padded
+            continue
+        # the width is the live width rounded up to the multiple (never past the dense width)
+        assert w.out_channels == padded_width(live[w.name], w.dense_out, multiple), w.name
+        assert w.out_channels % multiple == 0 or w.out_channels == w.dense_out, w.name
+        assert len(w.padded) == w.out_channels - live[w.name], w.name
+        mod = shrunk.get_submodule(w.name)
+        for c in w.padded:  # exactly zero: weights, and the value after BatchNorm
+            assert bool((mod.weight[c] == 0).all()), (w.name, c)
+            assert c in zero[w.name], (w.name, c)
+        # no pruned channel came back: no more non-zero rows than the mask keeps alive
+        rows = int(mod.weight.reshape(mod.weight.shape[0], -1).ne(0).any(1).sum())
+        assert rows <= len(_alive(masks[w.name])), w.name
+        assert w.nonzero <= int(masks[w.name].sum()), w.name
+    return shrunk
+
+
+@pytest.mark.parametrize("multiple", [4, 16])  # 8: the tests below
 @pytest.mark.parametrize("granularity", ["channel", "unstructured"])
-def test_round_channels(zoo, granularity: str) -> None:
+@pytest.mark.parametrize("name", list(SHAPES))
+def test_padding_keeps_the_function(zoo, real_inputs, name: str, granularity: str, multiple: int) -> None:
+    """Zero-channel padding: same outputs as the masked model, widths on the multiple, zero pads."""
+    model, shape = zoo[name], SHAPES[name]
+    _pin(model, 0.3 if granularity == "channel" else 0.1, granularity)
+    try:
+        _check_padding(model, shape, multiple, real_inputs[shape])
+    finally:
+        set_masks(model, None)
+
+
+def test_padding_zeroes_the_consumers_columns(zoo) -> None:
+    """paper-cnn: a padded conv3 channel c is zero in fc1's flattened columns c*9 … c*9+8
+    (28 → 14 → 7 → 3 after three pools), a padded conv1 channel in conv2's input."""
     model, shape = zoo["paper-cnn"], SHAPES["paper-cnn"]
-    before = _pin(model, 0.1, granularity)
-    rr = round_channels(model, shape, 8)
-    assert [m is None for m in [layer.mask_override for _, layer in masked_layers(model)]] == [False] * 5  # untouched
-    for old, new in zip(before, rr.masks):
-        assert bool((new | old).eq(new).all())  # only re-admissions
-    set_masks(model, rr.masks)
-    widths = shrunk_info(shrink(model, shape)).widths()
-    dense = {"conv1": 64, "conv2": 128, "conv3": 256, "fc1": 192}
-    for layer, full in dense.items():
-        assert widths[layer] % 8 == 0 or widths[layer] == full, (layer, widths[layer])
-        assert widths[layer] == rr.widths_after[layer]
-        assert rr.widths_after[layer] == min(full, math.ceil(rr.widths_before[layer] / 8) * 8)
-    if granularity == "channel":
-        assert rr.readmitted  # 6/13/26/19 channels are not multiples of 8
-    set_masks(model, None)
+    _pin(model, 0.3, "channel")
+    try:
+        shrunk = shrink(model, shape, channel_multiple=8)
+    finally:
+        set_masks(model, None)
+    pad = {w.name: w.padded for w in shrunk_info(shrunk).layers}
+    assert pad["conv1"] and pad["conv3"], pad  # 19 and 77 kept channels: both padded
+    for c in pad["conv1"]:
+        assert bool((shrunk.conv2.weight[:, c] == 0).all())
+    hw = 3 * 3
+    assert shrunk.fc1.in_features == shrunk.conv3.out_channels * hw
+    for c in pad["conv3"]:
+        assert bool((shrunk.fc1.weight[:, c * hw:(c + 1) * hw] == 0).all())
+    for c in pad["fc1"]:
+        assert bool((shrunk.fc2.weight[:, c] == 0).all())
 
 
-def test_round_channels_resnet_groups(zoo) -> None:
+def test_padding_resnet_groups_pad_together(zoo) -> None:
+    """Channels a residual add sums are padded in every member: the add adds zeros to zeros."""
     model, shape = zoo["resnet-8"], SHAPES["resnet-8"]
     _pin(model, 0.3, "channel")
-    rr = round_channels(model, shape, 8)
-    set_masks(model, rr.masks)
-    shrunk = shrink(model, shape)
-    for layer, w in shrunk_info(shrunk).widths().items():
-        assert w % 8 == 0 or layer == "fc", (layer, w)
-    assert _max_diff(model, shrunk, torch.randn(2, *shape)) <= TOL
-    set_masks(model, None)
+    try:
+        shrunk = _check_padding(model, shape, 8, torch.randn(4, *shape, generator=torch.Generator().manual_seed(3)))
+    finally:
+        set_masks(model, None)
+    info = {w.name: w for w in shrunk_info(shrunk).layers}
+    assert info["stem.conv"].out_channels == info["stack1.body2.conv"].out_channels
+    assert info["stem.conv"].padded == info["stack1.body2.conv"].padded  # identity shortcut: same slots
+    for s in ("stack2", "stack3"):
+        assert info[f"{s}.body2.conv"].out_channels == info[f"{s}.shortcut"].out_channels
+        assert len(info[f"{s}.body2.conv"].padded) == len(info[f"{s}.shortcut"].padded)
+
+
+def _random_channel_masks(model: nn.Module, data: st.DataObject) -> list[torch.Tensor]:
+    masks = []
+    for _, layer in masked_layers(model):
+        c = layer.weight.shape[0]
+        keep = data.draw(st.sets(st.integers(0, c - 1), min_size=1, max_size=c))
+        row = torch.zeros(c, dtype=torch.bool)
+        row[list(keep)] = True
+        masks.append(row.view(c, *([1] * (layer.weight.dim() - 1))).expand_as(layer.weight).clone())
+    return masks
+
+
+@settings(max_examples=12, deadline=None, suppress_health_check=[HealthCheck.function_scoped_fixture])
+@given(data=st.data(), name=st.sampled_from(["mcu-cnn", "resnet-8"]), multiple=st.sampled_from([1, 2, 3, 4, 8, 16]))
+def test_padding_property(zoo, data, name: str, multiple: int) -> None:
+    """Any channel subsets, any multiple: exact function, widths on the multiple, zero pads, nothing re-admitted."""
+    model, shape = zoo[name], SHAPES[name]
+    set_masks(model, _random_channel_masks(model, data))
+    try:
+        _check_padding(model, shape, multiple, torch.randn(4, *shape, generator=torch.Generator().manual_seed(2)))
+    finally:
+        set_masks(model, None)
 
 
 def test_save_load_roundtrip(zoo, tmp_path) -> None:
     model, shape = zoo["resnet-8"], SHAPES["resnet-8"]
     _pin(model, 0.3, "channel")
-    shrunk = shrink(model, shape)
+    shrunk = shrink(model, shape, channel_multiple=8)
     set_masks(model, None)
     path = save_shrunk(shrunk, tmp_path, {"node": 3, "profile": "x86-host", "keep": 0.3, "weights_fingerprint": "ab" * 32})
     doc = json.loads(path.read_text())
     assert doc["provenance"]["node"] == 3 and doc["arch"] == "resnet-8"
-    assert doc["widths"] == shrunk_info(shrunk).widths()
+    assert doc["widths"] == shrunk_info(shrunk).widths() and doc["channel_multiple"] == 8
     with np.load(tmp_path / SHRUNK_ARRAYS, allow_pickle=False) as data:
         assert all(data[k].dtype != object for k in data.files)
     loaded = load_shrunk(tmp_path)
@@ -249,6 +345,14 @@ def test_save_load_roundtrip(zoo, tmp_path) -> None:
     with torch.no_grad():
         assert torch.equal(loaded(x), shrunk(x))
     assert count_params(loaded) == count_params(shrunk) == doc["params"]
+    assert shrunk_info(loaded) == shrunk_info(shrunk) and shrunk_info(loaded).padding()
+    # a shrink.json written before padding existed (no "padded", no "channel_multiple") still loads
+    for w in doc["layers"]:
+        del w["padded"]
+    del doc["channel_multiple"]
+    path.write_text(json.dumps(doc))
+    old = shrunk_info(load_shrunk(tmp_path))
+    assert old.channel_multiple == 1 and old.padding() == {} and old.widths() == shrunk_info(shrunk).widths()
 
 
 def test_load_refuses_pickles_and_damage(tmp_path) -> None:

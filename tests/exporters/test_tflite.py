@@ -1,4 +1,4 @@
-"""TFLite export through litert-torch: parity with LiteRT, metadata, int8 (AEQ), rounding, size."""
+"""TFLite export through litert-torch: parity with LiteRT, metadata, int8 (AEQ), zero-channel padding, size."""
 
 from __future__ import annotations
 
@@ -16,7 +16,7 @@ from dslth_edge.exporters.tflite import quantize_tflite, tflite_bytes  # noqa: E
 from dslth_edge.learn.masking import masked_layers, set_masks, topk_mask  # noqa: E402
 from dslth_edge.learn.models import ModelSpec, build_model  # noqa: E402
 from dslth_edge.runs.runinfo import load_run  # noqa: E402
-from dslth_edge.exporters.shrink import round_channels, shrink  # noqa: E402
+from dslth_edge.exporters.shrink import shrink, shrunk_info  # noqa: E402
 
 
 def test_fp32_parity_and_metadata(trained_run, exported_tflite) -> None:
@@ -35,13 +35,16 @@ def test_fp32_parity_and_metadata(trained_run, exported_tflite) -> None:
     assert shrunk.file_bytes == path.stat().st_size <= size_bound(shrunk.params, 4)
 
 
-def test_int8_rounded(trained_run, exported_tflite) -> None:
+def test_int8_padded(trained_run, exported_tflite) -> None:
+    """int8 of a model padded with zero channels to x86-host's multiple: the zero channels
+    quantize (a zero weight is 0 at any scale) and the file agrees with the masked model."""
     path, report = exported_tflite["tflite-int8"]
-    q, r = report.quantization, report.rounding
+    q, s = report.quantization, report.shrink
     assert q["route"] in ("aeq", "pt2e") and "aeq" in q["route_agreement"] and q["drop_points"] <= 1.0
-    assert r["multiple"] == 8  # x86-host's channel multiple
-    for layer, width in report.shrink["widths"].items():
+    assert s["channel_multiple"] == 8 and report.provenance["channel_multiple"] == 8
+    for layer, width in s["widths"].items():
         assert width % 8 == 0 or layer == "fc", (layer, width)
+    assert s["max_abs_diff_vs_masked"] <= s["tolerance"]  # padding kept the function
     runner = TfliteRunner(path)
     assert runner.input_quantization is not None and runner.output_quantization is not None
     io = q["io"]
@@ -50,13 +53,55 @@ def test_int8_rounded(trained_run, exported_tflite) -> None:
     assert read_tflite_metadata(path)["input"]["quantization"]["zero_point"] == io["input"]["zero_point"]
     int8 = next(x for x in report.rows if x.variant == "shrunk+int8")
     assert int8.file_bytes == path.stat().st_size <= size_bound(int8.params, 1)
-    # int8 against the rounded fp32 model's own predictions: a label-free fidelity check
+    # int8 against the masked fp32 model's own predictions (padding changes no output): label-free fidelity
     info = load_run(trained_run)
-    set_masks(info.model, round_channels(info.model, info.input_shape, 8).masks)
     x, _ = info.test_arrays(300)
     with torch.no_grad():
         fp32 = info.model(torch.from_numpy(x)).numpy().argmax(1)
     assert float((runner.run(x).argmax(1) == fp32).mean()) >= 0.95
+
+
+def test_padded_fp32_parity() -> None:
+    """A zero-padded shrunk model converts with the same outputs as the masked model (module level)."""
+    shape = (1, 28, 28)
+    model = build_model(ModelSpec("mcu-cnn", shape, 10, keep=1.0, granularity="channel", init="signed-constant")).eval()
+    set_masks(model, [topk_mask(layer.scores, 0.3, "channel") for _, layer in masked_layers(model)])
+    shrunk = shrink(model, shape, channel_multiple=4)
+    assert shrunk_info(shrunk).padding()  # 5/10/19 channels kept: all padded
+    x = np.random.default_rng(0).standard_normal((50, *shape)).astype(np.float32)
+    with torch.no_grad():
+        ref = model(torch.from_numpy(x)).numpy()
+    assert float(np.abs(TfliteRunner(tflite_bytes(shrunk, shape)).run(x) - ref).max()) <= 1e-4
+
+
+
+def _padded_mcu(multiple: int) -> tuple[torch.nn.Module, tuple[int, int, int]]:
+    """mcu-cnn with channel masks at 0.3 (5/10/19 channels), BN folded, zero-padded to ``multiple``."""
+    from dslth_edge.exporters.shrink import fold_batchnorm
+
+    shape = (1, 28, 28)
+    model = build_model(ModelSpec("mcu-cnn", shape, 10, keep=1.0, granularity="channel", init="signed-constant")).eval()
+    set_masks(model, [topk_mask(layer.scores, 0.3, "channel") for _, layer in masked_layers(model)])
+    shrunk = shrink(model, shape, channel_multiple=multiple)
+    assert shrunk_info(shrunk).padding() == {"block1.conv": 3, "block2.conv": 2, "block3.conv": 1}
+    return fold_batchnorm(shrunk), shape
+
+
+def test_padded_int8_is_integer_only_and_faithful() -> None:
+    """Zero channels quantize: the int8 file (aeq) stays integer-only, and LiteRT and
+    TFLite Micro predict the fp32 model's classes."""
+    pytest.importorskip("tflite_micro")
+    from dslth_edge.exporters.tflm import TflmRunner, require_integer_only
+
+    module, shape = _padded_mcu(4)
+    rng = np.random.default_rng(0)
+    calib, x = (rng.standard_normal((n, *shape)).astype(np.float32) for n in (100, 200))
+    with torch.no_grad():
+        ref = module(torch.from_numpy(x)).numpy().argmax(1)
+    q = quantize_tflite(tflite_bytes(module, shape), "int8", calib)
+    require_integer_only(q)
+    assert float((TfliteRunner(q).run(x).argmax(1) == ref).mean()) >= 0.95
+    assert float((TflmRunner(q).run(x).argmax(1) == ref).mean()) >= 0.95
 
 
 def test_resnet_parity() -> None:

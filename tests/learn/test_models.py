@@ -63,3 +63,11 @@ def test_unknown_model_and_tiny_input() -> None:
         build_model("vgg", (1, 28, 28), 10)
     with pytest.raises(UsageError, match="at least 8x8"):
         build_model("paper-cnn", (1, 4, 4), 10)
+
+
+def test_width_variants_multiply_the_hidden_channels_only() -> None:
+    base = layer_costs(build_model("mcu-cnn", (1, 28, 28), 10), (1, 28, 28))
+    for name, width in (("mcu-cnn-x2", 2), ("mcu-cnn-x4", 4)):
+        costs = layer_costs(build_model(name, (1, 28, 28), 10), (1, 28, 28))
+        assert [c.out_channels for c in costs] == [b.out_channels * width for b in base[:-1]] + [10]
+        assert costs[0].in_channels == 1  # the input keeps its channels

@@ -45,14 +45,22 @@ def _thread_cpu_ticks() -> dict[str, int]:
     return ticks
 
 
-def _busy_threads(runner: Runner, seconds: float = 0.6) -> int:
-    """How many threads of this process accrued >= 5 ticks while ``runner`` ran."""
+def _busy_threads(runner: Runner, busiest_ticks: int = 40, cap_s: float = 60.0) -> int:
+    """How many threads of this process accrued >= 5 ticks while ``runner`` ran.
+
+    Runs until the busiest thread has ``busiest_ticks`` of CPU time (not for a wall-clock
+    span: on a loaded machine a thread may get little CPU in any given second, but the
+    split of the work between threads does not depend on the load).
+    """
     before = _thread_cpu_ticks()
-    deadline = time.perf_counter() + seconds
-    while time.perf_counter() < deadline:
-        runner.run()
-    after = _thread_cpu_ticks()
-    return sum(1 for tid, t in after.items() if t - before.get(tid, 0) >= 5)
+    deadline = time.perf_counter() + cap_s
+    while True:
+        for _ in range(5):
+            runner.run()
+        after = _thread_cpu_ticks()
+        deltas = [t - before.get(tid, 0) for tid, t in after.items()]
+        if max(deltas, default=0) >= busiest_ticks or time.perf_counter() > deadline:
+            return sum(1 for d in deltas if d >= 5)
 
 
 def _loaded(cls: type[Runner], path: Path, threads: int) -> Runner:
