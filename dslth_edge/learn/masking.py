@@ -247,7 +247,8 @@ def _every_row_kept(mask: torch.Tensor, y: torch.Tensor, eligible: torch.Tensor)
 class _MaskedWeight(torch.autograd.Function):
     """``w ⊙ m`` forward; ``∂L/∂z = (∂L/∂(w ⊙ m) · w) · sgn(y)`` backward.
 
-    The autograd graph of ``w * _StraightThroughMask(|z + shift|, m)`` fused into one
+    The autograd graph of ``w * ST(|z + shift|, m)`` (ST: edge-popup's straight-through,
+    forward m, backward the identity) fused into one
     node: the same float operations in the same order (MulBackward ``grad · w``, the
     straight-through, AbsBackward ``· sgn(y)``, AddBackward to ``z``), so the gradient
     is bit-identical, without the second ``z + shift``, ``|y|`` and their graph nodes.
@@ -275,18 +276,6 @@ def _rows_alive(mask: torch.Tensor) -> torch.Tensor:
     if rows.dtype == torch.bool and rows.device.type == "cpu":  # numpy's any: ~50x faster than torch's on bools
         return torch.from_numpy(rows.numpy().any(1))
     return rows.any(1)
-
-
-class _StraightThroughMask(torch.autograd.Function):
-    """m = TopK(|y|) forward; ∂L/∂|y| = ∂L/∂m backward (edge-popup's straight-through)."""
-
-    @staticmethod
-    def forward(ctx, y: torch.Tensor, mask: torch.Tensor) -> torch.Tensor:  # type: ignore[override]
-        return mask.to(y.dtype)
-
-    @staticmethod
-    def backward(ctx, grad: torch.Tensor) -> tuple[torch.Tensor, None]:  # type: ignore[override]
-        return grad, None
 
 
 # --------------------------------------------------------------------------------------

@@ -11,7 +11,19 @@ import torch
 import torch.nn.functional as F
 
 from dslth_edge.learn.algorithm import aggregation_shift, neighbour_average
-from dslth_edge.learn.masking import MaskedConv2d, MaskedLinear, _StraightThroughMask, topk_mask
+from dslth_edge.learn.masking import MaskedConv2d, MaskedLinear, topk_mask
+
+
+class _StraightThroughMask(torch.autograd.Function):
+    """The unfused reference: m = TopK(|y|) forward; ∂L/∂|y| = ∂L/∂m backward."""
+
+    @staticmethod
+    def forward(ctx, y: torch.Tensor, mask: torch.Tensor) -> torch.Tensor:  # type: ignore[override]
+        return mask.to(y.dtype)
+
+    @staticmethod
+    def backward(ctx, grad: torch.Tensor) -> tuple[torch.Tensor, None]:  # type: ignore[override]
+        return grad, None
 
 
 def _bits(t: torch.Tensor) -> torch.Tensor:
