@@ -34,17 +34,19 @@ from typing import Any
 import torch
 
 from dslth_edge.data import load_dataset
-from dslth_edge.fleet.plan import FleetOptions
+from dslth_edge.fleet.plan import FleetOptions, recorded_options
 from dslth_edge.fleet.simulator import resume_round, simulate
 from dslth_edge.fleet.summary import bytes_to_reach
 from dslth_edge.learn.algorithm import preset_run
 from dslth_edge.learn.keep_spec import model_layer_kinds
+from dslth_edge.wire.frame import CRC_BYTES, ENTRY_BYTES, HEADER_BYTES
 
 PAPER = Path(__file__).resolve().parents[1].parent / "shared" / "paper"
 ALGOS = ("mce-pl", "consensus", "local", "dpsgd", "dpsgd-ft")
 
 
 MASK_ALGOS = ("mce-pl", "consensus", "local")
+SENDS_MASKS = ("mce-pl", "consensus")  # the runs whose traffic is mask frames
 
 
 def runs_for(exp: str, bases: dict[str, FleetOptions], args: argparse.Namespace) -> list[tuple[str, str, FleetOptions]]:
@@ -80,6 +82,9 @@ def runs_for(exp: str, bases: dict[str, FleetOptions], args: argparse.Namespace)
             for algo in ("mce-pl", "local"):
                 for label, o in rows(algo):
                     out.append((label, f"paper-{k}", replace(o, partition_file=str(PAPER / f"train_counts_{k}.txt"))))
+        for algo in ("mce-pl", "local"):  # where the per-node cap binds (E2's scarce column)
+            for label, o in rows(algo):
+                out.append((label, f"scarce {args.scarce}", replace(o, scarce=args.scarce, partition_file=paper4)))
         for topo, name in (("ring", "ring"), (str(PAPER / "adjacency_20.txt"), "paper graph"), ("full", "full")):
             for label, o in rows("mce-pl"):
                 out.append((label, f"topology {name}", replace(o, topology=topo, partition_file=paper4)))
@@ -94,15 +99,36 @@ def runs_for(exp: str, bases: dict[str, FleetOptions], args: argparse.Namespace)
     return out
 
 
-def finished_summary(o: FleetOptions) -> dict[str, Any] | None:
-    """The run's summary when it finished with exactly these options, else None."""
-    path = Path(str(o.out)) / "summary.json"
-    if not path.is_file():
-        return None
-    summary = json.loads(path.read_text())
-    mine = json.loads(json.dumps({k: v for k, v in asdict(o).items() if k != "out"}))
-    theirs = {k: v for k, v in summary.get("options", {}).items() if k != "out"}
-    return summary if theirs == mine and summary.get("rounds") == o.rounds else None
+def finished_summary(o: FleetOptions, root: Path) -> dict[str, Any] | None:
+    """The summary of a finished run with exactly these options, else None.
+
+    The run's own directory first; then any finished run under ``root`` with the same
+    options (E1's weight row is E2's dpsgd, E3's paper-4 and paper-graph columns are
+    E2's full-data runs), so one configuration is trained once in a grid. The key-frame
+    interval only matters to runs that send mask frames.
+    """
+    def comparable(options: dict[str, Any]) -> dict[str, Any]:
+        out = {k: v for k, v in recorded_options(options).items() if k != "out"}
+        if out.get("algorithm") not in SENDS_MASKS:
+            out.pop("key_interval", None)
+        return out
+
+    mine = comparable(json.loads(json.dumps(asdict(o))))
+
+    def same(path: Path) -> dict[str, Any] | None:
+        try:
+            summary = json.loads(path.read_text())
+        except (OSError, ValueError):
+            return None
+        return summary if comparable(summary.get("options", {})) == mine and summary.get("rounds") == o.rounds else None
+
+    own = Path(str(o.out)) / "summary.json"
+    if own.is_file() and (summary := same(own)) is not None:
+        return summary
+    for path in sorted(root.glob("**/summary.json")):
+        if (summary := same(path)) is not None:
+            return summary
+    return None
 
 
 def bits_per_param_round(summary: dict[str, Any], o: FleetOptions, input_shape: tuple[int, int, int],
@@ -112,6 +138,32 @@ def bits_per_param_round(summary: dict[str, Any], o: FleetOptions, input_shape: 
         return None
     _, sizes = model_layer_kinds(o.model, input_shape, num_classes)
     return 8 * summary["final"]["bytes_per_node_round"] / sum(sizes)
+
+
+def traffic_parts(summary: dict[str, Any], o: FleetOptions, input_shape: tuple[int, int, int],
+                  num_classes: int) -> dict[str, float] | None:
+    """Where a mask run's encoded bits per parameter per round went (None: dense or local).
+
+    Exact: ``header`` (every frame's header, layer table and CRC; one broadcast frame per
+    node per round) and ``periodic_keys`` (what the key frames of rounds k * key_interval,
+    k >= 1, cost beyond a delta, the delta estimated as the mean of the rounds either
+    side). ``no_periodic_keys`` is the run's mean with those key frames replaced by that
+    estimate: what it would send if key frames went out only at the start and on request.
+    """
+    if o.algorithm not in SENDS_MASKS:
+        return None
+    _, sizes = model_layer_kinds(o.model, input_shape, num_classes)
+    per_bit = 8 / (o.nodes * sum(sizes))  # bytes of all nodes in one round -> bits/param/round
+    sent = [r["bytes_sent"] for r in summary["per_round"]]
+    excess = 0.0
+    for r in range(o.key_interval, len(sent), o.key_interval):
+        either_side = [sent[k] for k in (r - 1, r + 1) if 0 <= k < len(sent)]
+        excess += sent[r] - statistics.fmean(either_side)
+    mean = statistics.fmean(sent)
+    return {"total": mean * per_bit,
+            "header": o.nodes * (HEADER_BYTES + ENTRY_BYTES * len(sizes) + CRC_BYTES) * per_bit,
+            "periodic_keys": excess / len(sent) * per_bit,
+            "no_periodic_keys": (mean - excess / len(sent)) * per_bit}
 
 
 def mean_std(xs: list[float]) -> str:
@@ -152,6 +204,9 @@ def main(argv: list[str] | None = None) -> int:
                     help="accuracy for 'bytes to reach' (default: 95%% of the best final accuracy in the setting)")
     ap.add_argument("--keep", default=None, help="keep for every run but E1's (a ratio or conv=R,fc=R; default: the preset's, "
                                                  "else each profile's plan)")
+    ap.add_argument("--key-interval", type=int, default=None,
+                    help="rounds between periodic key frames (default: the library's; traffic only, the masks are the "
+                         "same). Runs before it was an option used 10; another interval needs another --out")
     ap.add_argument("--out", default="runs/reproduce")
     ap.add_argument("--cached-only", action="store_true", help="render tables from finished runs only; run nothing")
     ap.add_argument("--threads", type=int, default=1,
@@ -169,7 +224,8 @@ def main(argv: list[str] | None = None) -> int:
     bases = {p: FleetOptions(nodes=args.nodes, topology=str(PAPER / "adjacency_20.txt"), dataset=dataset, data_dir=args.data_dir,
                              partition_file=str(PAPER / "train_counts_4.txt"), profiles=tuple(args.profiles.split(",")),
                              model=args.model, rounds=rounds, eval_every=args.eval_every, eval_samples=args.eval_samples,
-                             preset=p, overrides=over, keep=args.keep)
+                             preset=p, overrides=over, keep=args.keep,
+                             **({} if args.key_interval is None else {"key_interval": args.key_interval}))
              for p in presets}
     t_start = time.monotonic()
 
@@ -177,7 +233,8 @@ def main(argv: list[str] | None = None) -> int:
         return args.budget_min is not None and time.monotonic() - t_start > 60 * args.budget_min
     seeds = [int(s) for s in args.seeds.split(",")]
     root = Path(args.out)
-    results: dict[str, Any] = {"command": " ".join(sys.argv), "args": vars(args), "experiments": {}}
+    results: dict[str, Any] = {"command": " ".join(sys.argv), "args": vars(args), "experiments": {},
+                               "key_interval": next(iter(bases.values())).key_interval}
     for exp in args.experiments.split(","):
         rows = []
         for row, col, opts in runs_for(exp, bases, args):
@@ -185,7 +242,7 @@ def main(argv: list[str] | None = None) -> int:
             for seed in seeds:
                 tag = f"{exp}/{col}/{row}/{opts.preset}/seed{seed}".replace(" ", "_").replace(".", "p").replace("(", "").replace(")", "")
                 o = replace(opts, seed=seed, out=str(root / tag))
-                summary = finished_summary(o)
+                summary = finished_summary(o, root)
                 if summary is None and not args.cached_only and not out_of_time():
                     t0 = time.time()
                     try:
@@ -202,6 +259,7 @@ def main(argv: list[str] | None = None) -> int:
                     results.setdefault("unfinished", []).append({"run": tag, "round": resume_round(o.out), "of": o.rounds})
                     continue
                 summary["bits_per_param_round"] = bits_per_param_round(summary, o, ds.input_shape, ds.num_classes)
+                summary["traffic_parts"] = traffic_parts(summary, o, ds.input_shape, ds.num_classes)
                 per_seed.append(summary)
             if not per_seed:
                 continue
@@ -212,6 +270,8 @@ def main(argv: list[str] | None = None) -> int:
                          "bytes_reference_per_round": statistics.fmean(s["final"]["bytes_reference_per_round"] for s in per_seed),
                          "bits_per_param_round": (statistics.fmean(s["bits_per_param_round"] for s in per_seed)
                                                   if per_seed[0]["bits_per_param_round"] is not None else None),
+                         "traffic_parts": ({k: statistics.fmean(s["traffic_parts"][k] for s in per_seed)
+                                            for k in per_seed[0]["traffic_parts"]} if per_seed[0]["traffic_parts"] else None),
                          "curve": [[(r["round"], r.get("acc_mean"), r["bytes_cum"]) for r in s["per_round"] if "acc_mean" in r] for s in per_seed]})
         results["experiments"][exp] = rows
         (root / "results.json").parent.mkdir(parents=True, exist_ok=True)
@@ -222,8 +282,17 @@ def main(argv: list[str] | None = None) -> int:
     return 0
 
 
+def mean_curve(row: dict[str, Any]) -> list[tuple[int, float, float]]:
+    """(round, accuracy, cumulative bytes) at each evaluated round, means over the row's seeds."""
+    curves = [c for c in row["curve"] if c]
+    n = min(len(c) for c in curves)
+    return [(curves[0][k][0], statistics.fmean(c[k][1] for c in curves), statistics.fmean(c[k][2] for c in curves))
+            for k in range(n)]
+
+
 def plot_curves(results: dict[str, Any], root: Path) -> None:
-    """<exp>_<setting>.png: mean accuracy against cumulative encoded bytes, one line per run (first seed)."""
+    """<exp>_<setting>.png, one line per row (mean over its seeds): E2 accuracy against cumulative
+    encoded bytes, the others accuracy against rounds (convergence)."""
     try:
         import matplotlib
 
@@ -232,13 +301,19 @@ def plot_curves(results: dict[str, Any], root: Path) -> None:
     except ImportError:
         return
     for exp, rows in results["experiments"].items():
+        by_bytes = exp == "E2"
         for col in dict.fromkeys(r["col"] for r in rows):
-            fig, ax = plt.subplots(figsize=(6, 4))
+            fig, ax = plt.subplots(figsize=(6.4, 4.2))
             for r in (r for r in rows if r["col"] == col):
-                curve = r["curve"][0]
-                ax.plot([max(b, 1) for _, _, b in curve], [100 * a for _, a, _ in curve], marker=".", label=r["row"])
-            ax.set(xscale="log", xlabel="cumulative bytes sent, encoded (all nodes; local: 1)", ylabel="mean accuracy (%)",
-                   title=f"{exp} {col}")
+                curve = mean_curve(r)
+                xs = [max(b, 1) for _, _, b in curve] if by_bytes else [k + 1 for k, _, _ in curve]
+                seeds = f" ({len(r['seeds'])} seeds)" if len(r["seeds"]) > 1 else ""
+                ax.plot(xs, [100 * a for _, a, _ in curve], marker=".", label=r["row"] + seeds)
+            if by_bytes:
+                ax.set(xscale="log", xlabel="cumulative bytes sent, encoded (all nodes; local: 1)")
+            else:
+                ax.set(xlabel="round")
+            ax.set(ylabel="mean personalized accuracy (%)", title=f"{exp} {col}")
             ax.grid(alpha=0.3), ax.legend(fontsize=8)
             fig.tight_layout()
             fig.savefig(root / f"{exp}_{col.replace(' ', '_')}.png", dpi=100)
@@ -246,29 +321,41 @@ def plot_curves(results: dict[str, Any], root: Path) -> None:
 
 
 def render(results: dict[str, Any], args: argparse.Namespace) -> str:
-    """Markdown tables: final accuracy mean ± std over seeds, bytes per round, curves."""
+    """Markdown tables: final accuracy mean ± std over seeds, the last evaluations, bytes, traffic parts."""
     lines = [f"Command: `{results['command']}`", ""]
     for exp, rows in results["experiments"].items():
-        lines += [f"### {exp}", "", ("| setting | run | seeds | rounds | final acc % (mean ± std over seeds) | bytes/round encoded | "
-                  "bytes/round reference | bits/param/round | bytes to target |"),
-                  "| --- | --- | --- | ---: | ---: | ---: | ---: | ---: | ---: |"]
+        if not rows:
+            continue
+        lines += [f"### {exp}", "", ("| setting | run | seeds | rounds | final acc % (mean ± std over seeds) | "
+                  "acc % over the last 5 evaluations | bytes/round encoded | bytes/round reference | "
+                  "bits/param/round | bytes to target |"),
+                  "| --- | --- | --- | ---: | ---: | ---: | ---: | ---: | ---: | ---: |"]
         # target: --target, else 95 % of the best final accuracy (mean over seeds) in the setting
         best = {c: max(statistics.fmean(r["acc"]) for r in rows if r["col"] == c) for c in {r["col"] for r in rows}}
         for r in rows:
             target = args.target or 0.95 * best[r["col"]]
-            btt = []
-            if target:
-                for curve in r["curve"]:
-                    hit = bytes_to_reach([{"acc_mean": a, "bytes_cum": b} for _, a, b in curve], target)
-                    btt.append(hit)
-            btt_s = "-" if not btt else ("not reached" if any(b is None for b in btt) else f"{statistics.fmean(btt) / 1e6:.2f} MB (target {100 * target:.1f}%)")
+            btt = [bytes_to_reach([{"acc_mean": a, "bytes_cum": b} for _, a, b in curve], target) for curve in r["curve"]]
+            btt_s = "not reached" if any(b is None for b in btt) else f"{statistics.fmean(btt) / 1e6:.2f} MB (target {100 * target:.1f}%)"
+            last5 = mean_std([statistics.fmean(a for _, a, _ in curve[-5:]) for curve in r["curve"] if curve])
             bpp = "-" if r.get("bits_per_param_round") is None else f"{r['bits_per_param_round']:.4f}"
             lines.append(f"| {r['col']} | {r['row']} | {','.join(map(str, r['seeds']))} | {r.get('rounds', '?')} | {mean_std(r['acc'])} | "
-                         f"{r['bytes_per_round'] / 1e3:.1f} kB | {r['bytes_reference_per_round'] / 1e3:.1f} kB | {bpp} | {btt_s} |")
+                         f"{last5} | {r['bytes_per_round'] / 1e3:.1f} kB | {r['bytes_reference_per_round'] / 1e3:.1f} kB | {bpp} | {btt_s} |")
+        parts = [r for r in rows if r.get("traffic_parts")]
+        if parts:
+            lines += ["", (f"Where the bits went (bits/param/round, mean over seeds): frame headers, the key frames "
+                           f"every {results['key_interval']} rounds beyond a delta, and the same run with key frames only at the "
+                           "start and on request (estimated):"), "",
+                      "| setting | run | bits/param/round | headers | periodic key frames | deltas | without periodic key frames |",
+                      "| --- | --- | ---: | ---: | ---: | ---: | ---: |"]
+            for r in parts:
+                t = r["traffic_parts"]
+                deltas = t["total"] - t["header"] - t["periodic_keys"]
+                lines.append(f"| {r['col']} | {r['row']} | {t['total']:.4f} | {t['header']:.4f} | {t['periodic_keys']:.4f} | "
+                             f"{deltas:.4f} | {t['no_periodic_keys']:.4f} |")
         if exp == "E1":
-            lines += ["", "Convergence (mean accuracy % over nodes at evaluated rounds, first seed):", ""]
+            lines += ["", "Convergence (mean accuracy % over nodes at evaluated rounds, mean over seeds):", ""]
             for r in rows:
-                pts = ", ".join(f"{k + 1}: {100 * a:.1f}" for k, a, _ in r["curve"][0])
+                pts = ", ".join(f"{k + 1}: {100 * a:.1f}" for k, a, _ in mean_curve(r))
                 lines.append(f"- {r['row']}: {pts}")
         lines.append("")
     if results.get("unfinished"):

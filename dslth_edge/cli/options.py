@@ -4,7 +4,8 @@
 they take the same options from the groups below, so they cannot drift apart:
 
 * :data:`NODE` — what one node learns and where it writes (model, algorithm, seeds, run dir);
-* :data:`FLEET_SHAPE` — the fleet every device derives its split and neighbours from;
+* :data:`FLEET_SHAPE` — the fleet every device derives its split and neighbours from (and how
+  often a node sends key frames);
 * :data:`NETWORK` — how a node reaches the others over MQTT (broker, deadlines, TLS, credentials);
 * :data:`OUTPUT` — how progress is printed (terminal bar, or lines every N rounds when logged).
 
@@ -26,6 +27,7 @@ import click
 
 from dslth_edge.errors import UsageError
 from dslth_edge.learn.names import ALGORITHMS, MODEL_NAMES, PRESET_NAMES, ROUTES
+from dslth_edge.wire.delta import KEY_INTERVAL
 
 __all__ = ["Opt", "opt", "apply", "pick", "NODE", "FLEET_SHAPE", "NETWORK", "OUTPUT", "SLICE", "KeepParam", "DATASETS",
            "ALGORITHM_OVERRIDES", "algorithm_overrides", "parse_deadline", "option_names"]
@@ -124,6 +126,9 @@ FLEET_SHAPE: tuple[Opt, ...] = (
     opt("--partition-file", default=None, help="A (nodes x classes) count matrix, e.g. ../shared/paper/train_counts_4.txt."),
     opt("--scarce", default=None, type=click.IntRange(min=1), help="At most N training samples per node."),
     opt("--test-size", default=None, type=click.IntRange(min=1), help="Test samples per node (default: a disjoint share)."),
+    opt("--key-interval", default=KEY_INTERVAL, type=click.IntRange(min=1),
+        help="Rounds between a node's periodic key frames; deltas in between (a node that misses one asks for a key "
+             "frame). Traffic only: the masks learned are the same."),
 )
 
 NETWORK: tuple[Opt, ...] = (

@@ -36,6 +36,7 @@ from dslth_edge.errors import CheckpointError, FrameError
 from dslth_edge.transport.base import Envelope, Transport
 from dslth_edge.transport.identity import AuthError, Identity
 from dslth_edge.wire import (
+    KEY_INTERVAL,
     DecodedFrame,
     MaskEncoderState,
     MissingBaseError,
@@ -409,7 +410,7 @@ class Exchange(PayloadExchange):
         fingerprint: bytes,
         fleet: str,
         key: bytes | None = None,
-        key_interval: int = 10,
+        key_interval: int = KEY_INTERVAL,
         window: int = 4,
         identity: Identity | None = None,
         max_round: int | None = None,

@@ -37,8 +37,9 @@ from dslth_edge.device.keep import NodePlan, plan_node
 from dslth_edge.device.profiles import Profile, load_profile
 from dslth_edge.device.training import device_micro_batch, node_training_plan
 from dslth_edge.transport.base import Transport
+from dslth_edge.wire import KEY_INTERVAL
 
-__all__ = ["FleetOptions", "FleetPlan", "load_profile_map", "assign_profiles", "fleet_keeps", "fleet_node_plans",
+__all__ = ["FleetOptions", "FleetPlan", "recorded_options", "load_profile_map", "assign_profiles", "fleet_keeps", "fleet_node_plans",
            "plan_fleet", "make_node", "default_fleet_dir", "gateway_note"]
 
 
@@ -76,8 +77,11 @@ class FleetOptions:
     overrides: dict[str, Any] = field(default_factory=dict)  # AlgorithmConfig fields (lr, ft_rounds …)
     stale_after: int = 3  # rounds of silence before a neighbour leaves m̄
     checkpoint_every: int | None = None  # None: only at the end
+    key_interval: int = KEY_INTERVAL  # rounds between a node's periodic key frames (lossless: traffic only)
 
     def __post_init__(self) -> None:
+        if self.key_interval < 1:
+            raise UsageError(f"the key interval must be at least 1 round, got {self.key_interval}")
         if self.rounds is None:
             object.__setattr__(self, "rounds", preset_run(self.preset).rounds or 100)
 
@@ -253,6 +257,16 @@ def plan_fleet(opts: FleetOptions, dataset: Dataset | None = None) -> FleetPlan:
     return FleetPlan(opts, ds, splits, topo, profiles, keeps, notes, opts.algorithm_config(), layer_keeps, node_plans)
 
 
+#: FleetOptions fields added after runs were recorded, with the value those runs used
+_RECORDED_BEFORE = {"key_interval": 10}
+
+
+def recorded_options(record: dict[str, Any]) -> dict[str, Any]:
+    """A FleetOptions record as read back from a run (summary.json, the resume record),
+    with the fields it predates filled in as the run used them (key frames every 10 rounds)."""
+    return {**_RECORDED_BEFORE, **record}
+
+
 def make_node(plan: FleetPlan, i: int, transport: Transport | None, run_dir: str | Path | None) -> Node:
     """Node ``i`` of the plan over ``transport``, with its exchange attached."""
     nb = plan.topology.neighbours(i)
@@ -264,7 +278,7 @@ def make_node(plan: FleetPlan, i: int, transport: Transport | None, run_dir: str
         node.mixing_weights = {j: float(row[j]) for j in nb}
     else:
         node.exchange = Exchange(node_id=i, shapes=masked_layer_shapes(node.model), fingerprint=node.fingerprint,
-                                 fleet=plan.options.fleet_id)
+                                 fleet=plan.options.fleet_id, key_interval=plan.options.key_interval)
         share_frame_memo(node.exchange)  # and decode each neighbour's frame once, not once per receiver
     return node
 

@@ -55,6 +55,7 @@ from dslth_edge.fleet.plan import (
     default_fleet_dir,
     make_node,
     plan_fleet,
+    recorded_options,
 )
 from dslth_edge.fleet.summary import build_summary, write_summary
 from dslth_edge.runs.rundir import (
@@ -359,7 +360,7 @@ def simulate(
             raise UsageError("--resume needs the run directory (--out) of the run to continue")
         start_round = resume_round(run_dir)
         if record_path.is_file():
-            recorded, mine = json.loads(record_path.read_text()), _options_record(opts)
+            recorded, mine = recorded_options(json.loads(record_path.read_text())), _options_record(opts)
             diff = sorted(k for k in set(recorded) | set(mine) if recorded.get(k) != mine.get(k))
             # more rounds may be given when the first rounds do not depend on the total: not for
             # dpsgd-ft (local fine-tuning in the last fifth) nor for a channel-drop schedule

@@ -29,6 +29,7 @@ from dslth_edge.device.training import device_micro_batch, node_training_plan
 from dslth_edge.fleet.device_node import start_node
 from dslth_edge.fleet.plan import gateway_note
 from dslth_edge.runs.guard import open_node_dir, run_mode
+from dslth_edge.wire import KEY_INTERVAL
 
 __all__ = ["FleetTrainOptions", "TrainOptions", "TrainResult", "train", "default_run_dir", "check_can_train",
            "gateway_note"]
@@ -96,6 +97,7 @@ class FleetTrainOptions:
     partition_file: str | None = None
     scarce: int | None = None
     test_size: int | None = None
+    key_interval: int = KEY_INTERVAL
     round_deadline_s: float | None = None  # None: adaptive
     deadline_max_s: float = 60.0
     stale_after: int = 3
@@ -287,7 +289,7 @@ def _train_in_fleet(
         algorithm=opts.algorithm or "mce-pl", preset=opts.preset, model=opts.model, keep=opts.keep,
         granularity=opts.granularity, rounds=opts.rounds, eval_every=opts.eval_every, seed=opts.seed,
         weight_seed=opts.weight_seed, out=str(run_dir), fleet_id=fl.fleet, overrides=opts.overrides(),
-        stale_after=fl.stale_after,
+        stale_after=fl.stale_after, key_interval=fl.key_interval,
     )
     plan = plan_fleet(fleet_opts)
     password = read_secret(env=ENV_PASSWORD, file=fl.password_file)

@@ -21,7 +21,7 @@ from __future__ import annotations
 
 from dslth_edge.wire.chunks import CHUNK_MAGIC, DEFAULT_MAX_MESSAGE_BYTES, Chunker, Reassembler
 from dslth_edge.wire.codecs import CODEC_NAMES
-from dslth_edge.wire.delta import MaskEncoderState, PeerMaskStore, pack_masks, same_packed, unpack_masks
+from dslth_edge.wire.delta import KEY_INTERVAL, MaskEncoderState, PeerMaskStore, pack_masks, same_packed, unpack_masks
 from dslth_edge.wire.errors import (
     ChecksumError,
     ChunkError,
@@ -56,6 +56,7 @@ __all__ = [
     "MAGIC",
     "VERSION",
     # key/delta bookkeeping
+    "KEY_INTERVAL",
     "MaskEncoderState",
     "PeerMaskStore",
     "pack_masks",

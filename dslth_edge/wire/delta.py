@@ -22,8 +22,15 @@ from dslth_edge.wire.errors import HeaderError
 from dslth_edge.wire.frame import decode_frame, encode_frame_stats
 from dslth_edge.wire.results import DecodedFrame, EncodedFrame, Masks
 
-__all__ = ["MaskEncoderState", "PeerMaskStore", "pack_masks", "same_packed", "unpack_masks"]
+__all__ = ["KEY_INTERVAL", "MaskEncoderState", "PeerMaskStore", "pack_masks", "same_packed", "unpack_masks"]
 
+
+#: rounds between a sender's periodic key frames. A key frame costs about one bit per
+#: weight, a delta of a settled mask a few hundredths, so at 10 the periodic keys were
+#: 57 % of an mcu-cnn fleet's traffic (docs/results.md). They are a safety net only: a
+#: receiver that lacks a delta's base asks for a key frame (MissingBaseError), and a
+#: sender sends one after a reconnect, a resume or a neighbour's return.
+KEY_INTERVAL = 100
 
 _Packed = tuple[tuple[np.ndarray, tuple[int, ...]], ...]  # per layer: packbits, shape
 
@@ -93,7 +100,7 @@ class MaskEncoderState:
     def __init__(
         self,
         *,
-        key_interval: int = 10,
+        key_interval: int = KEY_INTERVAL,
         history: int = 4,
         receivers: Iterable[int] = (),
         optimistic: bool = False,

@@ -46,6 +46,10 @@ from dslth_edge.wire.layer import LayerBits, LayerGeometry, max_payload_bytes
 from dslth_edge.wire.results import BaseLookup, DecodedFrame, EncodedFrame, LayerStats, Masks
 
 __all__ = [
+    "CRC_BYTES",
+    "ENTRY_BYTES",
+    "HEADER_BYTES",
+    "HMAC_BYTES",
     "MAGIC",
     "VERSION",
     "encode_frame",
