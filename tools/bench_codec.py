@@ -30,8 +30,8 @@ auto <= 1.02x the order-0 bound on every key frame and every delta whose bound i
     python tools/bench_codec.py --masks k01.npz --masks k03.npz --masks k05.npz
 
 For recorded or trained histories it also replays the real sending policy over the
-whole history (``MaskEncoderState(key_interval=10, optimistic=True)``, as
-``dslth_edge.fleet.exchange.Exchange`` does: a key frame every 10 rounds, deltas on the
+whole history (``MaskEncoderState(key_interval=KEY_INTERVAL, optimistic=True)``, as
+``dslth_edge.fleet.exchange.Exchange`` does: a key frame every 100 rounds, deltas on the
 previous round otherwise) and reports the mean bits/param per round; the target is
 <= 0.25 bits/param at keep 0.3 (raw bitmap: 1, dense fp32 weights: 32).
 """
@@ -51,7 +51,7 @@ import numpy as np
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
-from dslth_edge.wire import MaskEncoderState, decode_frame, encode_frame_stats  # noqa: E402
+from dslth_edge.wire import KEY_INTERVAL, MaskEncoderState, decode_frame, encode_frame_stats  # noqa: E402
 from dslth_edge.wire.ans import entropy_bits  # noqa: E402
 from dslth_edge.wire.codecs import CODECS  # noqa: E402
 from dslth_edge.wire.layer import LayerBits  # noqa: E402
@@ -62,7 +62,6 @@ RATIO_TARGET = 1.02
 BOUND_FLOOR = 0.01  # bits/param: deltas below this are exempt from the ratio target
 TIME_TARGET_MS = 30.0
 POLICY_TARGET_BPP = 0.25  # mean whole-frame bits/param over a run at keep 0.3, real policy
-KEY_INTERVAL = 10  # as dslth_edge.fleet.exchange.Exchange
 
 # CNN-like layer stacks (dim 0 = output channels) of about 1M and 10M parameters.
 SHAPES_1M = [(32, 3, 3, 3), (64, 32, 3, 3), (128, 64, 3, 3), (256, 128, 3, 3), (256, 256, 3, 3), (10, 2304)]
@@ -257,6 +256,9 @@ def analyse_history(label: str, history: Sequence[Masks], info: dict | None, *, 
                       "auto_frame_bpp": res["codecs"]["auto"]["frame_bpp"], "ratio": res["codecs"]["auto"]["ratio"],
                       "picked": res["codecs"]["auto"]["picked"]} for c, res in checked]
     out["policy"] = policy_replay(history)
+    # the same history at other key intervals (traffic only: the masks are the same); R: one key frame
+    out["policy_by_interval"] = {k: policy_replay(history, k)["mean_frame_bpp"]
+                                 for k in sorted({10, 50, KEY_INTERVAL, max(R, 1)})}
     if info and info.get("live_frames"):
         live = info["live_frames"]
         out["live"] = {"mean_frame_bpp": float(np.mean([8 * f["frame_bytes"] / f["elements"] for f in live])),
@@ -296,6 +298,8 @@ def print_history_summary(a: dict) -> None:
     print(f"    mean {p['mean_frame_bpp']:.4f} bits/param whole frame ({p['mean_payload_bpp']:.4f} payload); "
           f"key frames {p['mean_key_frame_bpp']:.4f}, deltas {_fmt(p['mean_delta_frame_bpp'])}  "
           f"[raw bitmap 1.0, dense fp32 32]")
+    sweep = ", ".join(f"{k}: {v:.4f}" for k, v in a["policy_by_interval"].items())
+    print(f"    mean whole-frame bits/param by key interval (rounds): {sweep}")
     if "live" in a:
         print(f"    node 0's live Exchange in the run: mean {a['live']['mean_frame_bpp']:.4f} b/p, "
               f"{a['live']['keys']} key frames")
