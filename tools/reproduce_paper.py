@@ -6,8 +6,13 @@ Every run writes its own run directory under ``--out``. The grid survives any nu
 sittings: a run whose summary.json exists (with the same options) is read, not rerun;
 an unfinished run continues from its last checkpoint (``simulate(resume=True)``, bit
 for bit as if never interrupted); ``--budget-min`` stops starting new work after that
-many minutes, so a sitting can be sized. The tables are rendered from whatever is
-finished to ``--out/results.md`` and ``--out/results.json``, with PNG curves.
+many minutes, so a sitting can be sized. A configuration that two experiments share
+(E1's weight row and E2's dpsgd; E3's paper-4 column and E2's full data) runs once:
+any finished run under ``--out`` with the same options is reused. The tables are
+rendered from whatever is finished to ``--out/results.md`` and ``--out/results.json``:
+final accuracy and its mean over the last 5 evaluations (mean ± std over seeds), bytes,
+bytes to target, where a mask run's bits went (headers, periodic key frames, deltas),
+and PNG curves (E2 against cumulative bytes, the others against rounds).
 
 The paper's setting: ``--preset paper`` (the authors' code: lr 10, no momentum, one
 mini-batch of 128 per round, 400 rounds, keep 0.3 for conv and 0.9 for FC layers)
@@ -47,6 +52,8 @@ ALGOS = ("mce-pl", "consensus", "local", "dpsgd", "dpsgd-ft")
 
 MASK_ALGOS = ("mce-pl", "consensus", "local")
 SENDS_MASKS = ("mce-pl", "consensus")  # the runs whose traffic is mask frames
+TITLES = {"E1": "E1: mask training (mce-pl) vs weight training (dpsgd)", "E2": "E2: accuracy against traffic",
+          "E3": "E3: heterogeneity (classes per node, scarce data, topology)", "EW": "EW: width"}
 
 
 def runs_for(exp: str, bases: dict[str, FleetOptions], args: argparse.Namespace) -> list[tuple[str, str, FleetOptions]]:
@@ -291,8 +298,8 @@ def mean_curve(row: dict[str, Any]) -> list[tuple[int, float, float]]:
 
 
 def plot_curves(results: dict[str, Any], root: Path) -> None:
-    """<exp>_<setting>.png, one line per row (mean over its seeds): E2 accuracy against cumulative
-    encoded bytes, the others accuracy against rounds (convergence)."""
+    """PNG curves, one line per row (mean over its seeds): E2_<setting>.png, accuracy against
+    cumulative encoded bytes; <exp>.png for the others, accuracy against rounds (convergence)."""
     try:
         import matplotlib
 
@@ -302,21 +309,27 @@ def plot_curves(results: dict[str, Any], root: Path) -> None:
         return
     for exp, rows in results["experiments"].items():
         by_bytes = exp == "E2"
-        for col in dict.fromkeys(r["col"] for r in rows):
-            fig, ax = plt.subplots(figsize=(6.4, 4.2))
-            for r in (r for r in rows if r["col"] == col):
+        cols = list(dict.fromkeys(r["col"] for r in rows))
+        groups = [(f"{exp}_{c.replace(' ', '_')}", f"{TITLES.get(exp, exp)}, {c}", [r for r in rows if r["col"] == c])
+                  for c in cols] if by_bytes else [(exp, TITLES.get(exp, exp), rows)]
+        for name, title, members in groups:
+            if not members:
+                continue
+            fig, ax = plt.subplots(figsize=(7, 4.6))
+            for r in members:
                 curve = mean_curve(r)
                 xs = [max(b, 1) for _, _, b in curve] if by_bytes else [k + 1 for k, _, _ in curve]
                 seeds = f" ({len(r['seeds'])} seeds)" if len(r["seeds"]) > 1 else ""
-                ax.plot(xs, [100 * a for _, a, _ in curve], marker=".", label=r["row"] + seeds)
+                label = r["row"] if by_bytes or len(cols) == 1 else f"{r['col']}: {r['row']}"
+                ax.plot(xs, [100 * a for _, a, _ in curve], marker=".", label=label + seeds)
             if by_bytes:
                 ax.set(xscale="log", xlabel="cumulative bytes sent, encoded (all nodes; local: 1)")
             else:
                 ax.set(xlabel="round")
-            ax.set(ylabel="mean personalized accuracy (%)", title=f"{exp} {col}")
-            ax.grid(alpha=0.3), ax.legend(fontsize=8)
+            ax.set(ylabel="mean personalized accuracy (%)", title=title)
+            ax.grid(alpha=0.3), ax.legend(fontsize=7)
             fig.tight_layout()
-            fig.savefig(root / f"{exp}_{col.replace(' ', '_')}.png", dpi=100)
+            fig.savefig(root / f"{name}.png", dpi=100)
             plt.close(fig)
 
 
@@ -335,7 +348,12 @@ def render(results: dict[str, Any], args: argparse.Namespace) -> str:
         for r in rows:
             target = args.target or 0.95 * best[r["col"]]
             btt = [bytes_to_reach([{"acc_mean": a, "bytes_cum": b} for _, a, b in curve], target) for curve in r["curve"]]
-            btt_s = "not reached" if any(b is None for b in btt) else f"{statistics.fmean(btt) / 1e6:.2f} MB (target {100 * target:.1f}%)"
+            if any(b is None for b in btt):
+                btt_s = "not reached"
+            elif r["bytes_per_round"] == 0:
+                btt_s = f"0, sends nothing (target {100 * target:.1f}%)"
+            else:
+                btt_s = f"{statistics.fmean(btt) / 1e6:.2f} MB (target {100 * target:.1f}%)"
             last5 = mean_std([statistics.fmean(a for _, a, _ in curve[-5:]) for curve in r["curve"] if curve])
             bpp = "-" if r.get("bits_per_param_round") is None else f"{r['bits_per_param_round']:.4f}"
             lines.append(f"| {r['col']} | {r['row']} | {','.join(map(str, r['seeds']))} | {r.get('rounds', '?')} | {mean_std(r['acc'])} | "
