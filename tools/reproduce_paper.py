@@ -316,12 +316,14 @@ def plot_curves(results: dict[str, Any], root: Path) -> None:
             if not members:
                 continue
             fig, ax = plt.subplots(figsize=(7, 4.6))
-            for r in members:
+            colours = plt.get_cmap("tab20").colors  # more lines than the default cycle's 10
+            for n, r in enumerate(members):
                 curve = mean_curve(r)
                 xs = [max(b, 1) for _, _, b in curve] if by_bytes else [k + 1 for k, _, _ in curve]
                 seeds = f" ({len(r['seeds'])} seeds)" if len(r["seeds"]) > 1 else ""
                 label = r["row"] if by_bytes or len(cols) == 1 else f"{r['col']}: {r['row']}"
-                ax.plot(xs, [100 * a for _, a, _ in curve], marker=".", label=label + seeds)
+                ax.plot(xs, [100 * a for _, a, _ in curve], marker=".", label=label + seeds, color=colours[n % 20],
+                        linestyle="--" if r["row"].startswith("local") else "-")  # local: dashed
             if by_bytes:
                 ax.set(xscale="log", xlabel="cumulative bytes sent, encoded (all nodes; local: 1)")
             else:
