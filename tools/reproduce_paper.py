@@ -106,6 +106,18 @@ def runs_for(exp: str, bases: dict[str, FleetOptions], args: argparse.Namespace)
     return out
 
 
+_SUMMARIES: dict[Path, tuple[float, dict[str, Any]]] = {}
+
+
+def _read_summary(path: Path) -> dict[str, Any]:
+    """A summary.json, parsed once per version of the file (every run's lookup scans them all)."""
+    mtime = path.stat().st_mtime
+    cached = _SUMMARIES.get(path)
+    if cached is None or cached[0] != mtime:
+        cached = _SUMMARIES[path] = (mtime, json.loads(path.read_text()))
+    return cached[1]
+
+
 def finished_summary(o: FleetOptions, root: Path) -> dict[str, Any] | None:
     """The summary of a finished run with exactly these options, else None.
 
@@ -124,7 +136,7 @@ def finished_summary(o: FleetOptions, root: Path) -> dict[str, Any] | None:
 
     def same(path: Path) -> dict[str, Any] | None:
         try:
-            summary = json.loads(path.read_text())
+            summary = _read_summary(path)
         except (OSError, ValueError):
             return None
         return summary if comparable(summary.get("options", {})) == mine and summary.get("rounds") == o.rounds else None
@@ -167,8 +179,7 @@ def traffic_parts(summary: dict[str, Any], o: FleetOptions, input_shape: tuple[i
         either_side = [sent[k] for k in (r - 1, r + 1) if 0 <= k < len(sent)]
         excess += sent[r] - statistics.fmean(either_side)
     mean = statistics.fmean(sent)
-    return {"total": mean * per_bit,
-            "header": o.nodes * (HEADER_BYTES + ENTRY_BYTES * len(sizes) + CRC_BYTES) * per_bit,
+    return {"header": o.nodes * (HEADER_BYTES + ENTRY_BYTES * len(sizes) + CRC_BYTES) * per_bit,
             "periodic_keys": excess / len(sent) * per_bit,
             "no_periodic_keys": (mean - excess / len(sent)) * per_bit}
 
@@ -368,9 +379,9 @@ def render(results: dict[str, Any], args: argparse.Namespace) -> str:
                       "| setting | run | bits/param/round | headers | periodic key frames | deltas | without periodic key frames |",
                       "| --- | --- | ---: | ---: | ---: | ---: | ---: |"]
             for r in parts:
-                t = r["traffic_parts"]
-                deltas = t["total"] - t["header"] - t["periodic_keys"]
-                lines.append(f"| {r['col']} | {r['row']} | {t['total']:.4f} | {t['header']:.4f} | {t['periodic_keys']:.4f} | "
+                t, total = r["traffic_parts"], r["bits_per_param_round"]
+                deltas = total - t["header"] - t["periodic_keys"]
+                lines.append(f"| {r['col']} | {r['row']} | {total:.4f} | {t['header']:.4f} | {t['periodic_keys']:.4f} | "
                              f"{deltas:.4f} | {t['no_periodic_keys']:.4f} |")
         if exp == "E1":
             lines += ["", "Convergence (mean accuracy % over nodes at evaluated rounds, mean over seeds):", ""]

@@ -11,7 +11,6 @@ from typing import Any
 
 import numpy as np
 import pytest
-import torch
 from click.testing import CliRunner
 
 from dslth_edge.cli import cli
@@ -26,12 +25,7 @@ TINY = make_synthetic(shape=(1, 8, 8), num_classes=4, train_size=160, test_size=
 NODES, ROUNDS = 4, 7
 
 
-@pytest.fixture(autouse=True, scope="module")
-def _one_thread() -> Any:
-    before = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(before)
+pytestmark = pytest.mark.usefixtures("one_torch_thread")
 
 
 def _opts(out: Path, **kw: Any) -> FleetOptions:

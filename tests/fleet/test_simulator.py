@@ -19,13 +19,7 @@ from dslth_edge.runs.rundir import load_mask, read_metrics
 
 
 
-@pytest.fixture(autouse=True, scope="module")
-def _one_thread() -> object:
-    """Tiny models in lock-step: one torch thread (several only spin on a shared machine)."""
-    before = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(before)
+pytestmark = pytest.mark.usefixtures("one_torch_thread")
 
 
 TINY = make_synthetic(shape=(1, 8, 8), num_classes=4, train_size=240, test_size=80, noise=2.0)

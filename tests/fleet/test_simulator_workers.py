@@ -28,13 +28,7 @@ from dslth_edge.runs.rundir import load_mask, read_metrics
 TINY = make_synthetic(shape=(1, 8, 8), num_classes=4, train_size=240, test_size=80, noise=2.0)
 
 
-@pytest.fixture(autouse=True, scope="module")
-def _one_thread() -> Any:
-    """The workers run one torch thread each; so does this process, for the same sums."""
-    before = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(before)
+pytestmark = pytest.mark.usefixtures("one_torch_thread")
 
 
 def _opts(out: Path, **kw: Any) -> FleetOptions:
