@@ -142,7 +142,9 @@ class MqttTransport:
         self._inbox_ready = threading.Condition(self._lock)
         self._dropped_new = 0  # dropped since the last take_dropped()
         self._logged: set[str] = set()
-        self._last_resend: dict[int, float] = {}
+        self._last_resend: dict[int, float] = {}  # per neighbour: its return last answered with a resend
+        self._resent_at = -_RESEND_GAP_S  # monotonic time of our last resend, for any cause
+        self._resend_due = False  # a return fell within the gap: resend before our next frame
         self._repeats: dict[int, int] = {}  # "online" repeats since the last resend, per neighbour
         self._last_pong = 0.0
         self._duplicates_seen: set[str] = set()
@@ -252,6 +254,8 @@ class MqttTransport:
     def _resend(self, client: mqtt.Client) -> None:
         with self._lock:
             recent = list(self._recent)
+            self._resend_due = False
+            self._resent_at = time.monotonic()
         for messages in recent:
             for msg in messages:
                 client.publish(topic(self.fleet, self.node_id, "mask"), msg, qos=1)
@@ -407,12 +411,27 @@ class MqttTransport:
         if flood:
             self._drop("status flood", f"node {sender} said online again and again within {_RESEND_GAP_S:.0f} s")
         if recent:
+            # Deferred, never dropped: a neighbour that drops and returns within the gap
+            # (a broker's session take-over at start-up, a restart) missed our frames too,
+            # and a later frame of ours reaching it first would tell it we are past the
+            # round it lacks. Served before our next frame or once the gap has passed, so
+            # a flood costs at most one resend per round of ours or per gap.
+            with self._lock:
+                self._resend_due = True
             return
         # a neighbour came (back) online: it may have missed our last frames
         self._resend(client)
 
+    def _serve_resend(self, *, due_now: bool) -> None:
+        """Run a deferred resend: now (before our next frame) or once the gap since the last has passed."""
+        with self._lock:
+            due = self._resend_due and (due_now or time.monotonic() - self._resent_at >= _RESEND_GAP_S)
+        if due and self._client is not None:
+            self._resend(self._client)
+
     def poll(self, timeout: float) -> list[Envelope]:
         """Mask/ctl payloads received since the last call, waiting up to ``timeout`` s for the first."""
+        self._serve_resend(due_now=False)
         with self._lock:
             if not self._inbox and timeout > 0:
                 self._inbox_ready.wait(timeout)
@@ -452,6 +471,7 @@ class MqttTransport:
             raise ValueError(f"unknown payload kind {kind!r}")
         messages = self._chunker.split(payload) if kind == "mask" else [payload]
         if kind == "mask":
+            self._serve_resend(due_now=True)  # a returned neighbour gets what it missed before this frame
             with self._lock:
                 self._recent.append(messages)
         sent = 0

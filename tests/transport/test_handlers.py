@@ -163,6 +163,63 @@ def test_status_flood_resends_at_most_once_per_gap() -> None:
         tr._on_message(client, None, _message(topic("t", 1, "status"), b"online"))
     assert tr.stats.resent == 1 and tr.stats.dropped["status flood"] == 97  # two repeats tolerated (retained + live)
     assert tr.online == {1}
+    # the flood left one deferred resend: served once, before our next frame, not per frame
+    tr._client = client
+    for _ in range(5):
+        tr.publish(b"frame")
+    assert tr.stats.resent == 2
+
+
+def _recording(client: mqtt.Client, monkeypatch: pytest.MonkeyPatch) -> list[tuple[str, bytes]]:
+    """What ``client`` is asked to publish, in order (it still queues it)."""
+    sent: list[tuple[str, bytes]] = []
+    real = client.publish
+
+    def publish(t: str, payload: Any = None, qos: int = 0, retain: bool = False, properties: Any = None) -> Any:
+        sent.append((t, bytes(payload)))
+        return real(t, payload, qos, retain, properties)
+
+    monkeypatch.setattr(client, "publish", publish)
+    return sent
+
+
+def _drop_and_return(tr: MqttTransport, client: mqtt.Client, sender: int = 1) -> None:
+    """A neighbour seen online, then its last will, then online again at once."""
+    status = topic("t", sender, "status")
+    for payload in (b"online", b"offline", b"online"):
+        tr._on_message(client, None, _message(status, payload))  # type: ignore[arg-type]
+
+
+def test_a_return_within_the_gap_is_resent_before_our_next_frame(monkeypatch: pytest.MonkeyPatch) -> None:
+    """A neighbour that drops and returns within the resend gap (amqtt's session take-over
+    at start-up, a broker restart) still gets our recent frames, and before our next one:
+    otherwise that frame shows it we are past the round it lacks, and it moves on without
+    our frame of that round (the chaos test's rare failure on the embedded broker)."""
+    tr = _transport()
+    client = mqtt.Client(CallbackAPIVersion.VERSION2, client_id="unconnected")
+    sent = _recording(client, monkeypatch)
+    tr._client = client
+    tr.publish(b"frame of round 0")
+    _drop_and_return(tr, client)
+    tr.publish(b"frame of round 1")
+    masks = [p for t, p in sent if t == topic("t", 0, "mask")]
+    assert len(masks) == 4 and len(set(masks[:3])) == 1 and masks[3] != masks[0], masks  # r0, r0, r0 again, r1
+    assert tr.stats.resent == 2
+
+
+def test_a_deferred_resend_is_served_by_poll_once_the_gap_passed(monkeypatch: pytest.MonkeyPatch) -> None:
+    """A node waiting in its round (not publishing) serves the deferred resend from poll()."""
+    import dslth_edge.transport.mqtt as transport_mqtt
+
+    tr = _transport()
+    client = mqtt.Client(CallbackAPIVersion.VERSION2, client_id="unconnected")
+    tr._client = client
+    tr._recent.append([b"frame"])
+    _drop_and_return(tr, client)
+    tr.poll(0)
+    monkeypatch.setattr(transport_mqtt, "_RESEND_GAP_S", 0.0)  # the gap has passed
+    tr.poll(0)
+    assert tr.stats.resent == 2
 
 
 def test_sealed_hello_of_another_epoch_is_refused(tmp_path: Path) -> None:
