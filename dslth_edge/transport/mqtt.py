@@ -411,10 +411,10 @@ class MqttTransport:
         if flood:
             self._drop("status flood", f"node {sender} said online again and again within {_RESEND_GAP_S:.0f} s")
         if recent:
-            # Deferred, never dropped: a neighbour that drops and returns within the gap
-            # (a broker's session take-over at start-up, a restart) missed our frames too,
-            # and a later frame of ours reaching it first would tell it we are past the
-            # round it lacks. Served before our next frame or once the gap has passed, so
+            # Deferred, never dropped: a neighbour that drops and returns within the gap (a
+            # connection the embedded broker dropped at start-up, a broker restart) missed
+            # our frames too, and a later frame of ours reaching it first would tell it we
+            # are past the round it lacks. Served before our next frame or once the gap has passed, so
             # a flood costs at most one resend per round of ours or per gap.
             with self._lock:
                 self._resend_due = True

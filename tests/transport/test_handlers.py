@@ -191,7 +191,7 @@ def _drop_and_return(tr: MqttTransport, client: mqtt.Client, sender: int = 1) ->
 
 
 def test_a_return_within_the_gap_is_resent_before_our_next_frame(monkeypatch: pytest.MonkeyPatch) -> None:
-    """A neighbour that drops and returns within the resend gap (amqtt's session take-over
+    """A neighbour that drops and returns within the resend gap (a connection amqtt dropped
     at start-up, a broker restart) still gets our recent frames, and before our next one:
     otherwise that frame shows it we are past the round it lacks, and it moves on without
     our frame of that round (the chaos test's rare failure on the embedded broker)."""
