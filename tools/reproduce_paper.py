@@ -211,6 +211,11 @@ def main(argv: list[str] | None = None) -> int:
                          "checkpointed, and resumed by the next sitting")
     ap.add_argument("--lr", type=float, default=None)
     ap.add_argument("--momentum", type=float, default=None)
+    ap.add_argument("--beta", type=float, default=None,
+                    help="weight of the shift toward the neighbours' mask (eq. 1; default: the preset's); "
+                         "another value needs another --out")
+    ap.add_argument("--ft-lr", type=float, default=None,
+                    help="personal fine-tuning step size η_ft (eq. 5; default: the preset's); another value needs another --out")
     ap.add_argument("--seeds", default="0,1,2")
     ap.add_argument("--scarce", type=int, default=300)
     ap.add_argument("--eval-every", type=int, default=20)
@@ -238,7 +243,8 @@ def main(argv: list[str] | None = None) -> int:
     rounds = args.rounds or preset_run(presets[0]).rounds or 400
     dataset = "cifar10" if args.data_dir else "fashion-mnist"
     ds = load_dataset(dataset, args.data_dir)
-    over = {k: v for k, v in {"batch_size": args.batch_size, "lr": args.lr, "momentum": args.momentum}.items() if v is not None}
+    over = {k: v for k, v in {"batch_size": args.batch_size, "lr": args.lr, "momentum": args.momentum,
+                              "beta": args.beta, "ft_lr": args.ft_lr}.items() if v is not None}
     bases = {p: FleetOptions(nodes=args.nodes, topology=str(PAPER / "adjacency_20.txt"), dataset=dataset, data_dir=args.data_dir,
                              partition_file=str(PAPER / "train_counts_4.txt"), profiles=tuple(args.profiles.split(",")),
                              model=args.model, rounds=rounds, eval_every=args.eval_every, eval_samples=args.eval_samples,
