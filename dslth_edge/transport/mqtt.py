@@ -414,8 +414,8 @@ class MqttTransport:
             # Deferred, never dropped: a neighbour that drops and returns within the gap (a
             # connection the embedded broker dropped at start-up, a broker restart) missed
             # our frames too, and a later frame of ours reaching it first would tell it we
-            # are past the round it lacks. Served before our next frame or once the gap has passed, so
-            # a flood costs at most one resend per round of ours or per gap.
+            # are past the round it lacks. Served before our next frame or once the gap has
+            # passed, so a flood costs at most one resend per round of ours or per gap.
             with self._lock:
                 self._resend_due = True
             return

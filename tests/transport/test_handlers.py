@@ -16,6 +16,7 @@ from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 from paho.mqtt.enums import CallbackAPIVersion
 
+import dslth_edge.transport.mqtt as transport_mqtt
 from dslth_edge.errors import TransportError
 from dslth_edge.transport.identity import Identity, generate_keys
 from dslth_edge.transport.messages import Hello, parse_control, parse_status, topic
@@ -209,8 +210,6 @@ def test_a_return_within_the_gap_is_resent_before_our_next_frame(monkeypatch: py
 
 def test_a_deferred_resend_is_served_by_poll_once_the_gap_passed(monkeypatch: pytest.MonkeyPatch) -> None:
     """A node waiting in its round (not publishing) serves the deferred resend from poll()."""
-    import dslth_edge.transport.mqtt as transport_mqtt
-
     tr = _transport()
     client = mqtt.Client(CallbackAPIVersion.VERSION2, client_id="unconnected")
     tr._client = client
