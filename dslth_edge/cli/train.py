@@ -10,7 +10,7 @@ from __future__ import annotations
 import json
 import logging
 import sys
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 import click
 
@@ -18,6 +18,9 @@ from dslth_edge.cli.console import console, graceful_sigint
 from dslth_edge.cli.options import FLEET_SHAPE, NETWORK, NODE, OUTPUT, apply, option_names, parse_deadline, pick
 from dslth_edge.cli.progress import RoundReporter, setup_logging
 from dslth_edge.errors import EXIT_INTERRUPTED, UsageError
+
+if TYPE_CHECKING:  # the fleet's modules load torch: not for --help
+    from dslth_edge.fleet.solo import FleetTrainOptions
 
 __all__ = ["train"]
 
@@ -46,7 +49,9 @@ def train(as_json: bool, log_every: int | None, log_format: str, **kw: Any) -> N
     5 network failure, 130 interrupted (docs/cli.md).
     """
     setup_logging(log_format)
-    from dslth_edge.fleet.solo import TrainOptions, train as run_train
+    from dslth_edge.device.profiles import load_profile
+    from dslth_edge.fleet.node import Node, RoundResult
+    from dslth_edge.fleet.solo import TrainOptions, TrainResult, gateway_note, train as run_train
 
     fleet = _fleet_train_options(kw)
     opts = TrainOptions(**pick(kw, TrainOptions))
@@ -56,10 +61,11 @@ def train(as_json: bool, log_every: int | None, log_format: str, **kw: Any) -> N
     report = RoundReporter("train", opts.rounds, every=log_every, fmt=log_format, disabled=as_json)
     neighbours: dict[str, int] = {"n": 0}
 
-    def on_start(node: Any, res: Any) -> None:
+    def on_start(node: Node, res: TrainResult) -> None:
         neighbours["n"] = len(node.neighbours)
-        gateway = f"  [{node.config.extra['trained_by']}]" if node.config.extra.get("trained_by") else ""
-        identity = getattr(node.exchange, "identity", None)  # fleet nodes: the security mode, stated
+        trained_by = gateway_note(load_profile(res.for_device)) if res.for_device else None
+        gateway = f"  [{trained_by}]" if trained_by else ""
+        identity = node.exchange.identity if node.exchange is not None else None  # fleet nodes: the security mode, stated
         security = f"  security: {identity.describe()}" if identity is not None else ""
         micro = node.algo.micro_batch  # the device's training RAM splits each batch
         micro_note = f"  micro-batch {micro} of {node.algo.batch_size}" if micro else ""
@@ -67,10 +73,10 @@ def train(as_json: bool, log_every: int | None, log_format: str, **kw: Any) -> N
                     f"weights {node.fingerprint.hex()[:16]}…  train {len(node.split.train_indices)} / "
                     f"test {len(node.split.test_indices)}{micro_note}{gateway}{security}",
                     node_dir=res.node_dir, keep=res.keep, keep_source=res.keep_source, round=node.round,
-                    trained_by=node.config.extra.get("trained_by"), micro_batch=micro)
+                    trained_by=trained_by, micro_batch=micro)
         report.started(node.round)
 
-    def on_round(r: Any) -> None:
+    def on_round(r: RoundResult) -> None:
         heard = f"{r.neighbours_heard}/{neighbours['n']}" if fleet is not None else None
         report.round(r.round + 1, loss=r.loss, acc=r.acc, bytes_sent=r.bytes_sent, heard=heard)
 
@@ -94,7 +100,7 @@ def train(as_json: bool, log_every: int | None, log_format: str, **kw: Any) -> N
         sys.exit(EXIT_INTERRUPTED)
 
 
-def _fleet_train_options(kw: dict[str, Any]) -> Any:
+def _fleet_train_options(kw: dict[str, Any]) -> FleetTrainOptions | None:
     """Pop the [fleet] options out of ``kw``; a FleetTrainOptions when --fleet is given, else None."""
     from dslth_edge.fleet.solo import FleetTrainOptions
 

@@ -11,8 +11,21 @@ recent worst case, bounded below (scheduler noise) and above (the configured max
 from __future__ import annotations
 
 from collections import deque
+from typing import Protocol
 
-__all__ = ["AdaptiveDeadline", "FixedDeadline", "StartupDeadline"]
+__all__ = ["AdaptiveDeadline", "DeadlinePolicy", "FixedDeadline", "StartupDeadline"]
+
+
+class DeadlinePolicy(Protocol):
+    """What a node asks of its round deadline: how long to wait, and how the last wait went."""
+
+    def next_s(self) -> float:
+        """Seconds this round may wait for the neighbours' payloads."""
+        ...
+
+    def observe(self, wait_s: float, *, complete: bool) -> None:
+        """The round waited ``wait_s`` s; ``complete``: every live neighbour's payload came."""
+        ...
 
 
 class FixedDeadline:
@@ -65,7 +78,7 @@ class StartupDeadline:
     without ever hearing them. That first wait is not learned from.
     """
 
-    def __init__(self, inner: "FixedDeadline | AdaptiveDeadline", first_s: float) -> None:
+    def __init__(self, inner: DeadlinePolicy, first_s: float) -> None:
         self.inner = inner
         self.first_s = first_s
         self._first = True

@@ -102,6 +102,9 @@ class DenseExchange(PayloadExchange):
         return self._seal("mask", round, encode_dense(state[0], sender=self.node_id, round=round,
                                                       fingerprint=self.fingerprint))
 
+    def max_payload_bytes(self) -> int:
+        return 4 * self.num_params + 4096  # the parameters, the envelope and room to spare
+
     def reconnected(self) -> None:
         """Dense payloads are self-contained: nothing to reset."""
 

@@ -21,6 +21,7 @@ import json
 import logging
 import os
 from collections.abc import Callable
+from contextlib import AbstractContextManager
 from dataclasses import dataclass, replace
 from urllib.parse import urlsplit
 from pathlib import Path
@@ -30,12 +31,12 @@ from dslth_edge.fleet.deadline import AdaptiveDeadline, FixedDeadline, StartupDe
 from dslth_edge.errors import CheckpointError, IsolatedError, UsageError
 from dslth_edge.fleet.node import Node, RoundResult
 from dslth_edge.runs.guard import check_rounds, check_same_settings, open_node_dir, run_mode
-from dslth_edge.runs.rundir import load_mask, read_metrics, write_json
+from dslth_edge.runs.rundir import NodePaths, load_checkpoint, load_mask, read_metrics, write_json
 from dslth_edge.transport.identity import choose_identity
 from dslth_edge.transport.messages import Hello
 from dslth_edge.transport.mqtt import MqttTransport
 from dslth_edge.transport.mqtt_options import MqttOptions, read_secret
-from dslth_edge.wire import CODEC_NAMES, default_max_frame_bytes
+from dslth_edge.wire import CODEC_NAMES
 
 if TYPE_CHECKING:
     from dslth_edge.fleet.plan import FleetPlan
@@ -93,6 +94,14 @@ def _final_mask_current(node: Node) -> bool:
         return False
 
 
+def saved_round(paths: NodePaths) -> int:
+    """The round of the node's checkpoint (0 when it cannot be read: resuming then says why)."""
+    try:
+        return int(load_checkpoint(paths.checkpoint)["round"])
+    except (CheckpointError, KeyError, TypeError, ValueError):
+        return 0
+
+
 def start_node(node: Node, resume: bool) -> None:
     """Start ``node`` fresh, or resume it after checking the saved run's settings and rounds.
 
@@ -111,7 +120,7 @@ def start_node(node: Node, resume: bool) -> None:
     node.start(resume=True)
     check_rounds(node.round, node.config.rounds, node.paths.root)
     write_json(node.paths.config, node.describe())  # the rounds may have grown
-    if node.round >= node.config.rounds and not node.dense and not _final_mask_current(node):
+    if node.round >= node.config.rounds and node.algorithm.has_mask and not _final_mask_current(node):
         node.save_final_mask(node.evaluate()[0])
 
 
@@ -165,6 +174,7 @@ def run_fleet_node(
     on_start: Callable[[Node], None] | None = None,
     on_round: Callable[[RoundResult], None] | None = None,
     stop_requested: Callable[[], bool] = lambda: False,
+    step_slots: AbstractContextManager[Any] | None = None,
 ) -> Node:
     """Run node ``node_id`` of ``plan`` to the last round over MQTT; returns the node.
 
@@ -172,8 +182,10 @@ def run_fleet_node(
     or refuses the credentials, :class:`~dslth_edge.errors.CheckpointError` on a bad resume
     or a directory that holds another run, :class:`~dslth_edge.errors.IsolatedError` when
     the node finished without hearing any neighbour (unless ``opts.allow_solo``).
+    ``step_slots`` bound the training passes of the nodes this process hosts
+    (:func:`~dslth_edge.fleet.node.step_slots`; None: no bound).
     """
-    from dslth_edge.fleet.plan import make_node
+    from dslth_edge.fleet.plan import make_node, node_parts
 
     if not 0 <= node_id < plan.options.nodes:
         raise UsageError(f"--id {node_id} is outside the fleet's nodes 0..{plan.options.nodes - 1}")
@@ -181,45 +193,42 @@ def run_fleet_node(
         import torch
 
         torch.set_num_threads(opts.torch_threads)
-    node = make_node(plan, node_id, None, run_dir)
-    node.config = replace(node.config, stale_after=opts.stale_after, checkpoint_every=max(1, opts.checkpoint_every),
-                          round_deadline_s=opts.round_deadline_s or opts.deadline_max_s)
-    exchange: Any = node.exchange
-    if hasattr(exchange, "neighbours"):  # take a returning (stale) neighbour's frames again
-        exchange.neighbours = set(node.neighbours)
+    config = replace(plan.node_config(node_id), stale_after=opts.stale_after,
+                     checkpoint_every=max(1, opts.checkpoint_every),
+                     round_deadline_s=opts.round_deadline_s or opts.deadline_max_s)
     # every payload is sealed: bound to (fleet, run epoch, sender, round) and signed/tagged
     identity = choose_identity(plan.options.fleet_id, node_id, roster=opts.roster, node_key=opts.node_key,
                                hmac_key=fleet_key(opts.fleet_key_file), epoch=opts.run_epoch)
-    exchange.identity, exchange.max_round = identity, node.config.rounds
     log.debug("node %d security: %s", node_id, identity.describe())  # stated in the startup line (cli.train)
-    assert node.paths is not None
-    resume = open_node_dir(node.paths.root, opts.mode)
+    parts = node_parts(plan, node_id, config=config, identity=identity)
+    paths = NodePaths.of(run_dir, node_id)
+    resume = open_node_dir(paths.root, opts.mode)
+    exchange, algorithm = parts.exchange, parts.algorithm
+    hello = Hello(node=node_id, fleet=plan.options.fleet_id, fingerprint=algorithm.fingerprint.hex(),
+                  profile=config.profile, keep=tuple(float(layer.keep) for layer in algorithm.layers),
+                  codecs=tuple(CODEC_NAMES), extra={"round": saved_round(paths) if resume else 0, "pid": os.getpid()})
+    transport = MqttTransport(opts.mqtt, fleet=plan.options.fleet_id, node_id=node_id, neighbours=parts.neighbours,
+                              hello=hello, max_frame_bytes=exchange.max_payload_bytes() + identity.overhead,
+                              fresh=not resume, identity=identity)
+    policy = (AdaptiveDeadline(max_s=opts.deadline_max_s) if opts.round_deadline_s is None
+              else FixedDeadline(opts.round_deadline_s))
+    startup = StartupDeadline(policy, 0.0)
+    node = make_node(plan, node_id, transport, run_dir, parts=parts, deadline_policy=startup, step_slots=step_slots)
     start_node(node, resume)
-    heard_before = any(int(r.get("neighbours_heard", 0)) > 0 for r in read_metrics(node.paths.metrics))
-    watch = IsolationWatch(node, plan.options.fleet_id, opts.mqtt.url, node.config.stale_after, heard_before)
-    if node.round >= node.config.rounds:  # a finished run resumed (restart loop): nothing to do on the network
+    heard_before = any(int(r.get("neighbours_heard", 0)) > 0 for r in read_metrics(paths.metrics))
+    watch = IsolationWatch(node, plan.options.fleet_id, opts.mqtt.url, config.stale_after, heard_before)
+    if node.round >= config.rounds:  # a finished run resumed (restart loop): nothing to do on the network
         watch.verdict(opts.allow_solo)
         return node
-    shapes = getattr(exchange, "shapes", None)
-    hello = Hello(node=node_id, fleet=plan.options.fleet_id, fingerprint=node.fingerprint.hex(),
-                  profile=node.config.profile, keep=tuple(float(layer.keep) for layer in node.layers),
-                  codecs=tuple(CODEC_NAMES), extra={"round": node.round, "pid": os.getpid()})
-    max_frame = (default_max_frame_bytes(shapes) if shapes else 4 * node.num_params + 4096) + identity.overhead
-    transport = MqttTransport(opts.mqtt, fleet=plan.options.fleet_id, node_id=node_id, neighbours=node.neighbours,
-                              hello=hello, max_frame_bytes=max_frame, fresh=not resume, identity=identity)
     transport.connect()
-    node.transport = transport
     try:
         if resume:
             exchange.reconnected()  # our old deltas' bases are gone from the neighbours' stores
-        policy = (AdaptiveDeadline(max_s=opts.deadline_max_s) if opts.round_deadline_s is None
-                  else FixedDeadline(opts.round_deadline_s))
         missing = transport.wait_for_peers(opts.start_timeout_s)
         # every neighbour is up, but on a fresh start each begins round 0 only once *its*
         # neighbours are (up to start_timeout_s): round 0 waits for that, not one deadline.
         # A resumed node's neighbours are normally mid-run already: no such wait.
-        first_s = opts.start_timeout_s if node.round == 0 and not missing else 0.0
-        node.deadline_policy = StartupDeadline(policy, first_s)
+        startup.first_s = opts.start_timeout_s if node.round == 0 and not missing else 0.0
         if on_start is not None:
             on_start(node)
         while node.round < node.config.rounds:

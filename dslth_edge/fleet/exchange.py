@@ -42,6 +42,7 @@ from dslth_edge.wire import (
     MissingBaseError,
     PeerMaskStore,
     decode_frame,
+    default_max_frame_bytes,
     pack_masks,
     same_packed,
     unpack_masks,
@@ -169,6 +170,14 @@ class PayloadExchange:
         self.last_kind = "key"
 
     # ------------------------------------------------------------------ hooks
+    def encode(self, state: Sequence[torch.Tensor], round: int) -> bytes:  # noqa: A002
+        """This round's payload of the node's ``state`` (what its algorithm publishes), sealed if configured."""
+        raise NotImplementedError
+
+    def max_payload_bytes(self) -> int:
+        """The largest payload this exchange can send or take, before sealing (the transport's frame bound)."""
+        raise NotImplementedError
+
     def _decode(self, payload: bytes, sender: int) -> Decoded:
         """Decode one payload of ``sender`` without storing anything; raise FrameError on any defect."""
         raise NotImplementedError
@@ -436,6 +445,9 @@ class Exchange(PayloadExchange):
         self.last_codecs = tuple(s.codec for s in enc.layers)
         self.last_kind = enc.kind
         return self._seal("mask", round, enc.data)
+
+    def max_payload_bytes(self) -> int:
+        return default_max_frame_bytes(self.shapes)
 
     def reconnected(self) -> None:
         """After a reconnect or a resume: the next frame is a key frame."""

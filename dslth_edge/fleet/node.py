@@ -10,12 +10,13 @@ from __future__ import annotations
 
 import json
 import math
+import os
 import platform
 import sys
-import os
 import threading
 import time
 from collections.abc import Callable
+from contextlib import AbstractContextManager, nullcontext
 from dataclasses import asdict, dataclass, field, replace
 from pathlib import Path
 from typing import Any
@@ -25,26 +26,30 @@ import torch
 import torch.nn.functional as F
 
 from dslth_edge import __version__
-from dslth_edge.learn.algorithm import AlgorithmConfig, aggregation_shift, channel_cap, neighbour_average, personalized_finetune_
-from dslth_edge.learn.dense import dense_fingerprint, flat_parameters, set_flat_parameters
 from dslth_edge.data import Dataset, NodeSplit, batch_indices
 from dslth_edge.device.footprint import peak_rss_bytes
 from dslth_edge.errors import CheckpointError
-from dslth_edge.fleet.exchange import Exchange, ReceivedMasks
-from dslth_edge.learn.masking import (MaskedLayer, configure_structure, drop_channels_, group_lasso, keep_count, load_weights,
-                                      masked_layers, weights_fingerprint)
-from dslth_edge.learn.models import ModelSpec, build_model
-from dslth_edge.learn.sgd import SGD
+from dslth_edge.fleet.deadline import DeadlinePolicy
+from dslth_edge.fleet.exchange import PayloadExchange, ReceivedMasks
+from dslth_edge.learn.algorithm import AlgorithmConfig, reference_bytes
+from dslth_edge.learn.algorithms.base import Algorithm, AlgorithmSetup
+from dslth_edge.learn.algorithms.registry import build_algorithm
+from dslth_edge.learn.masking import MaskedLayer, masked_layers
+from dslth_edge.learn.models import ModelSpec
 from dslth_edge.runs.rundir import NodePaths, load_checkpoint, save_checkpoint, save_mask, truncate_metrics, write_json
 from dslth_edge.transport.base import Transport
 
-__all__ = ["NodeConfig", "RoundResult", "Node", "derive_seed", "STEP_SLOTS"]
+__all__ = ["NodeConfig", "RoundResult", "Node", "algorithm_setup", "derive_seed", "step_slots"]
 
 
-#: Training passes and evaluations that run at once in one process: one per CPU core. A
-#: ``fleet run`` worker hosts its nodes in threads; more passes at a time than cores only
-#: multiply the activation memory (each holds a batch's worth), never the speed.
-STEP_SLOTS = threading.BoundedSemaphore(max(1, os.cpu_count() or 1))
+def step_slots(count: int | None = None) -> threading.BoundedSemaphore:
+    """Slots for the training passes and evaluations of the nodes one process hosts (default: one per core).
+
+    The driver that hosts several nodes in threads (a ``fleet run`` worker) makes one and
+    gives it to each of its nodes: more passes at a time than cores only multiply the
+    activation memory (each holds a batch's worth), never the speed.
+    """
+    return threading.BoundedSemaphore(max(1, count or os.cpu_count() or 1))
 
 
 def derive_seed(*parts: int) -> int:
@@ -76,6 +81,13 @@ class NodeConfig:
     channel_order: str = "score"
 
 
+def algorithm_setup(config: NodeConfig, mixing_weights: dict[int, float] | None = None) -> AlgorithmSetup:
+    """What node ``config``'s algorithm is told: its model (with the node's score seed), rounds and plan."""
+    return AlgorithmSetup(spec=replace(config.model, score_seed=derive_seed(config.seed, config.node_id)),
+                          rounds=config.rounds, weights_file=config.weights_file, channels=config.channels,
+                          channel_order=config.channel_order, mixing_weights=mixing_weights)
+
+
 @dataclass
 class RoundResult:
     """One metrics line."""
@@ -100,7 +112,13 @@ class RoundResult:
 
 
 class Node:
-    """One participant: fixed weights, its scores, its data, its neighbours' masks."""
+    """One participant: its algorithm (model, scores or weights, merge rules), its data, its neighbours.
+
+    Constructed complete: the exchange (mask frames or dense weights, a
+    :class:`~dslth_edge.fleet.exchange.PayloadExchange`), the deadline policy, the
+    transport and the step slots come in here (:func:`dslth_edge.fleet.plan.make_node`
+    builds a fleet's), and the algorithm is built from ``config.algorithm`` unless given.
+    """
 
     def __init__(
         self,
@@ -111,7 +129,10 @@ class Node:
         neighbours: tuple[int, ...] = (),
         transport: Transport | None = None,
         run_dir: str | Path | None = None,
-        exchange: Exchange | None = None,
+        exchange: PayloadExchange | None = None,
+        algorithm: Algorithm | None = None,
+        deadline_policy: DeadlinePolicy | None = None,
+        step_slots: AbstractContextManager[Any] | None = None,
     ) -> None:
         self.config = config
         self.algo = config.algorithm
@@ -120,37 +141,20 @@ class Node:
         self.neighbours = tuple(neighbours)
         self.transport = transport
         self.paths = NodePaths.of(run_dir, config.node_id) if run_dir is not None else None
-        # the fixed weights come from the fleet's weight seed; the scores from this node's own
-        # dense baselines (dpsgd, dpsgd-ft): the same architecture with trainable weights
-        self.dense = self.algo.is_dense
-        self.model = build_model(replace(config.model, score_seed=derive_seed(config.seed, config.node_id), dense=self.dense))
-        if config.weights_file and not self.dense:
-            load_weights(self.model, config.weights_file)
-        self.fingerprint = dense_fingerprint(self.model) if self.dense else weights_fingerprint(self.model)
-        self.layers: list[MaskedLayer] = [layer for _, layer in masked_layers(self.model)]
-        # λ and τ: the given ones, else (nodes whose plan removes channels) the preset's structured ones
-        # (the aligned route drops channels in the fleet's shared order: the progressive route's λ and
-        # τ, which choose a node's own channels, apply to it only when given explicitly)
-        structured = config.channels is not None and config.channel_order == "score"
-        self._group_lasso = self.algo.group_lasso or (self.algo.structured_group_lasso if structured else 0.0)
-        self._drop_threshold = self.algo.drop_threshold or (self.algo.structured_drop_threshold if structured else 0.0)
-        if not self.dense:  # the classifier is never structured; planned channel counts, relative τ
-            configure_structure(self.model, config.channels, self._drop_threshold, config.channel_order)
-        params = [p for p in self.model.parameters() if p.requires_grad]
-        lr, momentum = (self.algo.dense_lr, self.algo.dense_momentum) if self.dense else (self.algo.lr, self.algo.momentum)
-        # torch.optim.SGD's update and state_dict without its ~70 MiB torch._dynamo import
-        self.optimizer = SGD(params, lr=lr, momentum=momentum, weight_decay=self.algo.weight_decay)
-        self.num_params = sum(p.numel() for p in params) if self.dense else sum(layer.weight.numel() for layer in self.layers)
+        #: what is learned, sent and merged (the fixed weights come from the fleet's weight
+        #: seed, the scores from this node's own seed)
+        self.algorithm = algorithm if algorithm is not None else build_algorithm(config.algorithm, algorithm_setup(config))
+        self.model = self.algorithm.model
+        self.fingerprint = self.algorithm.fingerprint
+        self.layers: list[MaskedLayer] = self.algorithm.layers
+        self.num_params = self.algorithm.num_params
         self.exchange = exchange
-        #: neighbour -> Metropolis-Hastings weight for dpsgd averaging (set by make_node; None: uniform)
-        self.mixing_weights: dict[int, float] | None = None
-        # optional adaptive round deadline (fleet over MQTT): .next_s() and .observe(wait_s, complete)
-        self.deadline_policy: Any = None
+        #: the round deadline on a real network (None: ``config.round_deadline_s``)
+        self.deadline_policy = deadline_policy
+        #: training passes and evaluations that may run at once in this process (the driver's; None: no bound)
+        self.step_slots: AbstractContextManager[Any] = step_slots if step_slots is not None else nullcontext()
         self.round = 0
-        self.mbar: list[torch.Tensor] | None = None  # m̄_i per layer, float in [0, 1]
-        self.peer_masks: dict[int, list[torch.Tensor]] = {}  # latest mask of each neighbour
-        self.last_heard: dict[int, int] = {}  # round of each neighbour's latest mask
-        self._grads: list[torch.Tensor] | None = None
+        self.last_heard: dict[int, int] = {}  # round of each neighbour's latest payload
         self._loss = math.nan
         self._t_compute = 0.0
         self._t_begin = 0.0
@@ -163,43 +167,22 @@ class Node:
 
     # ---------------------------------------------------------------- the round loop
     def begin_round(self) -> None:
-        """Local update (3) from y of (1), then publish m_i (2)."""
+        """The algorithm's local step, then publish what it sends."""
         self._t_begin = time.perf_counter()
-        self._set_shifts()
-        self.model.train()
-        grads: list[torch.Tensor] | None = None
-        for s in range(self.algo.local_steps):
-            step = self.round * self.algo.local_steps + s
-            self.optimizer.zero_grad(set_to_none=True)
-            loss = self._backward_on(batch_indices(self.split.train_indices, self.algo.batch_size, step, self._batch_seed))
-            # g_i, reused by (5); no copy needed: nothing writes to a .grad in place (the optimizer
-            # reads it, zero_grad(set_to_none=True) lets the next backward allocate a fresh one)
-            grads = [layer.scores.grad.detach() for layer in self.layers]
-            self.optimizer.step()
-            self._loss = loss
-        self._grads = grads
-        self._set_shifts()  # m_i is TopK of y from the updated scores
+        self._loss = self.algorithm.local_step(self.round, self._backward_at)
         self._sent = 0
-        if self.transport is not None and self.exchange is not None and self._communicating():
-            state = [flat_parameters(self.model)] if self.dense else [layer.current_mask() for layer in self.layers]
-            self._sent = self.transport.publish(self.exchange.encode(state, self.round))
+        if self.transport is not None and self.exchange is not None and self.algorithm.communicates(self.round):
+            self._sent = self.transport.publish(self.exchange.encode(self.algorithm.publish(), self.round))
         self._t_compute = time.perf_counter() - self._t_begin
 
     def finish_round(self) -> RoundResult:
-        """Collect neighbours' masks (4), fine-tune (5), evaluate, checkpoint."""
+        """Collect the neighbours' payloads, merge them, the personal step, evaluate, checkpoint."""
         received = self._collect()
-        if self.dense:
-            self._dense_average(received)
-        else:
-            self._update_mbar()
+        stale = set(self.stale_neighbours())
+        late = received.latest if self.algorithm.uses_latest else {}
+        self.algorithm.merge(received.frames, late, [j for j in self.neighbours if j not in stale])
         t0 = time.perf_counter()
-        if self.algo.name == "mce-pl" and self.mbar is not None and self._grads is not None:
-            if self.algo.ft_recompute:
-                self._grads = self._fresh_grads()
-            for layer, g, mb in zip(self.layers, self._grads, self.mbar):
-                personalized_finetune_(layer.scores, g, mb, self.algo.ft_lr)
-        if not self.dense:
-            self._drop_channels(self.round + 1)
+        self.algorithm.personal_step(self.round, self._loss_at)
         self._t_compute += time.perf_counter() - t0
         k = self.round
         self.round += 1
@@ -208,22 +191,20 @@ class Node:
         if last or (self.config.eval_every > 0 and self.round % self.config.eval_every == 0):
             acc = self.evaluate(None if last else self._eval_idx)[0]
         n_params = self.num_params
-        kept = n_params if self.dense else self._kept_count()
-        # the authors' metric: 1 bit per weight (dense: 32) to every neighbour
-        ref_bytes = 4 * n_params if self.dense else math.ceil(n_params / 8)
         result = RoundResult(
             round=k, loss=self._loss, acc=acc, bytes_sent=self._sent, bytes_received=received.bytes,
-            bytes_reference=ref_bytes * len(self.neighbours) if self._communicating(k) else 0,
+            bytes_reference=reference_bytes(n_params, len(self.neighbours), self.algorithm.bits_per_param)
+            if self.algorithm.communicates(k) else 0,
             neighbours_heard=len(received.frames), stale=len(self.stale_neighbours()), rejected=received.rejected,
-            keep_actual=kept / n_params, t_compute_s=self._t_compute, t_round_s=time.perf_counter() - self._t_begin,
-            duplicates=received.duplicates, peak_rss_bytes=peak_rss_bytes(),
+            keep_actual=self.algorithm.kept_count() / n_params, t_compute_s=self._t_compute,
+            t_round_s=time.perf_counter() - self._t_begin, duplicates=received.duplicates, peak_rss_bytes=peak_rss_bytes(),
         )
         if self.paths is not None:
             with open(self.paths.metrics, "a") as fh:
                 fh.write(result.to_json() + "\n")
             if last or self.round % self.config.checkpoint_every == 0:
                 self.save()
-            if last and not self.dense:
+            if last and self.algorithm.has_mask:
                 self.save_final_mask(acc)
         return result
 
@@ -245,67 +226,10 @@ class Node:
                 self.save()
             raise
 
-    # ---------------------------------------------------------------- aggregation
-    def _set_shifts(self) -> None:
-        for i, layer in enumerate(self.layers):
-            if self.mbar is None or not self.algo.communicates:
-                layer.score_shift.zero_()
-            else:
-                aggregation_shift(layer.scores, self.mbar[i], self.algo.beta, out=layer.score_shift)
-
-    def _communicating(self, round: int | None = None) -> bool:  # noqa: A002
-        """Whether ``round`` (default: the current one) exchanges anything.
-
-        dpsgd-ft stops gossiping for its last ``ft_rounds`` rounds: local fine-tuning.
-        """
-        k = self.round if round is None else round
-        if self.algo.name == "dpsgd-ft" and k >= self.config.rounds - self.algo.ft_rounds:
-            return False
-        return self.algo.communicates
-
-    def _drop_channels(self, rounds_done: int) -> None:
-        """Progressive channel drop after a round: relative threshold, then the schedule's cap."""
-        for layer in self.layers:
-            if layer.target_channels is None and layer.drop_threshold <= 0:
-                continue
-            full = int(layer.weight.shape[0])
-            cap = None if layer.target_channels is None else channel_cap(
-                full, layer.target_channels, rounds_done, self.config.rounds, self.algo.drop_until)
-            drop_channels_(layer, cap)
-
-    def _kept_count(self) -> int:
-        """Weights the current masks keep; by arithmetic unless channels may be dropped (saves a top-k per layer)."""
-        if (self._drop_threshold > 0 or self.config.channels is not None
-                or any(layer.mask_override is not None for layer in self.layers)):
-            return sum(int(m.sum()) for m in self.current_masks())
-        total = 0
-        for layer in self.layers:
-            n, c = layer.weight.numel(), layer.weight.shape[0]
-            total += keep_count(n, layer.keep) if layer.granularity == "unstructured" else keep_count(c, layer.keep) * (n // c)
-        return total
-
-    def _dense_average(self, received: ReceivedMasks) -> None:
-        """dpsgd: x_i ← W_ii' x_i + Σ_{j heard} W_ij x_j with Metropolis-Hastings weights
-        W_ij = 1/(1 + max(d_i, d_j)) (``self.mixing_weights``), the weight of neighbours not
-        heard staying with x_i; or, with ``mixing="uniform"``, x_i ← (x_i + Σ_j x_j) / (1 + |heard|)."""
-        if not received.frames:
-            return
-        x = flat_parameters(self.model)  # (P,)
-        w = self.mixing_weights
-        if self.algo.mixing == "uniform" or w is None:
-            acc = x.clone()
-            for sender in sorted(received.frames):  # fixed order: bit-identical sums
-                acc += received.frames[sender][0]
-            set_flat_parameters(self.model, acc / (1 + len(received.frames)))
-            return
-        heard = sorted(received.frames)
-        acc = x * (1.0 - sum(w[j] for j in heard))
-        for sender in heard:
-            acc += w[sender] * received.frames[sender][0]
-        set_flat_parameters(self.model, acc)
-
+    # ---------------------------------------------------------------- the neighbours
     def _collect(self) -> ReceivedMasks:
-        if self.transport is None or self.exchange is None or not self._communicating() or not self.neighbours:
+        if (self.transport is None or self.exchange is None or not self.algorithm.communicates(self.round)
+                or not self.neighbours):
             return ReceivedMasks()
         policy = self.deadline_policy
         t0 = time.monotonic()
@@ -316,38 +240,21 @@ class Node:
         received = self.exchange.collect(self.transport, self.round, live, deadline)
         if policy is not None:
             policy.observe(time.monotonic() - t0, complete=live <= received.frames.keys())
-        for sender, masks in received.frames.items():
-            if not self.dense:  # dense weights are used once, not kept
-                self.peer_masks[sender] = masks
+        # a newer payload out of step with this round, when the algorithm uses it, is still
+        # that neighbour's latest, and hearing it at all means it is back (it rejoins m̄)
+        late = received.latest if self.algorithm.uses_latest else {}
+        for sender in [*received.frames, *(j for j in late if j not in received.frames)]:
             self.last_heard[sender] = self.round
-        # a newer mask out of step with this round is still that neighbour's latest, and
-        # hearing it at all means it is back (a returning neighbour rejoins m̄)
-        for sender, masks in getattr(received, "latest", {}).items():
-            if sender not in received.frames and not self.dense:
-                self.peer_masks[sender] = masks
-                self.last_heard[sender] = self.round
         return received
 
     def _unreachable(self) -> set[int]:
         """Neighbours the transport knows are gone, or the exchange knows are out of step."""
-        gone = getattr(self.transport, "unavailable", None)
-        out_of_step = getattr(self.exchange, "out_of_step", None)
-        return (set(gone()) if gone else set()) | (set(out_of_step(self.round)) if out_of_step else set())
+        assert self.transport is not None and self.exchange is not None
+        return set(self.transport.unavailable()) | set(self.exchange.out_of_step(self.round))
 
     def stale_neighbours(self) -> list[int]:
         """Neighbours not heard from in the last ``stale_after`` rounds (never heard: after that many rounds)."""
         return [j for j in self.neighbours if self.round - self.last_heard.get(j, -1) > self.config.stale_after]
-
-    def _update_mbar(self) -> None:
-        stale = set(self.stale_neighbours())
-        live = [self.peer_masks[j] for j in self.neighbours if j in self.peer_masks and j not in stale]
-        if not live:
-            self.mbar = None
-            return
-        self.mbar = [neighbour_average([m[i] for m in live]) for i in range(len(self.layers))]  # type: ignore[misc]
-        if self.algo.self_weight > 0:  # damping: the node's own published mask joins m̄ with this weight
-            a = self.algo.self_weight
-            self.mbar = [(1 - a) * mb + a * own.to(torch.float32) for mb, own in zip(self.mbar, self.current_masks())]
 
     # ---------------------------------------------------------------- loss and evaluation
     def _batch(self, idx: np.ndarray) -> tuple[torch.Tensor, torch.Tensor]:
@@ -356,9 +263,20 @@ class Node:
     def _loss_on(self, idx: np.ndarray) -> torch.Tensor:
         x, y = self._batch(idx)
         loss = F.cross_entropy(self.model(x), y)
-        if self._group_lasso > 0:
-            loss = loss + self._group_lasso * group_lasso(self.model)
+        penalty = self.algorithm.penalty()
+        if penalty is not None:
+            loss = loss + penalty
         return loss
+
+    def _batch_of(self, step: int) -> np.ndarray:
+        """The training batch of global step ``step`` (a pure function of the node's seed and the step)."""
+        return batch_indices(self.split.train_indices, self.algo.batch_size, step, self._batch_seed)
+
+    def _loss_at(self, step: int) -> torch.Tensor:
+        return self._loss_on(self._batch_of(step))
+
+    def _backward_at(self, step: int) -> float:
+        return self._backward_on(self._batch_of(step))
 
     def _backward_on(self, idx: np.ndarray) -> float:
         """Accumulate the gradient of the batch loss into ``.grad``; returns the loss.
@@ -369,7 +287,7 @@ class Node:
         layers see each chunk's own statistics). Peak activation memory scales with the chunk.
         """
         micro = self.algo.micro_batch
-        with STEP_SLOTS:
+        with self.step_slots:
             if micro <= 0 or micro >= len(idx):
                 loss = self._loss_on(idx)
                 loss.backward()
@@ -378,17 +296,12 @@ class Node:
             for j, part in enumerate(np.array_split(idx, math.ceil(len(idx) / micro))):
                 x, y = self._batch(part)
                 loss = F.cross_entropy(self.model(x), y, reduction="sum") / len(idx)
-                if j == 0 and self._group_lasso > 0:
-                    loss = loss + self._group_lasso * group_lasso(self.model)
+                penalty = self.algorithm.penalty() if j == 0 else None
+                if penalty is not None:
+                    loss = loss + penalty
                 loss.backward()
                 total += float(loss.detach())
             return total
-
-    def _fresh_grads(self) -> list[torch.Tensor]:
-        step = self.round * self.algo.local_steps + self.algo.local_steps - 1
-        loss = self._loss_on(batch_indices(self.split.train_indices, self.algo.batch_size, step, self._batch_seed))
-        grads = torch.autograd.grad(loss, [layer.scores for layer in self.layers])
-        return [g.detach() for g in grads]
 
     @torch.no_grad()
     def evaluate(self, indices: np.ndarray | None = None, batch: int | None = None) -> tuple[float, float]:
@@ -407,7 +320,7 @@ class Node:
             layer.mask_override = layer.current_mask()
         correct, total_loss = 0, 0.0
         try:
-            with STEP_SLOTS:
+            with self.step_slots:
                 for start in range(0, len(idx), batch):
                     part = idx[start : start + batch]
                     x, y = torch.from_numpy(self.data.test_batch(part)), torch.from_numpy(self.data.y_test[part])
@@ -453,16 +366,11 @@ class Node:
         return cfg
 
     def state(self) -> dict[str, Any]:
-        """Everything needed to continue exactly (no fixed weights: they come from the seed)."""
-        fixed = {f"{name}.weight" for name, _ in masked_layers(self.model)}
-        model_state = {k: v for k, v in self.model.state_dict().items() if k not in fixed}
+        """Everything needed to continue exactly: the round, whom it heard when, and its algorithm's state."""
         return {
             "round": self.round,
             "fingerprint": self.fingerprint.hex(),
-            "model": model_state,
-            "optimizer": self.optimizer.state_dict(),
-            "mbar": self.mbar,
-            "peer_masks": {str(j): m for j, m in self.peer_masks.items()},
+            **self.algorithm.state(),
             "last_heard": {str(j): r for j, r in self.last_heard.items()},
         }
 
@@ -484,20 +392,8 @@ class Node:
                 f"{source} was made with other fixed weights "
                 f"(fingerprint {str(st.get('fingerprint'))[:16]}…, this run {self.fingerprint.hex()[:16]}…)"
             )
-        try:
-            # strict but for the fixed weights, which the checkpoint leaves out (they come from the seed)
-            loaded = self.model.load_state_dict(st["model"], strict=False)
-            fixed = {f"{name}.weight" for name, _ in masked_layers(self.model)}
-            missing = [k for k in loaded.missing_keys if k not in fixed]
-            if missing or loaded.unexpected_keys:
-                raise CheckpointError(f"{source} does not match this model: missing "
-                                      f"{missing[:3]}, unexpected {list(loaded.unexpected_keys)[:3]}")
-            self.optimizer.load_state_dict(st["optimizer"])
-        except (KeyError, RuntimeError, ValueError) as exc:
-            raise CheckpointError(f"{source} does not match this model: {exc}") from exc
+        self.algorithm.load_state(st, source)
         self.round = int(st["round"])
-        self.mbar = st["mbar"]
-        self.peer_masks = {int(j): m for j, m in st["peer_masks"].items()}
         self.last_heard = {int(j): int(r) for j, r in st["last_heard"].items()}
 
     def save_final_mask(self, acc: float | None) -> None:

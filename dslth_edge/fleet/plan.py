@@ -5,8 +5,9 @@ The pieces are separate so that every driver builds identical nodes:
 
 * :func:`plan_fleet` — everything deterministic about a fleet from :class:`FleetOptions`
   (dataset, per-node splits, topology, profile and keep ratio per node);
-* :func:`make_node` — node ``i`` of a plan over any transport (memory here, MQTT in
-  ``fleet run``), with its exchange (mask frames, or fp32 weights for the dense baselines);
+* :func:`node_parts` and :func:`make_node` — node ``i`` of a plan over any transport
+  (memory here, MQTT in ``fleet run``), complete: its algorithm and its exchange (mask
+  frames, or fp32 weights for the dense baselines);
 * :func:`simulate` — all nodes in one process over a :class:`MemoryHub`, lock-step:
   every ``begin_round`` then every ``finish_round``; the round loop itself is the Node's.
 
@@ -18,6 +19,7 @@ from __future__ import annotations
 
 import json
 import time
+from contextlib import AbstractContextManager
 from dataclasses import dataclass, field, replace
 from pathlib import Path
 from typing import Any
@@ -27,20 +29,24 @@ from dslth_edge.learn.keep_spec import model_layer_kinds, parse_keep
 from dslth_edge.fleet.dense_exchange import DenseExchange
 from dslth_edge.data import Dataset, NodeSplit, load_dataset, partition
 from dslth_edge.errors import UsageError
-from dslth_edge.fleet.exchange import Exchange
+from dslth_edge.fleet.deadline import DeadlinePolicy
+from dslth_edge.fleet.exchange import Exchange, PayloadExchange
 from dslth_edge.learn.models import ModelSpec, masked_layer_shapes
 from dslth_edge.learn.names import STRUCTURED_ROUTES
-from dslth_edge.fleet.node import Node, NodeConfig
+from dslth_edge.fleet.node import Node, NodeConfig, algorithm_setup
+from dslth_edge.learn.algorithms.base import Algorithm
+from dslth_edge.learn.algorithms.registry import algorithm_class
 from dslth_edge.fleet.sharing import share_fixed_weights, share_frame_memo
 from dslth_edge.fleet.topology import Topology, parse_topology
 from dslth_edge.device.keep import NodePlan, plan_node
 from dslth_edge.device.profiles import Profile, load_profile
 from dslth_edge.device.training import device_micro_batch, node_training_plan
 from dslth_edge.transport.base import Transport
+from dslth_edge.transport.identity import Identity
 from dslth_edge.wire import KEY_INTERVAL
 
 __all__ = ["FleetOptions", "FleetPlan", "recorded_options", "load_profile_map", "assign_profiles", "fleet_keeps", "fleet_node_plans",
-           "plan_fleet", "make_node", "default_fleet_dir", "gateway_note"]
+           "plan_fleet", "NodeParts", "node_parts", "make_node", "default_fleet_dir", "gateway_note"]
 
 
 def gateway_note(profile: Profile) -> str:
@@ -267,20 +273,59 @@ def recorded_options(record: dict[str, Any]) -> dict[str, Any]:
     return {**_RECORDED_BEFORE, **record}
 
 
-def make_node(plan: FleetPlan, i: int, transport: Transport | None, run_dir: str | Path | None) -> Node:
-    """Node ``i`` of the plan over ``transport``, with its exchange attached."""
+@dataclass
+class NodeParts:
+    """What node ``i`` of a plan is made of before it meets a transport: its configuration,
+    its algorithm (model, fixed weights' fingerprint) and its exchange."""
+
+    config: NodeConfig
+    neighbours: tuple[int, ...]
+    algorithm: Algorithm
+    exchange: PayloadExchange
+
+
+def node_parts(plan: FleetPlan, i: int, *, config: NodeConfig | None = None,
+               identity: Identity | None = None) -> NodeParts:
+    """Node ``i``'s configuration (``config``: the plan's, unless given), algorithm and exchange.
+
+    The exchange carries what the algorithm sends (mask frames, or fp32 weights for the
+    dense baselines). With an ``identity`` (a node on a real network) every payload is
+    sealed, refused past the run's last round, and a returning (stale) neighbour's
+    payloads are taken again.
+    """
+    config = config if config is not None else plan.node_config(i)
     nb = plan.topology.neighbours(i)
-    node = Node(plan.node_config(i), plan.dataset, plan.splits[i], neighbours=nb, transport=transport, run_dir=run_dir)
-    share_fixed_weights(node)  # the worker's nodes hold one copy of the identical fixed weights
-    if node.dense:
-        node.exchange = DenseExchange(node_id=i, num_params=node.num_params, fingerprint=node.fingerprint)
+    cls = algorithm_class(config.algorithm.name)
+    mixing = None
+    if cls.payload == "weights":  # Metropolis-Hastings weights of the dense average
         row = plan.topology.mixing_matrix("metropolis")[i]
-        node.mixing_weights = {j: float(row[j]) for j in nb}
+        mixing = {j: float(row[j]) for j in nb}
+    algorithm = cls(config.algorithm, algorithm_setup(config, mixing))
+    # the worker's nodes hold one copy of the identical fixed weights
+    share_fixed_weights(algorithm.model, algorithm.fingerprint)
+    max_round = config.rounds if identity is not None else None
+    exchange: PayloadExchange
+    if cls.payload == "weights":
+        exchange = DenseExchange(node_id=i, num_params=algorithm.num_params, fingerprint=algorithm.fingerprint,
+                                 identity=identity, max_round=max_round)
     else:
-        node.exchange = Exchange(node_id=i, shapes=masked_layer_shapes(node.model), fingerprint=node.fingerprint,
-                                 fleet=plan.options.fleet_id, key_interval=plan.options.key_interval)
-        share_frame_memo(node.exchange)  # and decode each neighbour's frame once, not once per receiver
-    return node
+        exchange = Exchange(node_id=i, shapes=masked_layer_shapes(algorithm.model), fingerprint=algorithm.fingerprint,
+                            fleet=plan.options.fleet_id, key_interval=plan.options.key_interval,
+                            identity=identity, max_round=max_round)
+        share_frame_memo(exchange)  # and decode each neighbour's frame once, not once per receiver
+    if identity is not None:  # take a returning (stale) neighbour's frames again
+        exchange.neighbours = set(nb)
+    return NodeParts(config, nb, algorithm, exchange)
+
+
+def make_node(plan: FleetPlan, i: int, transport: Transport | None, run_dir: str | Path | None, *,
+              parts: NodeParts | None = None, deadline_policy: DeadlinePolicy | None = None,
+              step_slots: AbstractContextManager[Any] | None = None) -> Node:
+    """Node ``i`` of the plan over ``transport``, complete (``parts``: :func:`node_parts`' unless given)."""
+    parts = parts if parts is not None else node_parts(plan, i)
+    return Node(parts.config, plan.dataset, plan.splits[i], neighbours=parts.neighbours, transport=transport,
+                run_dir=run_dir, exchange=parts.exchange, algorithm=parts.algorithm,
+                deadline_policy=deadline_policy, step_slots=step_slots)
 
 
 def default_fleet_dir(opts: FleetOptions) -> Path:

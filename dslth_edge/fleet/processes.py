@@ -32,6 +32,7 @@ from dslth_edge.errors import (EXIT_BUG, EXIT_ISOLATED, EXIT_NETWORK, EXIT_USAGE
                                IsolatedError, TransportError, UsageError)
 from dslth_edge.device.footprint import return_freed_memory
 from dslth_edge.fleet.device_node import NodeRunOptions, fleet_key, run_fleet_node
+from dslth_edge.fleet.node import step_slots
 from dslth_edge.runs.guard import open_node_dir, open_run_dir
 from dslth_edge.runs.rundir import NodePaths, read_metrics
 from dslth_edge.transport.identity import choose_identity, launcher_epoch
@@ -262,12 +263,13 @@ def worker_main(spec_path: str) -> int:
     errors: list[str] = []
     codes: list[int] = []
     stop = threading.Event()
+    slots = step_slots()  # this worker's: its node threads take turns at the cores
     signal.signal(signal.SIGTERM, lambda *a: stop.set())
     signal.signal(signal.SIGINT, lambda *a: stop.set())  # Ctrl-C reaches the whole group: finish the round, checkpoint
 
     def run(i: int) -> None:
         try:
-            run_fleet_node(plan, i, spec["run_dir"], node_opts, stop_requested=stop.is_set)
+            run_fleet_node(plan, i, spec["run_dir"], node_opts, stop_requested=stop.is_set, step_slots=slots)
         except DslthError as exc:
             errors.append(f"node {i}: {exc}")
             codes.append(exc.exit_code)

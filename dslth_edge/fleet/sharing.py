@@ -14,9 +14,8 @@ from __future__ import annotations
 
 import threading
 import weakref
-from typing import Any
-
 import torch
+from torch import nn
 
 from dslth_edge.fleet.exchange import Exchange, FrameMemo
 from dslth_edge.learn.masking import masked_layers
@@ -28,18 +27,16 @@ _MEMOS: weakref.WeakValueDictionary[tuple[bytes, str], FrameMemo] = weakref.Weak
 _LOCK = threading.Lock()
 
 
-def share_fixed_weights(node: Any) -> int:
-    """Point ``node``'s fixed weight buffers at the process-wide copy; returns the bytes freed.
+def share_fixed_weights(model: nn.Module, fingerprint: bytes) -> int:
+    """Point ``model``'s fixed weight buffers at the process-wide copy; returns the bytes freed.
 
-    The first node with a fingerprint registers its tensors; later ones drop their own.
-    Dense baselines (whose weights train) are left alone.
+    The first model with a fingerprint registers its tensors; later ones drop their own.
+    Models without masked layers (the dense baselines, whose weights train) have none.
     """
-    if getattr(node, "dense", False):
-        return 0
     freed = 0
     with _LOCK:
-        for name, layer in masked_layers(node.model):
-            key = (bytes(node.fingerprint), name)
+        for name, layer in masked_layers(model):
+            key = (bytes(fingerprint), name)
             shared = _POOL.get(key)
             w = layer.weight
             if shared is None or shared.shape != w.shape or shared.dtype != w.dtype:
@@ -66,4 +63,13 @@ def share_frame_memo(exchange: Exchange) -> FrameMemo:
         else:
             memo.capacity += 2
         exchange.memo = memo
+        # the capacity goes back down when the exchange goes (the memo outlives it while
+        # others use it): a worker that builds nodes again does not grow it without bound
+        weakref.finalize(exchange, _release, memo)
     return memo
+
+
+def _release(memo: FrameMemo) -> None:
+    """An exchange using ``memo`` is gone: its two frames of capacity are given back."""
+    with _LOCK:
+        memo.capacity = max(2, memo.capacity - 2)

@@ -102,6 +102,14 @@ class RoutedTransport:
         out, self.inbox = self.inbox, []
         return out
 
+    def unavailable(self) -> set[int]:
+        """Nobody: the router delivers every node's frames each round."""
+        return set()
+
+    def take_dropped(self) -> int:
+        """Nothing: the router refuses no input."""
+        return 0
+
     def close(self) -> None:
         pass
 

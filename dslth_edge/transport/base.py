@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+from collections.abc import Iterable
 from dataclasses import dataclass
 from typing import Protocol, runtime_checkable
 
@@ -22,6 +23,9 @@ class Transport(Protocol):
     """Carries opaque byte payloads from a node to the nodes that listen to it."""
 
     node_id: int
+    #: True when everything of a round is published before anyone polls (in-process,
+    #: lock-step): a collection stops at the first empty poll instead of waiting for a deadline
+    synchronous: bool
 
     def publish(self, payload: bytes, *, kind: str = "mask") -> int:
         """Send ``payload`` to this node's listeners; returns the bytes put on the wire."""
@@ -29,6 +33,14 @@ class Transport(Protocol):
 
     def poll(self, timeout: float) -> list[Envelope]:
         """Payloads received since the last call, waiting up to ``timeout`` s for the first."""
+        ...
+
+    def unavailable(self) -> Iterable[int]:
+        """Neighbours known to be offline now (e.g. their last will): not waited for."""
+        ...
+
+    def take_dropped(self) -> int:
+        """Inputs refused (hostile or malformed) since the last call, for the round's ``rejected`` count."""
         ...
 
     def close(self) -> None:

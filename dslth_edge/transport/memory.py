@@ -55,5 +55,13 @@ class MemoryTransport:
         # lock-step simulation: everything of this round was published before anyone polls
         return self._hub._drain(self.node_id)
 
+    def unavailable(self) -> set[int]:
+        """Nobody: an in-process neighbour is never offline."""
+        return set()
+
+    def take_dropped(self) -> int:
+        """Nothing: in-process payloads are never refused before the exchange sees them."""
+        return 0
+
     def close(self) -> None:
         pass

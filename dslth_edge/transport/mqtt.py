@@ -104,6 +104,9 @@ class MqttTransport:
     :meth:`unavailable` and :meth:`take_returned`.
     """
 
+    #: payloads arrive while others still compute: a collection waits up to its deadline
+    synchronous = False
+
     def __init__(
         self,
         options: MqttOptions,

@@ -29,8 +29,8 @@ def node(micro: int, *, model: str = "paper-cnn", group_lasso: float = 0.0, batc
 def test_accumulated_gradient_equals_the_full_batch(micro, group_lasso):
     full, acc = node(0, group_lasso=group_lasso), node(micro, group_lasso=group_lasso)
     idx = np.arange(48) * 3 % 200
-    full.optimizer.zero_grad(set_to_none=True)
-    acc.optimizer.zero_grad(set_to_none=True)
+    full.algorithm.optimizer.zero_grad(set_to_none=True)
+    acc.algorithm.optimizer.zero_grad(set_to_none=True)
     loss_full, loss_acc = full._backward_on(idx), acc._backward_on(idx)
     assert loss_acc == pytest.approx(loss_full, rel=1e-5, abs=1e-6)
     for a, b in zip(full.layers, acc.layers):

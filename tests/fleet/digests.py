@@ -43,12 +43,12 @@ def metrics_line(result: RoundResult, skip: tuple[str, ...] = ()) -> str:
 
 
 def _mbar(node: Node) -> list[torch.Tensor] | None:
-    return node.mbar
+    return getattr(node.algorithm, "mbar", None)  # the masked family's m̄ (the dense baselines have none)
 
 
 def node_digest(h: Any, node: Node, result: RoundResult, skip: tuple[str, ...] = ()) -> None:
     """Feed node's scores (or dense weights), masks, m̄ and metrics line into ``h``."""
-    if node.dense:
+    if not node.algorithm.has_mask:
         _tensor(h, flat_parameters(node.model))
     else:
         for layer in node.layers:

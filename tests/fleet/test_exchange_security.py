@@ -145,7 +145,6 @@ def test_dense_shares_the_loop(keys: Path) -> None:
 def test_dpsgd_mixing_weights(mixing: str) -> None:
     """On a star (degrees 3 and 1) Metropolis-Hastings averaging keeps the fleet's mean
     parameters (doubly stochastic); the uniform mean over self and neighbours does not."""
-    from dslth_edge.fleet.exchange import ReceivedMasks
     from dslth_edge.learn.dense import flat_parameters, set_flat_parameters
 
     opts = FleetOptions(nodes=4, topology="star", dataset="synthetic", model="mcu-cnn", algorithm="dpsgd", rounds=2,
@@ -156,11 +155,11 @@ def test_dpsgd_mixing_weights(mixing: str) -> None:
         set_flat_parameters(node.model, torch.full_like(flat_parameters(node.model), float(i * i)))
     before = [flat_parameters(n.model).clone() for n in nodes]
     for i, node in enumerate(nodes):
-        node._dense_average(ReceivedMasks(frames={j: [before[j]] for j in node.neighbours}))
+        node.algorithm.merge({j: [before[j]] for j in node.neighbours}, {}, node.neighbours)
     mean_before = torch.stack(before).mean(0)
     mean_after = torch.stack([flat_parameters(n.model) for n in nodes]).mean(0)
     if mixing == "metropolis":
         assert torch.allclose(mean_after, mean_before, atol=1e-5)
-        assert nodes[1].mixing_weights == {0: 0.25}  # 1 / (1 + max(3, 1))
+        assert nodes[1].algorithm.setup.mixing_weights == {0: 0.25}  # 1 / (1 + max(3, 1))
     else:
         assert not torch.allclose(mean_after, mean_before, atol=1e-3)

@@ -48,3 +48,15 @@ def test_other_weights_and_dense_baselines_are_not_shared(tmp_path: Path) -> Non
     plan = _plan(tmp_path / "d", algorithm="dpsgd")
     d0, d1 = make_node(plan, 0, None, None), make_node(plan, 1, None, None)
     assert set(_storages(d0)).isdisjoint(_storages(d1))  # dense weights train: each node its own
+
+
+def test_frame_memo_capacity_is_given_back_when_an_exchange_goes(tmp_path: Path) -> None:
+    import gc
+
+    plan = _plan(tmp_path, fleet_id="capacity")
+    nodes = [make_node(plan, i, None, None) for i in range(3)]
+    memo = nodes[0].exchange.memo
+    assert memo is not None and memo.capacity == 6  # two frames per node of the process
+    del nodes[2]
+    gc.collect()
+    assert memo.capacity == 4

@@ -191,8 +191,9 @@ def test_self_weight_damps_the_neighbour_average() -> None:
         for n in nodes:
             n.finish_round()
         node = nodes[1]
-        assert node.mbar is not None
-        for layer, mb in enumerate(node.mbar):
+        mbar = node.algorithm.mbar  # type: ignore[attr-defined]
+        assert mbar is not None
+        for layer, mb in enumerate(mbar):
             mean = neighbour_average([published[j][layer] for j in node.neighbours])
             assert mean is not None
             assert torch.equal(mb, (1 - a) * mean + a * published[1][layer].to(torch.float32))

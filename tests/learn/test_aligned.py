@@ -15,6 +15,7 @@ import numpy as np
 import pytest
 import torch
 
+from dslth_edge.learn.algorithms.masked import MaskAlgorithm
 from dslth_edge.data import make_synthetic, partition
 from dslth_edge.device.keep import plan_node
 from dslth_edge.errors import UsageError
@@ -68,7 +69,9 @@ def test_unknown_channel_order_is_refused() -> None:
 
 def test_aligned_node_meets_the_plan_and_keeps_within_each_layers_budget() -> None:
     node = _node((8, 16, 32, 4))
-    assert node._group_lasso == 0.0 and node._drop_threshold == 0.0  # noqa: SLF001 - the progressive route's λ, τ unused
+    algorithm = node.algorithm
+    assert isinstance(algorithm, MaskAlgorithm)
+    assert algorithm.group_lasso == 0.0 and algorithm.drop_threshold == 0.0  # the progressive route's λ, τ unused
     for _ in range(node.config.rounds):
         node.run_round()
     masks = node.current_masks()
