@@ -84,7 +84,8 @@ class NodeConfig:
 def algorithm_setup(config: NodeConfig, mixing_weights: dict[int, float] | None = None) -> AlgorithmSetup:
     """What node ``config``'s algorithm is told: its model (with the node's score seed), rounds and plan."""
     return AlgorithmSetup(spec=replace(config.model, score_seed=derive_seed(config.seed, config.node_id)),
-                          rounds=config.rounds, weights_file=config.weights_file, channels=config.channels,
+                          rounds=config.rounds, seed=config.seed, weights_file=config.weights_file,
+                          channels=config.channels,
                           channel_order=config.channel_order, mixing_weights=mixing_weights)
 
 

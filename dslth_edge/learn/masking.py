@@ -339,7 +339,15 @@ class MaskedLayer(nn.Module):
         return elig.contiguous()
 
     def current_mask(self) -> torch.Tensor:
-        """The bool mask the next forward pass uses."""
+        """The bool mask the next forward pass uses: ``mask_override``, else TopK(|z + score_shift|)
+        within the eligible weights.
+
+        The shift is whatever the node's algorithm set last. MCE-PL and consensus set it
+        from the current scores and m̄ before and after the local step and again after
+        step (5) (:meth:`~dslth_edge.learn.algorithms.masked.MaskAlgorithm.personal_step`),
+        so after a round this is the evaluation mask: TopK of the final scores shifted by
+        the current m̄, what evaluation, mask.npz and the next round's forward pass use.
+        """
         if self.mask_override is not None:
             return self.mask_override
         return self._mask_of(self.aggregated_scores())

@@ -51,6 +51,7 @@ class AlgorithmSetup:
 
     spec: ModelSpec  # with the node's score seed
     rounds: int  # the run's total rounds
+    seed: int = 0  # the fleet's seed (what every node shares: e.g. the round-0 m̄)
     weights_file: str | None = None  # fixed weights from a file instead of the seed
     channels: tuple[int, ...] | None = None  # per masked layer: output channels the plan ends with
     channel_order: str = "score"  # which live channels a drop schedule removes first

@@ -13,16 +13,36 @@ from collections.abc import Mapping, Sequence
 from dataclasses import replace
 from typing import Any
 
+import numpy as np
 import torch
 from torch import nn
 
 from dslth_edge.learn.algorithm import AlgorithmConfig, aggregation_shift, channel_cap, neighbour_average
 from dslth_edge.learn.algorithms.base import Algorithm, AlgorithmSetup, BackwardFn, LossFn
-from dslth_edge.learn.masking import (configure_structure, drop_channels_, group_lasso, keep_count, load_weights,
+from dslth_edge.learn.masking import (MaskedLayer, configure_structure, drop_channels_, group_lasso, keep_count, load_weights,
                                       weights_fingerprint)
 from dslth_edge.learn.models import build_model
 
-__all__ = ["MaskAlgorithm"]
+__all__ = ["MBAR_STREAM", "MaskAlgorithm", "round0_mbar"]
+
+#: the purpose tag of the round-0 m̄'s random stream (its seed: the fleet's)
+MBAR_STREAM = 0x6D626172
+
+
+def round0_mbar(layers: Sequence[MaskedLayer], seed: int) -> list[torch.Tensor]:
+    """The authors' round-0 m̄: per layer, one Bernoulli(keep) draw of the layer's shape.
+
+    Their train_MCE.py draws one random mask per layer (keep 0.3 for conv, 0.9 for FC)
+    and gives it to every node as all its neighbours' masks, so m̄ of round 0 is that
+    mask. Every node draws the same uniforms here (from the fleet's ``seed``), so nodes
+    of one keep share one m̄, and nodes of other keeps get nested ones.
+    """
+    out = []
+    for i, layer in enumerate(layers):
+        rng = np.random.Generator(np.random.PCG64(np.random.SeedSequence([seed, MBAR_STREAM, i])))
+        u = rng.random(tuple(layer.weight.shape), dtype=np.float32)
+        out.append(torch.from_numpy((u < layer.keep).astype(np.float32)))
+    return out
 
 
 class MaskAlgorithm(Algorithm):
@@ -41,6 +61,8 @@ class MaskAlgorithm(Algorithm):
         self.drop_threshold = config.drop_threshold or (config.structured_drop_threshold if structured else 0.0)
         super().__init__(config, setup)
         self.mbar: list[torch.Tensor] | None = None  # m̄_i per layer, float in [0, 1]
+        if config.mbar_init == "bernoulli" and self.communicates(0):
+            self.mbar = round0_mbar(self.layers, setup.seed)
         self.peer_masks: dict[int, list[torch.Tensor]] = {}  # latest mask of each neighbour
         self.grads: list[torch.Tensor] | None = None  # g_i of the round's last local step, reused by (5)
 
@@ -116,8 +138,16 @@ class MaskAlgorithm(Algorithm):
 
     # ------------------------------------------------------------------ (5) and the drop schedule
     def personal_step(self, round: int, loss_at: LossFn) -> None:  # noqa: A002
-        """:meth:`fine_tune`, then the progressive channel drop of the rounds done."""
+        """:meth:`fine_tune`, the shift of the final scores and the current m̄, then the
+        progressive channel drop of the rounds done.
+
+        The shift is recomputed here, as the authors' code does before it evaluates
+        (train_MCE.py:245-247): the mask measured, exported (mask.npz) and used by the
+        next forward pass is TopK of the round's final scores shifted by the m̄ just heard,
+        not the one of the scores before (5) and the previous m̄.
+        """
         self.fine_tune(round, loss_at)
+        self.set_shifts()
         self.drop_channels(round + 1)
 
     def fine_tune(self, round: int, loss_at: LossFn) -> None:  # noqa: A002
