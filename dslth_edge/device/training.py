@@ -88,6 +88,7 @@ __all__ = [
     "accumulation_chunks",
     "preset_setup",
     "node_training_plan",
+    "node_training_setup",
     "device_micro_batch",
 ]
 
@@ -375,11 +376,17 @@ def node_training_plan(model: str, input_shape: tuple[int, int, int], num_classe
     note) measured in this process (:func:`dslth_edge.device.memory_guard.measure_runtime_base`);
     None: the per-architecture figure.
     """
-    base, note = runtime_base if runtime_base is not None else (None, "")
-    setup = TrainingSetup(batch_size=algo.batch_size, local_steps=algo.local_steps, momentum=algo.momentum > 0,
-                          dense=algo.is_dense, train_samples=train_samples, test_samples=test_samples,
-                          sample_bytes=math.prod(input_shape), mapped=mapped, runtime_base=base, runtime_note=note)
+    setup = node_training_setup(input_shape, algo, train_samples, test_samples, mapped, runtime_base)
     return plan_training(model, input_shape, num_classes, profile, setup)
+
+
+def node_training_setup(input_shape: tuple[int, int, int], algo: Any, train_samples: int, test_samples: int,
+                        mapped: bool = True, runtime_base: tuple[float, str] | None = None) -> TrainingSetup:
+    """The :class:`TrainingSetup` :func:`node_training_plan` plans with (a node's memory guard re-plans with it)."""
+    base, note = runtime_base if runtime_base is not None else (None, "")
+    return TrainingSetup(batch_size=algo.batch_size, local_steps=algo.local_steps, momentum=algo.momentum > 0,
+                         dense=algo.is_dense, train_samples=train_samples, test_samples=test_samples,
+                         sample_bytes=math.prod(input_shape), mapped=mapped, runtime_base=base, runtime_note=note)
 
 
 def device_micro_batch(training: TrainingPlan, requested: int) -> int:
