@@ -22,15 +22,16 @@ from dataclasses import asdict, dataclass
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
+from dslth_edge.cost.units import MIB
 from dslth_edge.errors import OverBudgetError
+from dslth_edge.util.rss import RssTracker
 
 if TYPE_CHECKING:  # pragma: no cover
     from dslth_edge.device.profiles import Profile
 
-__all__ = ["MIB", "BudgetCheck", "BudgetVerdict", "judge_export", "measured_peak_ram", "predicted_latency_ms", "check_lines",
+__all__ = ["BudgetCheck", "BudgetVerdict", "judge_export", "measured_peak_ram", "predicted_latency_ms", "check_lines",
            "raise_if_over", "raise_if_over_dicts"]
 
-MIB = 1024 * 1024
 
 
 @dataclass(frozen=True)
@@ -100,7 +101,7 @@ def _ms(v: float | None) -> str:
 
 def predicted_latency_ms(path: str | Path, profile: Profile) -> tuple[float | None, str]:
     """(latency predicted on the profile's device, basis): the predictor over the file's own operators."""
-    from dslth_edge.profiler.analysis import analyze_onnx, analyze_tflite
+    from dslth_edge.cost.analysis import analyze_onnx, analyze_tflite
     from dslth_edge.profiler.predictor import predict
 
     p = Path(path)
@@ -111,13 +112,38 @@ def predicted_latency_ms(path: str | Path, profile: Profile) -> tuple[float | No
     return pred.total_ms, f"predicted for {profile.name} by the per-layer cost model ({pred.dtype})"
 
 
-def measured_peak_ram(path: str | Path) -> tuple[float | None, str]:
-    """(peak RSS growth of the file's own runtime on this machine, basis), from a short profile run."""
-    from dslth_edge.profiler.measure import ProfileOptions, profile_model
+#: Inferences run after loading for :func:`measured_peak_ram` (the first allocates the
+#: runtime's scratch buffers; the rest show that nothing grows per inference).
+RAM_RUNS = 6
 
-    result = profile_model(str(path), ProfileOptions(runs=5, warmup=1).checked())
-    ram = result.memory.overall_peak_growth_bytes
-    return (None if ram is None else float(ram)), f"peak RSS growth of {result.backend.name} measured on this machine"
+
+def measured_peak_ram(path: str | Path) -> tuple[float | None, str]:
+    """(peak RSS growth of the file's own runtime on this machine, basis): load it, run it a few times.
+
+    The baseline is taken after a garbage collection, just before the runtime loads the
+    file (:class:`dslth_edge.util.rss.RssTracker`); inputs are zeros of the file's own
+    input shape (a dynamic dimension: 1).
+    """
+    import gc
+
+    import numpy as np
+
+    from dslth_edge.exporters.runtime import OnnxRunner, TfliteRunner, open_runner
+
+    gc.collect()
+    rss = RssTracker()
+    runner = open_runner(path)
+    if isinstance(runner, OnnxRunner):
+        dims = runner.session.get_inputs()[0].shape
+    elif isinstance(runner, TfliteRunner):
+        dims = [int(d) for d in runner.inp["shape"]]
+    else:  # pragma: no cover - open_runner makes only these two
+        raise TypeError(type(runner).__name__)
+    x = np.zeros([d if isinstance(d, int) and d > 0 else 1 for d in dims], dtype=np.float32)
+    for _ in range(RAM_RUNS):
+        runner.run(x)
+    ram = rss.growth_bytes()
+    return (None if ram is None else float(ram)), f"peak RSS growth of {runner.backend} measured on this machine"
 
 
 def judge_export(path: str | Path, profile: Profile, *, arena: dict[str, Any] | None = None) -> BudgetVerdict:

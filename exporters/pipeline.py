@@ -28,8 +28,8 @@ import torch
 from dslth_edge.errors import ExportError, UsageError
 from dslth_edge.runs.rundir import atomic_write_bytes
 from dslth_edge.runs.runinfo import RunInfo, accuracy, load_run
+from dslth_edge.cost.macs import count_macs
 from dslth_edge.exporters.shrink import (
-    count_macs,
     count_nonzero_params,
     count_params,
     fold_batchnorm,

@@ -1,8 +1,9 @@
 """Running exported files with the on-device runtimes only (numpy + onnxruntime / LiteRT).
 
 Nothing here imports torch: this is the code a device runs, and what the exporters use
-to check a file before it is written. TFLite files load with ai-edge-litert's
-Interpreter and fall back to tflite-runtime's (older devices, e.g. Debian/Raspberry Pi
+to check a file before it is written. TFLite files load through
+:mod:`dslth_edge.util.tflite` (the one loader): ai-edge-litert's Interpreter, falling back to
+tflite-runtime's (older devices, e.g. Debian/Raspberry Pi
 OS images that ship only ``tflite_runtime``). Integer-only models take int8 inputs: the
 runner quantizes inputs and dequantizes outputs with the scales stored in the file.
 Runners take NCHW inputs, like the torch model; a file with an NHWC input (the TFLite
@@ -18,6 +19,7 @@ from typing import Any, Protocol
 import numpy as np
 
 from dslth_edge.errors import ExportError
+from dslth_edge.util.tflite import open_interpreter, tflite_runtime
 
 __all__ = [
     "LAYOUTS",
@@ -25,7 +27,6 @@ __all__ = [
     "OnnxRunner",
     "to_layout",
     "TfliteRunner",
-    "tflite_interpreter_class",
     "open_runner",
     "top1",
     "time_runner",
@@ -80,22 +81,6 @@ class OnnxRunner:
         return np.concatenate(outs).astype(np.float32, copy=False)
 
 
-def tflite_interpreter_class() -> tuple[Any, str]:
-    """(Interpreter class, package name): ai-edge-litert first, then tflite-runtime."""
-    try:
-        from ai_edge_litert.interpreter import Interpreter
-
-        return Interpreter, "ai_edge_litert"
-    except ImportError:
-        pass
-    try:
-        from tflite_runtime.interpreter import Interpreter  # type: ignore[import-not-found]
-
-        return Interpreter, "tflite_runtime"
-    except ImportError as exc:
-        raise ExportError("running TFLite files needs ai-edge-litert (or tflite-runtime): pip install ai-edge-litert") from exc
-
-
 class TfliteRunner:
     """LiteRT interpreter, one sample at a time (the file has a static batch of 1).
 
@@ -107,18 +92,10 @@ class TfliteRunner:
                  layout: str = "NCHW") -> None:
         to_layout(np.zeros((0,)), layout)  # a bad name fails here
         self.layout = layout
-        cls, self.backend = tflite_interpreter_class()
-        kw: dict[str, Any] = {"num_threads": int(threads)} if threads else {}
-        if not delegate:
-            resolver = _op_resolver_type(self.backend)
-            if resolver is None:
-                raise ExportError(f"{self.backend} cannot run without its default delegate (no OpResolverType)")
-            kw["experimental_op_resolver_type"] = resolver.BUILTIN_WITHOUT_DEFAULT_DELEGATES
-            self.backend = f"{self.backend} (builtin kernels)"
-        if isinstance(model, bytes):
-            self.interpreter = cls(model_content=model, **kw)
-        else:
-            self.interpreter = cls(model_path=str(model), **kw)
+        runtime = tflite_runtime()
+        self.backend = runtime.module if delegate else f"{runtime.module} (builtin kernels)"
+        self.interpreter = open_interpreter(model if isinstance(model, bytes) else str(model), threads=threads,
+                                            delegate=delegate, runtime=runtime)
         self.interpreter.allocate_tensors()
         self.inp = self.interpreter.get_input_details()[0]
         self.out = self.interpreter.get_output_details()[0]
@@ -152,17 +129,6 @@ class TfliteRunner:
             self.interpreter.invoke()
             outs.append(self._from_output(self.interpreter.get_tensor(self.out["index"])))
         return np.concatenate(outs)
-
-
-def _op_resolver_type(package: str) -> Any:
-    try:
-        if package == "ai_edge_litert":
-            from ai_edge_litert.interpreter import OpResolverType
-        else:
-            from tflite_runtime.interpreter import OpResolverType  # type: ignore[import-not-found]
-    except ImportError:
-        return None
-    return OpResolverType
 
 
 def _quant(detail: dict[str, Any]) -> tuple[float, int] | None:

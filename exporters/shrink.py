@@ -16,6 +16,8 @@ Three steps, each exact in eval mode:
 3. torch-pruning's :class:`DependencyGraph` supplies the coupling (flatten → linear,
    residual adds, depthwise convs): a channel shared by several layers is removed
    from all of them together, and only when it is dead at every consumer in its group.
+   Its residual coupling must equal the one the planner used
+   (:func:`dslth_edge.cost.residual.residual_groups`), checked on every shrink.
 
 The output layer (the model's last masked layer) keeps all its outputs.
 
@@ -49,6 +51,7 @@ import numpy as np
 import torch
 from torch import nn
 
+from dslth_edge.cost.residual import residual_groups
 from dslth_edge.errors import ExportError
 from dslth_edge.learn.masking import ChannelGate, MaskedConv2d, MaskedLayer, MaskedLinear, masked_layers
 from dslth_edge.learn.models import ModelSpec, arch_name, build_model
@@ -67,7 +70,6 @@ __all__ = [
     "shrunk_info",
     "count_params",
     "count_nonzero_params",
-    "count_macs",
     "save_shrunk",
     "load_shrunk",
 ]
@@ -345,7 +347,29 @@ def _analyse(plain: nn.Module, input_shape: Sequence[int]) -> tuple[Any, list[_G
         # an unsupported group, or one nobody reads (only the model output), stays whole
         dead = [int(i) for i in torch.nonzero(~read).flatten()] if supported and has_consumer else []
         groups.append(_Group(root, names[root], size, dead, producers))
+    _check_residual_coupling(plain, groups)
     return dg, groups
+
+
+def _check_residual_coupling(plain: nn.Module, groups: Sequence[_Group]) -> None:
+    """Refuse to shrink when torch-pruning couples other layers than the planner assumed.
+
+    The planner keeps every layer a residual add couples at full width
+    (:func:`dslth_edge.cost.residual.residual_groups`); shrink removes channels by
+    torch-pruning's groups. The two must name the same sets of (non-depthwise) producing
+    layers, or the plan promised widths shrink cannot deliver.
+    """
+    depthwise = {n for n, m in plain.named_modules() if _is_depthwise(m)}
+    planned = {g - depthwise for g in residual_groups(plain)}
+    pruned = {frozenset(g.producers) - depthwise for g in groups}
+    planned = {g for g in planned if len(g) > 1}
+    pruned = {g for g in pruned if len(g) > 1}
+    if planned != pruned:
+        def show(gs: set[frozenset[str]]) -> str:
+            return "; ".join(sorted("{" + ", ".join(sorted(g)) + "}" for g in gs)) or "none"
+
+        raise ExportError(f"torch-pruning couples the layers {show(pruned)} but the residual analysis the plan "
+                          f"was made with couples {show(planned)}: shrink cannot deliver the plan's widths")
 
 
 def shrunk_info(shrunk: nn.Module) -> ShrunkInfo:
@@ -509,29 +533,6 @@ def count_nonzero_params(module: nn.Module) -> int:
         elif isinstance(mod, nn.BatchNorm2d):
             total += 2 * mod.num_features
     return total
-
-
-def count_macs(module: nn.Module, input_shape: Sequence[int]) -> int:
-    """Multiply-accumulates of one sample through the conv and linear layers (zeros included)."""
-    total = [0]
-
-    def hook(mod: nn.Module, inp: tuple[torch.Tensor, ...], out: torch.Tensor) -> None:
-        w = mod.weight
-        per_out = w[0].numel()  # (C_in / groups) · kh · kw for a conv, in_features for a linear
-        total[0] += int(out[0].numel()) * int(per_out)
-
-    hooks = [m.register_forward_hook(hook) for m in module.modules()
-             if isinstance(m, (nn.Conv2d, nn.Linear, MaskedLayer))]
-    was_training = module.training
-    module.eval()
-    try:
-        with torch.no_grad():
-            module(torch.zeros(1, *input_shape))
-    finally:
-        for h in hooks:
-            h.remove()
-        module.train(was_training)
-    return total[0]
 
 
 # --------------------------------------------------------------------------------------

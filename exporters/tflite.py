@@ -140,10 +140,9 @@ def tflite_bytes(module: nn.Module, input_shape: Sequence[int], *, layout: str =
 
 def signature_input_name(model_bytes: bytes) -> tuple[str, str]:
     """(signature key, its single input's name) of a converted model."""
-    from dslth_edge.exporters.runtime import tflite_interpreter_class
+    from dslth_edge.util.tflite import open_interpreter
 
-    cls, _ = tflite_interpreter_class()
-    sigs = cls(model_content=model_bytes).get_signature_list()
+    sigs = open_interpreter(model_bytes).get_signature_list()
     if len(sigs) != 1:
         raise ExportError(f"expected one signature in the TFLite model, found {list(sigs)}")
     key = next(iter(sigs))

@@ -1,5 +1,6 @@
-"""The package's shape: no import cycles (lazy imports included) and no private names
-reached across modules.
+"""The package's shape: no import cycles (lazy imports included), no private names
+reached across modules, and rooms that import each other only as docs/architecture.md's
+room table says (one way).
 
 Every ``import`` statement in every module of ``dslth_edge`` and ``exporters`` (which
 installs as ``dslth_edge.exporters``) counts, wherever it stands: at the top, inside a
@@ -10,6 +11,7 @@ means two modules that each need the other.
 from __future__ import annotations
 
 import ast
+import re
 from pathlib import Path
 
 import pytest
@@ -149,8 +151,92 @@ def test_no_private_names_across_modules() -> None:
     assert not bad, "private names reached across modules:\n" + "\n".join(bad)
 
 
-@pytest.mark.parametrize("room", ["cli", "device", "data", "learn", "fleet", "runs", "wire", "transport", "profiler"])
+@pytest.mark.parametrize("room", ["cli", "cost", "device", "data", "learn", "fleet", "runs", "util", "wire", "transport",
+                                  "profiler"])
 def test_every_room_is_a_package_with_a_docstring(room: str) -> None:
     init = ROOT / "dslth_edge" / room / "__init__.py"
     assert init.is_file(), f"dslth_edge/{room}/ is not a package"
     assert ast.get_docstring(ast.parse(init.read_text())), f"dslth_edge/{room}/__init__.py says nothing of what the room owns"
+
+
+# --------------------------------------------------------------------------------------
+# Rooms: docs/architecture.md's table against the code
+# --------------------------------------------------------------------------------------
+ARCHITECTURE = ROOT / "docs" / "architecture.md"
+
+
+def _room(mod: str) -> str | None:
+    """The room of a module: ``dslth_edge.<room>...`` (``errors`` for errors.py); None for the package itself."""
+    parts = mod.split(".")
+    return parts[1] if len(parts) > 1 and parts[1] != "__main__" else None
+
+
+def _room_edges(graph: dict[str, set[str]]) -> dict[str, set[str]]:
+    """room -> the other rooms its modules import (lazy and TYPE_CHECKING imports included)."""
+    edges: dict[str, set[str]] = {}
+    for mod, targets in graph.items():
+        room = _room(mod)
+        if room is None:
+            continue
+        edges.setdefault(room, set()).update(r for r in map(_room, targets) if r is not None and r != room)
+    return edges
+
+
+def _documented_rooms(text: str) -> dict[str, set[str]]:
+    """room -> rooms from the "imports (project)" column of the room table ("nothing": none;
+    text in parentheses is a remark)."""
+    section = text.split("## Rooms", 1)[1].split("\n## ", 1)[0]
+    rows: dict[str, set[str]] = {}
+    header: list[str] | None = None
+    for line in section.splitlines():
+        if not line.startswith("|"):
+            continue
+        cells = [c.strip() for c in line.strip().strip("|").split("|")]
+        if header is None:
+            header = cells
+            continue
+        if set(cells[0]) <= set("-: "):
+            continue
+        room = cells[0].strip("`").rstrip("/").removesuffix(".py")
+        column = re.sub(r"\([^)]*\)", "", cells[header.index("imports (project)")])
+        rows[room] = {w.strip() for w in column.split(",") if w.strip() and w.strip() != "nothing"}
+    return rows
+
+
+def test_the_room_table_parser_reads_rows_and_remarks() -> None:
+    text = ("## Rooms\n\n| room | owns | imports (project) |\n| --- | --- | --- |\n"
+            "| `errors.py` | x | nothing |\n| `a/` | y | errors, b (the thing) |\n\n## Next\n| `z/` | q | a |\n")
+    assert _documented_rooms(text) == {"errors": set(), "a": {"errors", "b"}}
+
+
+def test_the_room_table_matches_the_imports() -> None:
+    """Every room has a row, and its "imports (project)" column is exactly what it imports."""
+    documented = _documented_rooms(ARCHITECTURE.read_text())
+    actual = _room_edges(_graph())
+    assert set(documented) == set(actual), (
+        f"rooms in docs/architecture.md but not in the code: {sorted(set(documented) - set(actual))}; "
+        f"in the code but not in the table: {sorted(set(actual) - set(documented))}")
+    wrong = [f"{room}: table says {sorted(documented[room])}, code imports {sorted(actual[room])}"
+             for room in sorted(actual) if documented[room] != actual[room]]
+    assert not wrong, "docs/architecture.md's room table differs from the imports:\n" + "\n".join(wrong)
+
+
+def _mutual_pairs(edges: dict[str, set[str]]) -> list[tuple[str, str]]:
+    return sorted({(min(a, b), max(a, b)) for a, targets in edges.items() for b in targets if a in edges.get(b, set())})
+
+
+def test_the_pair_check_finds_a_pair() -> None:
+    graph = {"dslth_edge.a.x": {"dslth_edge.b.y"}, "dslth_edge.b.y": set(), "dslth_edge.b.z": {"dslth_edge.a.w"},
+             "dslth_edge.a.w": set(), "dslth_edge.c": {"dslth_edge.a.w"}}
+    edges = _room_edges(graph)
+    assert edges == {"a": {"b"}, "b": {"a"}, "c": {"a"}}
+    assert _mutual_pairs(edges) == [("a", "b")]
+
+
+def test_no_two_rooms_import_each_other() -> None:
+    graph = _graph()
+    pairs = _mutual_pairs(_room_edges(graph))
+    both = {p for pair in pairs for p in (pair, pair[::-1])}
+    where = [f"{mod} -> {target}" for mod, targets in sorted(graph.items()) for target in sorted(targets)
+             if (_room(mod), _room(target)) in both]
+    assert not pairs, f"rooms that import each other: {pairs}\n" + "\n".join(where)

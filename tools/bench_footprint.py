@@ -1,12 +1,15 @@
 #!/usr/bin/env python3
 """Training footprint: planned vs measured peak memory and time per round, and fleet worker RSS.
 
-Part 1, for every trainable profile and model on Fashion-MNIST: the training plan
-(micro-batch, predicted peak RSS, the profile's training RAM budget, predicted time per
-round on the device) and a real ``dslth-edge train`` process of ``--rounds`` rounds
-under that profile, whose peak RSS (the kernel's VmHWM, recorded by ``train``) and
-time per round are measured. Runs whose process would be identical (same model,
-keep ratio and micro-batch) are measured once and the figures shared.
+Part 1, for every trainable profile and model on Fashion-MNIST: the training plan made
+for the device (per-architecture runtime base: micro-batch, predicted peak RSS, the
+profile's training RAM budget, predicted time per round on the device) and a real
+``dslth-edge train`` process of ``--rounds`` rounds under that profile. That process
+plans again with the runtime base it measures at start-up (issue 25): its prediction
+("pred", from train's JSON) is compared with its measured peak RSS ("peak": the
+kernel's VmHWM from start-up on, recorded by ``train``); "re" counts the times its memory
+guard re-planned the micro-batch down. Runs whose process would be identical (same
+model, keep ratio and micro-batch) are measured once and the figures shared.
 
 Part 2: the peak RSS of one ``fleet run`` worker process hosting 1, 10, 50 … mcu-cnn
 nodes (from the nodes' metrics, which record their process's VmHWM), the memory per
@@ -68,6 +71,7 @@ def _train(profile: str, model: str, rounds: int, work: Path) -> dict[str, Any]:
         raise SystemExit(f"train failed ({proc.returncode}): {proc.stderr.strip()[-400:]}")
     res = json.loads(proc.stdout[proc.stdout.index("{"):])
     return {"peak_mib": res["peak_rss_bytes"] / MIB, "s_per_round": res["seconds_per_round"],
+            "train_predicted_mib": res["predicted_peak_bytes"] / MIB, "replans": res.get("replans", 0),
             "micro_batch_used": res["micro_batch"], "accuracy": res["accuracy"], "wall_s": wall,
             "warned": "exceeds" in proc.stderr}
 
@@ -89,7 +93,7 @@ def bench_train(profiles: list[str], models: list[str], rounds: int, work: Path)
             row.update(measured[key])
             row["predicted_host_s"] = host_plan.time_per_round_s
             row["within_budget"] = row["peak_mib"] <= row["budget_mib"]
-            row["prediction_error"] = row["predicted_peak_mib"] / row["peak_mib"] - 1
+            row["prediction_error"] = row["train_predicted_mib"] / row["peak_mib"] - 1
             rows.append(row)
     return rows
 
@@ -148,11 +152,12 @@ def main() -> None:
         print(json.dumps({"host": host, "train": train_rows, "fleet": fleet_rows}, indent=2))
         return
     print(f"host: {host['machine']}, {host['cpus']} CPUs ({host['note']})")
-    print(f"{'profile':22s} {'model':9s} {'micro':>5s} {'budget':>7s} {'pred':>7s} {'peak':>7s} {'err':>6s} "
-          f"{'ok':>3s} {'dev s/rd':>8s} {'host pred':>9s} {'host meas':>9s}")
+    print(f"{'profile':22s} {'model':9s} {'micro':>5s} {'used':>5s} {'re':>2s} {'budget':>7s} {'dev plan':>8s} "
+          f"{'pred':>7s} {'peak':>7s} {'err':>6s} {'ok':>3s} {'dev s/rd':>8s} {'host pred':>9s} {'host meas':>9s}")
     for r in train_rows:
-        print(f"{r['profile']:22s} {r['model']:9s} {r['micro_batch'] or 'all':>5} {r['budget_mib']:7.0f} "
-              f"{r['predicted_peak_mib']:7.1f} {r['peak_mib']:7.1f} {100 * r['prediction_error']:+5.1f}% "
+        print(f"{r['profile']:22s} {r['model']:9s} {r['micro_batch'] or 'all':>5} {r['micro_batch_used'] or 'all':>5} "
+              f"{r['replans']:2d} {r['budget_mib']:7.0f} {r['predicted_peak_mib']:8.1f} {r['train_predicted_mib']:7.1f} "
+              f"{r['peak_mib']:7.1f} {100 * r['prediction_error']:+5.1f}% "
               f"{'yes' if r['within_budget'] else 'NO':>3s} {r['predicted_device_s']:8.3f} {r['predicted_host_s']:9.3f} "
               f"{r['s_per_round']:9.3f}")
     for r in fleet_rows:

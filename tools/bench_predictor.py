@@ -64,7 +64,7 @@ def main(argv: list[str] | None = None) -> int:
     args = ap.parse_args(argv)
 
     from dslth_edge.device.profiles import load_profile
-    from dslth_edge.profiler.analysis import analyze_onnx, analyze_tflite
+    from dslth_edge.cost.analysis import analyze_onnx, analyze_tflite
     from dslth_edge.profiler.backends import make_runner
     from dslth_edge.profiler.calibrate import best_of_passes, calibrate
     from dslth_edge.profiler.host_profile import write_host_profile

@@ -29,7 +29,8 @@ from dslth_edge.exporters.onnx import onnx_bytes
 from dslth_edge.exporters.runtime import OnnxRunner, TfliteRunner
 from dslth_edge.learn.masking import masked_layers, set_masks, topk_mask
 from dslth_edge.learn.models import ModelSpec, build_model
-from dslth_edge.exporters.shrink import count_macs, shrink, shrunk_info, to_plain
+from dslth_edge.cost.macs import count_macs
+from dslth_edge.exporters.shrink import shrink, shrunk_info, to_plain
 
 SHAPES = {"paper-cnn": (1, 28, 28), "mcu-cnn": (1, 28, 28), "resnet-8": (3, 32, 32)}
 TARGET = 0.7

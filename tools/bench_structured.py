@@ -45,11 +45,13 @@ import torch
 import torch.nn.functional as F
 
 from dslth_edge.data import batch_indices, load_dataset
-from dslth_edge.device.profiles import BYTES_PER_VALUE, load_profile
-from dslth_edge.exporters.shrink import count_macs, count_params, shrink, shrunk_info
+from dslth_edge.cost.units import BYTES_PER_VALUE
+from dslth_edge.device.profiles import load_profile
+from dslth_edge.cost.macs import count_macs
+from dslth_edge.exporters.shrink import count_params, shrink, shrunk_info
 from dslth_edge.fleet.plan import FleetOptions
 from dslth_edge.fleet.simulator import simulate
-from dslth_edge.profiler.analysis import analyze_torch_module
+from dslth_edge.cost.analysis import analyze_torch_module
 from dslth_edge.profiler.predictor import predict
 from dslth_edge.runs.runinfo import load_run
 

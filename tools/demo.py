@@ -32,7 +32,8 @@ quiet_third_party()  # before torch / LiteRT load: their start-up chatter is not
 
 from dslth_edge.device.profiles import load_profile  # noqa: E402
 from dslth_edge.exporters.pipeline import ExportOptions, export_node  # noqa: E402
-from dslth_edge.exporters.shrink import count_macs, count_params, shrink, shrunk_info, to_plain  # noqa: E402
+from dslth_edge.cost.macs import count_macs  # noqa: E402
+from dslth_edge.exporters.shrink import count_params, shrink, shrunk_info, to_plain  # noqa: E402
 from dslth_edge.runs.runinfo import load_run  # noqa: E402
 
 PROFILES = "jetson-nano,raspberry-pi-4,nrf52840,stm32h743"

@@ -19,14 +19,15 @@ import hashlib
 import math
 import os
 import struct
-import tempfile
 import zlib
 from pathlib import Path
+from typing import BinaryIO
 
 import numpy as np
 
 from dslth_edge.data.dataset import Dataset, build_dataset, channel_stats, stats_from_histograms
 from dslth_edge.errors import DatasetError
+from dslth_edge.util.atomic import atomic_write
 
 __all__ = [
     "FASHION_MNIST_DIR",
@@ -147,20 +148,16 @@ def _cache_file(path: Path, cache_dir: Path) -> Path:
 
 
 def _decompress_to(path: Path, target: Path) -> None:
-    """Stream-decompress ``path`` into ``target`` atomically (temp file, then rename)."""
-    target.parent.mkdir(parents=True, exist_ok=True)
-    fd, tmp = tempfile.mkstemp(dir=target.parent, prefix=f".{target.name}.")
-    try:
-        with os.fdopen(fd, "wb") as out, gzip.open(path, "rb") as src:
+    """Stream-decompress ``path`` into ``target`` atomically (:func:`~dslth_edge.util.atomic.atomic_write`)."""
+    def copy(out: BinaryIO) -> None:
+        with gzip.open(path, "rb") as src:
             while True:
                 chunk = src.read(_CHUNK)
                 if not chunk:
                     break
                 out.write(chunk)
-        os.replace(tmp, target)
-    except BaseException:
-        Path(tmp).unlink(missing_ok=True)
-        raise
+
+    atomic_write(target, copy)
 
 
 def read_idx(

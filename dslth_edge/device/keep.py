@@ -40,18 +40,17 @@ setting; it never falls back silently.
 
 from __future__ import annotations
 
-import operator
 from dataclasses import dataclass, replace
 from typing import Any
 
-import torch
 from torch import nn
 
 from dslth_edge.device.planner import Plan, PlanError, plan, planned_channels
 from dslth_edge.device.profiles import load_profile
 from dslth_edge.errors import UsageError
 from dslth_edge.learn.algorithm import PRESETS
-from dslth_edge.learn.costs import LayerCost
+from dslth_edge.cost.layers import LayerCost
+from dslth_edge.cost.residual import residual_groups as cost_residual_groups
 from dslth_edge.learn.masking import ChannelGate, MaskedLayer
 from dslth_edge.learn.models import MODEL_NAMES, ModelSpec, build_model, layer_costs
 from dslth_edge.learn.names import ROUTES, STRUCTURED_ROUTES
@@ -112,62 +111,10 @@ class NodePlan:
         }
 
 
-#: Element-wise operators whose operands must agree channel by channel (a residual add).
-_ELEMENTWISE = {operator.add, operator.iadd, operator.sub, operator.isub, operator.mul, operator.imul,
-                torch.add, torch.sub, torch.mul, "add", "add_", "sub", "sub_", "mul", "mul_"}
-_INPUT = "<input>"  # the network input, as a channel source
-
-
 def residual_groups(model: nn.Module) -> tuple[frozenset[str], ...]:
-    """Sets of masked layers whose output channels an element-wise op (a residual add) combines.
-
-    A torch.fx trace (masked layers and gates as leaves) follows which weight layer's
-    output channels each value carries: BatchNorm, gates, activations and pooling keep
-    them; an add unites its operands' producers. Layers coupled to the network input
-    itself form a group of their own. Layers in no group are left out.
-    """
-    from torch import fx
-
-    class _Tracer(fx.Tracer):
-        def is_leaf_module(self, m: nn.Module, qualname: str) -> bool:
-            return isinstance(m, (MaskedLayer, ChannelGate)) or super().is_leaf_module(m, qualname)
-
-    try:
-        graph = _Tracer().trace(model)
-    except Exception as exc:  # fx raises assorted types on data-dependent control flow
-        raise UsageError(f"cannot trace {type(model).__name__} to find its residual adds: {exc}") from exc
-    parent: dict[str, str] = {}
-
-    def find(x: str) -> str:
-        while parent.setdefault(x, x) != x:
-            x = parent[x]
-        return x
-
-    sources: dict[fx.Node, frozenset[str]] = {}
-    for node in graph.nodes:
-        args = [a for a in node.args if isinstance(a, fx.Node)]
-        first = sources.get(args[0], frozenset()) if args else frozenset()
-        if node.op == "placeholder":
-            sources[node] = frozenset({_INPUT})
-        elif node.op == "call_module":
-            mod = model.get_submodule(str(node.target))
-            weighted = isinstance(mod, (MaskedLayer, nn.Conv2d, nn.Linear))
-            sources[node] = frozenset({str(node.target)}) if weighted else first
-        elif node.op in ("call_function", "call_method") and node.target in _ELEMENTWISE and len(args) > 1:
-            members = frozenset().union(*(sources.get(a, frozenset()) for a in args))
-            for m in members:
-                parent[find(m)] = find(next(iter(sorted(members))))
-            sources[node] = members
-        else:  # flatten, mean, relu, pooling ...: the channels of the first operand (or none)
-            sources[node] = first
-    groups: dict[str, set[str]] = {}
-    for m in list(parent):
-        groups.setdefault(find(m), set()).add(m)
-    out = []
-    for members in groups.values():
-        if len(members) > 1:
-            out.append(frozenset(members - {_INPUT}))
-    return tuple(sorted((g for g in out if g), key=lambda g: sorted(g)))
+    """Sets of masked layers whose output channels a residual add combines
+    (:func:`dslth_edge.cost.residual.residual_groups`, the one analysis shrink checks against)."""
+    return cost_residual_groups(model, leaves=(MaskedLayer, ChannelGate))
 
 
 def plan_costs(model: nn.Module, input_shape: tuple[int, int, int]) -> list[LayerCost]:

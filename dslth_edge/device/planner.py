@@ -47,9 +47,10 @@ import math
 from dataclasses import asdict, dataclass
 from typing import Any, Sequence
 
-from dslth_edge.learn.costs import LayerCost
+from dslth_edge.cost.layers import LayerCost
 from dslth_edge.errors import ProfileError
-from dslth_edge.device.profiles import BYTES_PER_VALUE, DTYPES, Profile
+from dslth_edge.cost.units import BYTES_PER_VALUE
+from dslth_edge.device.profiles import DTYPES, Profile
 from dslth_edge.profiler.predictor import DeviceModel, op_costs_from_layer_costs
 from dslth_edge.profiler.predictor import predict as predict_latency
 

@@ -28,6 +28,7 @@ try:  # Python >= 3.11
 except ModuleNotFoundError:  # pragma: no cover - Python 3.10
     import tomli as tomllib  # type: ignore[no-redef]
 
+from dslth_edge.cost.units import BYTES_PER_VALUE, MIB  # re-exported: the profile's units
 from dslth_edge.errors import ProfileError
 
 __all__ = [
@@ -64,10 +65,6 @@ DTYPES: tuple[str, ...] = ("fp32", "int8")
 EXPORT_FORMATS: tuple[str, ...] = ("onnx", "tflite")
 ACCELERATOR_KINDS: tuple[str, ...] = ("gpu", "npu", "dsp", "tpu", "fpga")
 ACCELERATOR_DTYPES: tuple[str, ...] = ("fp32", "fp16", "int8")
-#: Bytes per weight / activation value for each export dtype.
-BYTES_PER_VALUE: dict[str, int] = {"fp32": 4, "int8": 1}
-#: Bytes in one MiB (all memory sizes in profiles are binary MiB).
-MIB = 1024 * 1024
 
 
 @dataclass(frozen=True)

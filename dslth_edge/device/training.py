@@ -8,8 +8,12 @@ the profile's training RAM budget (``[training] ram_mib``) and its round period
 Memory: the predicted peak resident set of a training process is the sum of
 
 ``runtime``
-    the interpreter with numpy, torch and this package imported, measured per CPU
-    architecture (:data:`RUNTIME_BASE_MIB`; torch's shared libraries are most of it);
+    what the process holds before its node is built. A node's own driver (``train``, a
+    fleet device node) measures it in-process at start-up, after the dataset is loaded
+    and the model traced (:func:`dslth_edge.device.memory_guard.measure_runtime_base`:
+    this interpreter, torch build, allocator and dataset as they are); a plan made for
+    another machine uses the figure measured per CPU architecture
+    (:data:`RUNTIME_BASE_MIB`; torch's shared libraries are most of it);
 ``fixed weights, scores, gradients, optimizer state``
     per masked weight: the fixed weight, its score, the aggregation shift, the score
     gradient and the copy of it that personalised fine-tuning reuses (5 × 4 bytes), plus
@@ -27,7 +31,13 @@ Memory: the predicted peak resident set of a training process is the sum of
     the int64 labels, one float32 input batch, and the uint8 images when they are held
     in RAM (synthetic, CIFAR-10, small gzip files); a memory-mapped dataset is read per
     batch with ``pread`` (:func:`dslth_edge.data.dataset.read_rows`), so its pages stay
-    in the kernel's page cache, out of the process.
+    in the kernel's page cache, out of the process. A measured runtime base already
+    holds the labels and in-RAM images: then only the batch counts here;
+``evaluation``
+    evaluation is planned like training: it runs in chunks of the micro-batch (the batch
+    when whole batches fit), and its working set (the pinned masks, one layer's masked
+    weights, the two largest activations of a chunk, the chunk's input) is counted; the
+    peak is the larger of a training step's and an evaluation chunk's.
 
 The planner picks the largest micro-batch that fits the budget and accumulates the
 gradients of ``ceil(batch / micro)`` micro-batches into one step, so the preset's
@@ -54,9 +64,10 @@ from dataclasses import dataclass
 from typing import Any, Sequence
 
 from dslth_edge.device.planner import Check, Plan, format_quantity
-from dslth_edge.device.profiles import MIB, Profile
+from dslth_edge.cost.units import MIB
+from dslth_edge.device.profiles import Profile
 from dslth_edge.errors import UsageError
-from dslth_edge.learn.costs import LayerCost
+from dslth_edge.cost.layers import LayerCost
 
 __all__ = [
     "RUNTIME_BASE_MIB",
@@ -77,6 +88,7 @@ __all__ = [
     "accumulation_chunks",
     "preset_setup",
     "node_training_plan",
+    "node_training_setup",
     "device_micro_batch",
 ]
 
@@ -224,6 +236,8 @@ class TrainingSetup:
     sample_bytes: int = 784  # uint8 bytes of one input
     mapped: bool = True  # images memory-mapped and read per batch (pread): not in the process's RAM
     arch: str | None = None  # CPU architecture of the runtime base (None: the profile's)
+    runtime_base: float | None = None  # bytes measured in this process (dataset loaded); None: per-arch figure
+    runtime_note: str = ""  # how runtime_base was obtained
 
     def __post_init__(self) -> None:
         if self.batch_size < 1 or self.local_steps < 1:
@@ -242,31 +256,49 @@ class MemoryBreakdown:
     working: float  # backward working set and top-k selection
     data: float  # uint8 dataset pages touched + one float input batch
     runtime_note: str
+    evaluation: float = 0.0  # working set of one evaluation chunk (no gradients)
+    eval_batch: int = 0  # samples per evaluation chunk
+
+    @property
+    def step(self) -> float:
+        """Counted bytes a training step adds on top of the model and data."""
+        return self.saved_fixed + self.activations + self.working
 
     @property
     def total(self) -> float:
-        counted = self.model + self.saved_fixed + self.activations + self.working + self.data
+        counted = self.model + self.data + max(self.step, self.evaluation)
         return self.runtime + counted * _ALLOCATOR_SLACK
 
     def to_dict(self) -> dict[str, Any]:
         return {"micro_batch": self.micro_batch, "runtime": self.runtime, "model": self.model,
                 "saved_fixed": self.saved_fixed, "activations": self.activations, "working": self.working,
-                "data": self.data, "total": self.total, "runtime_note": self.runtime_note}
+                "data": self.data, "evaluation": self.evaluation, "eval_batch": self.eval_batch,
+                "total": self.total, "runtime_note": self.runtime_note}
 
 
 def predict_memory(trace: ModelTrace, setup: TrainingSetup, micro_batch: int, arch: str) -> MemoryBreakdown:
-    """Predicted peak RSS (bytes) of training at ``micro_batch``."""
-    runtime, note = runtime_base_bytes(setup.arch or arch)
+    """Predicted peak RSS (bytes) of training at ``micro_batch``, evaluation in chunks of the same size."""
+    if setup.runtime_base is not None:
+        runtime, note = float(setup.runtime_base), setup.runtime_note or "measured in this process"
+        resident = 0  # labels and in-RAM images are part of the measured base
+    else:
+        runtime, note = runtime_base_bytes(setup.arch or arch)
+        images = 0 if setup.mapped else (setup.train_samples + setup.test_samples) * setup.sample_bytes
+        resident = images + (setup.train_samples + setup.test_samples) * 8  # int64 labels
     n = trace.trainable_dense if setup.dense else trace.masked_weights
     per_weight = (3 * 4 if setup.dense else BYTES_PER_MASKED_WEIGHT) + (4 if setup.momentum else 0)
     model = float(n * per_weight)
     working = float(2 * trace.max_activation_elems * 4 * micro_batch + 3 * trace.max_layer_weights * 4)
-    images = 0 if setup.mapped else (setup.train_samples + setup.test_samples) * setup.sample_bytes
-    data = float(images + (setup.train_samples + setup.test_samples) * 8  # int64 labels
-                 + micro_batch * trace.input_elems * (4 + 1))  # the float32 batch and its uint8 rows
+    batch_bytes = trace.input_elems * (4 + 1)  # a float32 sample and its uint8 row
+    data = float(resident + micro_batch * batch_bytes)
+    # evaluation (no gradients): the bool masks pinned for every layer, one layer's w ⊙ m, and per
+    # sample of the chunk its input and the two largest activations alive at once
+    evaluation = float(trace.masked_weights + 4 * trace.max_layer_weights
+                       + micro_batch * (2 * trace.max_activation_elems * 4 + batch_bytes))
     return MemoryBreakdown(
         micro_batch=micro_batch, runtime=runtime, model=model, saved_fixed=trace.saved_fixed_bytes,
         activations=trace.saved_per_sample_bytes * micro_batch, working=working, data=data, runtime_note=note,
+        evaluation=evaluation, eval_batch=micro_batch,
     )
 
 
@@ -335,16 +367,26 @@ class TrainingPlan:
 
 
 def node_training_plan(model: str, input_shape: tuple[int, int, int], num_classes: int, profile: Profile,
-                       algo: Any, train_samples: int, test_samples: int, mapped: bool = True) -> TrainingPlan:
+                       algo: Any, train_samples: int, test_samples: int, mapped: bool = True,
+                       runtime_base: tuple[float, str] | None = None) -> TrainingPlan:
     """The training plan of one node (micro-batch, memory, time) for its algorithm config and data.
 
     ``algo`` is a :class:`dslth_edge.learn.algorithm.AlgorithmConfig` (read for its batch,
-    local steps, momentum and whether it trains dense weights).
+    local steps, momentum and whether it trains dense weights). ``runtime_base``: (bytes,
+    note) measured in this process (:func:`dslth_edge.device.memory_guard.measure_runtime_base`);
+    None: the per-architecture figure.
     """
-    setup = TrainingSetup(batch_size=algo.batch_size, local_steps=algo.local_steps, momentum=algo.momentum > 0,
-                          dense=algo.is_dense, train_samples=train_samples, test_samples=test_samples,
-                          sample_bytes=math.prod(input_shape), mapped=mapped)
+    setup = node_training_setup(input_shape, algo, train_samples, test_samples, mapped, runtime_base)
     return plan_training(model, input_shape, num_classes, profile, setup)
+
+
+def node_training_setup(input_shape: tuple[int, int, int], algo: Any, train_samples: int, test_samples: int,
+                        mapped: bool = True, runtime_base: tuple[float, str] | None = None) -> TrainingSetup:
+    """The :class:`TrainingSetup` :func:`node_training_plan` plans with (a node's memory guard re-plans with it)."""
+    base, note = runtime_base if runtime_base is not None else (None, "")
+    return TrainingSetup(batch_size=algo.batch_size, local_steps=algo.local_steps, momentum=algo.momentum > 0,
+                         dense=algo.is_dense, train_samples=train_samples, test_samples=test_samples,
+                         sample_bytes=math.prod(input_shape), mapped=mapped, runtime_base=base, runtime_note=note)
 
 
 def device_micro_batch(training: TrainingPlan, requested: int) -> int:

@@ -28,7 +28,10 @@ from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
 from dslth_edge.fleet.deadline import AdaptiveDeadline, FixedDeadline, StartupDeadline
-from dslth_edge.errors import CheckpointError, IsolatedError, UsageError
+from dslth_edge.device.memory_guard import MemoryGuard, measure_runtime_base
+from dslth_edge.device.profiles import load_profile
+from dslth_edge.device.training import node_training_setup, trace_model
+from dslth_edge.errors import CheckpointError, IsolatedError, OverBudgetError, UsageError
 from dslth_edge.fleet.node import Node, RoundResult
 from dslth_edge.runs.guard import check_rounds, check_same_settings, open_node_dir, run_mode
 from dslth_edge.runs.rundir import NodePaths, load_checkpoint, load_mask, read_metrics, write_json
@@ -67,6 +70,9 @@ class NodeRunOptions:
     roster: str | None = None  # fleet roster (Ed25519 identities); see `dslth-edge keys init`
     node_key: str | None = None  # this node's private key (default: node-<id>.key next to the roster)
     run_epoch: int | None = None  # None: the roster's epoch (0 without a roster)
+    # the device's own process (train --fleet): hold the training RAM to the profile's budget
+    # (device.memory_guard); a fleet-run worker hosts many nodes in one process and does not
+    memory_guard: bool = False
 
     @property
     def mode(self) -> str:
@@ -165,6 +171,18 @@ class IsolationWatch:
             "(--allow-solo accepts a run alone)")
 
 
+def _memory_guard(plan: "FleetPlan", node_id: int, node: Node) -> MemoryGuard | None:
+    """The node's memory guard, planned with the runtime base measured in this process (None for a gateway)."""
+    profile = load_profile(plan.profiles[node_id])
+    if not profile.can_train:
+        return None
+    ds, split, model = plan.dataset, plan.splits[node_id], plan.options.model
+    base = measure_runtime_base(model, ds.input_shape, ds.num_classes)
+    setup = node_training_setup(ds.input_shape, node.algo, len(split.train_indices), len(split.test_indices),
+                                ds.memory_mapped, base)
+    return MemoryGuard(trace_model(model, ds.input_shape, ds.num_classes), setup, profile, node.algo.micro_batch)
+
+
 def run_fleet_node(
     plan: "FleetPlan",
     node_id: int,
@@ -214,6 +232,7 @@ def run_fleet_node(
               else FixedDeadline(opts.round_deadline_s))
     startup = StartupDeadline(policy, 0.0)
     node = make_node(plan, node_id, transport, run_dir, parts=parts, deadline_policy=startup, step_slots=step_slots)
+    guard = _memory_guard(plan, node_id, node) if opts.memory_guard else None
     start_node(node, resume)
     heard_before = any(int(r.get("neighbours_heard", 0)) > 0 for r in read_metrics(paths.metrics))
     watch = IsolationWatch(node, plan.options.fleet_id, opts.mqtt.url, config.stale_after, heard_before)
@@ -236,6 +255,15 @@ def run_fleet_node(
                 exchange.peer_returned(j, node.round)  # (at most one key frame per gap and neighbour)
             result = node.run_round()
             watch.observe(result)
+            if guard is not None:
+                try:
+                    replan = guard.after_round(result.peak_rss_bytes)
+                except OverBudgetError:  # micro-batch 1 does not fit: keep what was trained, then stop (exit 3)
+                    node.save()
+                    raise
+                if replan is not None and replan.changed:  # (a corrected plan that still fits changes nothing)
+                    log.warning("node %d: %s", node_id, replan.message(guard.profile.name, result.round + 1))
+                    node.algo = replace(node.algo, micro_batch=guard.node_micro_batch())
             if on_round is not None:
                 on_round(result)
             if stop_requested() and node.round < node.config.rounds:

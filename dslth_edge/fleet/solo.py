@@ -19,13 +19,14 @@ from typing import Any
 
 from dslth_edge.learn.algorithm import get_preset
 from dslth_edge.data import load_dataset, partition
-from dslth_edge.errors import UsageError
+from dslth_edge.errors import OverBudgetError, UsageError
 from dslth_edge.learn.models import ModelSpec
 from dslth_edge.fleet.node import Node, NodeConfig, RoundResult
 from dslth_edge.device.keep import plan_node
 from dslth_edge.device.footprint import peak_rss_bytes, return_freed_memory
 from dslth_edge.device.profiles import Profile, load_profile
-from dslth_edge.device.training import device_micro_batch, node_training_plan
+from dslth_edge.device.memory_guard import MemoryGuard, measure_runtime_base
+from dslth_edge.device.training import device_micro_batch, node_training_plan, node_training_setup, trace_model
 from dslth_edge.fleet.device_node import start_node
 from dslth_edge.fleet.plan import gateway_note
 from dslth_edge.runs.guard import open_node_dir, run_mode
@@ -136,6 +137,7 @@ class TrainResult:
     training_ram_budget_bytes: float | None = None  # the profile's training RAM budget
     predicted_peak_bytes: float | None = None  # the training plan's predicted peak RSS
     micro_batch: int = 0  # 0: whole batches; else gradients accumulate over micro-batches of this size
+    replans: int = 0  # times the memory guard lowered the micro-batch (measured peak over the plan)
 
     def to_dict(self) -> dict[str, Any]:
         return asdict(self)
@@ -168,10 +170,14 @@ def train(
 ) -> TrainResult:
     """Train one node alone (or, with ``fleet``, as a fleet node); returns the final (or, when stopped, the last) figures.
 
-    Alone, the micro-batch comes from the profile's training plan (gradients accumulate
-    to the preset's batch when the whole batch does not fit the training RAM budget), and
-    ``on_warning`` (default: :func:`warnings.warn`) is called once, with one line, when the
-    measured peak RSS exceeds that budget.
+    Alone, the micro-batch comes from the profile's training plan, made with the runtime
+    base measured in this process (gradients accumulate to the preset's batch when the
+    whole batch does not fit the training RAM budget). After every round a
+    :class:`~dslth_edge.device.memory_guard.MemoryGuard` compares the measured peak RSS
+    with the plan: over it, the node re-plans itself down (a smaller micro-batch, and so
+    smaller evaluation chunks) and ``on_warning`` (default: :func:`warnings.warn`) says so
+    in one line; when micro-batch 1 does not fit either, the checkpoint is saved and
+    :class:`~dslth_edge.errors.OverBudgetError` (exit 3) names the budget.
     """
     if opts.rounds <= 0:
         raise UsageError(f"--rounds must be positive, got {opts.rounds}")
@@ -198,13 +204,19 @@ def train(
         raise UsageError(f"--algorithm {algorithm} needs neighbours: alone, a node trains with 'local' "
                          "(pass --fleet NAME to train in a fleet)")
     algo = get_preset(opts.preset, "local", **opts.overrides())
+    # the device's own process: plan with the runtime base measured here, after the dataset is
+    # loaded and the model traced (a gateway trains for a device whose memory this host is not)
+    base = measure_runtime_base(opts.model, input_shape, num_classes) if gateway is None else None
+    setup = node_training_setup(input_shape, algo, len(ds.y_train), len(ds.y_test), ds.memory_mapped, base)
     training = node_training_plan(opts.model, input_shape, num_classes, profile, algo, len(ds.y_train), len(ds.y_test),
-                                  ds.memory_mapped)
-    # micro-batches keep the device's own training RAM (when nothing fits, the smallest, and
-    # train warns); a gateway (for_device) trains on this host, whose memory the MCU's
-    # budget says nothing about
+                                  ds.memory_mapped, base)
+    # micro-batches keep the device's own training RAM; the guard re-plans them down when the
+    # measured peak exceeds the plan, and stops (exit 3) when micro-batch 1 does not fit; a
+    # gateway (for_device) trains on this host, whose memory the MCU's budget says nothing about
+    guard: MemoryGuard | None = None
     if gateway is None:
         algo = replace(algo, micro_batch=device_micro_batch(training, algo.micro_batch))
+        guard = MemoryGuard(trace_model(opts.model, input_shape, num_classes), setup, profile, algo.micro_batch)
     run_dir = Path(opts.out) if opts.out else default_run_dir(opts.profile, opts.dataset)
     weight_seed = opts.seed if opts.weight_seed is None else opts.weight_seed
     extra = {"dataset": opts.dataset, "data_dir": opts.data_dir, "partition": "all", "keep_source": keep_source,
@@ -229,7 +241,6 @@ def train(
     accuracy = None
     budget = profile.training_ram_budget_bytes
     warn = on_warning or (lambda msg: warnings.warn(msg, RuntimeWarning, stacklevel=3))
-    warned = False
 
     def result(stopped: bool) -> TrainResult:
         seconds = time.perf_counter() - t0
@@ -240,8 +251,9 @@ def train(
             loss=last.loss if last else None, seconds=seconds, stopped=stopped,
             for_device=profile.name if gateway is not None else None,
             peak_rss_bytes=peak_rss_bytes(), seconds_per_round=seconds / ran if ran else None,
-            training_ram_budget_bytes=budget, predicted_peak_bytes=training.predicted_ram,
-            micro_batch=algo.micro_batch,
+            training_ram_budget_bytes=budget,
+            predicted_peak_bytes=training.predicted_ram, micro_batch=node.algo.micro_batch,
+            replans=sum(1 for m in guard.history if m) if guard is not None else 0,
         )
 
     if on_start is not None:
@@ -250,11 +262,15 @@ def train(
         last = node.run_round()
         if last.acc is not None:
             accuracy = last.acc
-        # a host training for a device that cannot train is not bound by that device's RAM
-        if not warned and gateway is None and last.peak_rss_bytes is not None and last.peak_rss_bytes > budget:
-            warned = True
-            warn(f"peak memory {last.peak_rss_bytes / 2**20:.0f} MiB exceeds {profile.name}'s training RAM budget "
-                 f"{budget / 2**20:.0f} MiB (round {last.round + 1}; predicted {training.predicted_ram / 2**20:.0f} MiB)")
+        if guard is not None:
+            try:
+                replan = guard.after_round(last.peak_rss_bytes)
+            except OverBudgetError:  # micro-batch 1 does not fit: keep what was trained, then stop (exit 3)
+                node.save()
+                raise
+            if replan is not None and replan.changed:  # (a corrected plan that still fits changes nothing)
+                warn(replan.message(profile.name, last.round + 1))
+                node.algo = replace(node.algo, micro_batch=guard.node_micro_batch())
         if on_round is not None:
             on_round(last)
         if stop_requested() and node.round < opts.rounds:
@@ -300,7 +316,7 @@ def _train_in_fleet(
                                checkpoint_every=opts.checkpoint_every, resume=opts.resume,
                                resume_or_start=opts.resume_or_start, overwrite=opts.overwrite,
                                fleet_key_file=fl.fleet_key_file, allow_solo=fl.allow_solo, roster=fl.roster,
-                               node_key=fl.node_key, run_epoch=fl.run_epoch)
+                               node_key=fl.node_key, run_epoch=fl.run_epoch, memory_guard=gateway is None)
     keep = plan.keeps[fl.node_id] if 0 <= fl.node_id < fl.nodes else 0.0
     keep_source = plan.keep_notes[fl.node_id] if 0 <= fl.node_id < fl.nodes else ""
     t0 = time.perf_counter()

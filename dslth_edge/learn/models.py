@@ -9,13 +9,15 @@ but the mask is learned, and a ChannelGate after it zeroes pruned channels.
 from __future__ import annotations
 
 import functools
+import math
 from collections.abc import Callable
 from dataclasses import dataclass
 
 import torch
 from torch import nn
 
-from dslth_edge.learn.costs import LayerCost
+from dslth_edge.cost.layers import LayerCost
+from dslth_edge.cost.macs import trace_macs
 from dslth_edge.errors import UsageError
 from dslth_edge.learn.names import MODEL_NAMES
 from dslth_edge.learn.masking import ChannelGate, MaskedConv2d, MaskedLayer, MaskedLinear, init_weights, masked_layers
@@ -242,37 +244,19 @@ def masked_layer_shapes(model: nn.Module) -> list[tuple[int, ...]]:
 
 
 def layer_costs(model: nn.Module, input_shape: tuple[int, int, int]) -> list[LayerCost]:
-    """Dense per-sample cost of every masked layer, measured by one traced forward pass."""
-    shapes: dict[str, tuple[tuple[int, ...], tuple[int, ...]]] = {}
-    hooks = []
-    for name, layer in masked_layers(model):
-        def hook(mod: nn.Module, inp: tuple[torch.Tensor, ...], out: torch.Tensor, name: str = name) -> None:
-            shapes[name] = (tuple(inp[0].shape[1:]), tuple(out.shape[1:]))
-        hooks.append(layer.register_forward_hook(hook))
-    was_training = model.training
-    model.eval()
-    try:
-        with torch.no_grad():
-            model(torch.zeros(1, *input_shape))
-    finally:
-        for h in hooks:
-            h.remove()
-        model.train(was_training)
+    """Dense per-sample cost of every masked layer, measured by one traced forward pass
+    (:func:`dslth_edge.cost.macs.trace_macs`, the one MAC counter)."""
+    traced = {t.name: t for t in trace_macs(model, torch.zeros(1, *input_shape))}
     costs = []
     layers = list(masked_layers(model))
     for i, (name, layer) in enumerate(layers):
-        in_shape, out_shape = shapes[name]
+        t = traced[name]
         params = layer.weight.numel()
-        out_elems = int(torch.tensor(out_shape).prod())
-        if isinstance(layer, MaskedConv2d):
-            kind = "depthwise" if layer.groups > 1 and layer.groups == layer.in_channels else "conv"
-            macs = out_elems * params // layer.out_channels
-        else:
-            kind, macs = "linear", params
+        kind = t.kind if isinstance(layer, MaskedConv2d) else "linear"
         costs.append(LayerCost(
             name=name, kind=kind, in_channels=int(layer.weight.shape[1]) * getattr(layer, "groups", 1),
-            out_channels=int(layer.weight.shape[0]), params=params, macs=int(macs),
-            in_elems=int(torch.tensor(in_shape).prod()), out_elems=out_elems,
+            out_channels=int(layer.weight.shape[0]), params=params, macs=t.macs,
+            in_elems=math.prod(t.in_shape[1:]), out_elems=math.prod(t.out_shape[1:]),
             input_from=layer.input_from, prunable_out=i != len(layers) - 1,
         ))
     return costs

@@ -8,9 +8,7 @@ Modules, one job each:
 
 ========== ============================================================================
 stats      percentiles (numpy's 'linear'), LatencyStats
-memory     current / peak RSS, peak reset, growth over a baseline
 host       the measuring machine; whether a profile describes it
-analysis   per-op MACs, bytes and params from an ONNX graph / .tflite / torch module
 backends   onnxruntime, LiteRT and torch runners (explicit thread counts), per-op profilers
 measure    profile_model(): init, first inference, warm-up, timed runs, memory
 predictor  the per-layer latency model of a device
@@ -19,17 +17,21 @@ host_profile  write a calibration as a profile TOML
 verdict    measured / predicted figures against a profile's budgets
 report     rich tables, the --json document, the PNG histogram
 ========== ============================================================================
+
+Static analysis of a file (per-op MACs, bytes, params) is the cost room's
+(:mod:`dslth_edge.cost.analysis`); RSS readers are :mod:`dslth_edge.util.rss`. Both are
+re-exported here for the profiler's callers.
 """
 
 from __future__ import annotations
 
-from dslth_edge.profiler.analysis import ModelInfo, OpCost, analyze_onnx, analyze_tflite, analyze_torch_module, model_format
+from dslth_edge.cost.analysis import ModelInfo, OpCost, analyze_onnx, analyze_tflite, analyze_torch_module, model_format
 from dslth_edge.profiler.backends import BACKENDS, BackendInfo, OpTime, PerOpProfile, make_runner, resolve_backend
 from dslth_edge.profiler.calibrate import Calibration, calibrate
 from dslth_edge.profiler.host_profile import default_host_profile_path, write_host_profile
 from dslth_edge.profiler.host import HostInfo, host_info, is_this_machine
 from dslth_edge.profiler.measure import MemoryFigures, ProfileOptions, ProfileResult, profile_model
-from dslth_edge.profiler.memory import RssTracker, current_rss_bytes, peak_rss_bytes, reset_peak_rss
+from dslth_edge.util.rss import RssTracker, current_rss_bytes, peak_rss_bytes, reset_peak_rss
 from dslth_edge.profiler.predictor import DeviceModel, LayerEstimate, Prediction, op_costs_from_layer_costs, padded_macs, predict
 from dslth_edge.profiler.report import SCHEMA_ID, report_to_dict, result_to_dict, write_histogram
 from dslth_edge.profiler.stats import PERCENTILES, LatencyStats, percentile, summarize

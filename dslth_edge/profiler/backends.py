@@ -27,15 +27,15 @@ from typing import Any
 
 from dslth_edge.errors import UsageError
 
-from dslth_edge.profiler.analysis import (
+from dslth_edge.cost.analysis import (
     ModelInfo,
     analyze_onnx,
     analyze_tflite,
     analyze_torch_module,
     litert_ops_details,
     model_format,
-    tflite_interpreter_class,
 )
+from dslth_edge.util.tflite import open_interpreter, tflite_runtime
 
 __all__ = [
     "BACKENDS",
@@ -362,21 +362,16 @@ class LiteRtRunner(Runner):
 
     def __init__(self, path: str | os.PathLike[str], **kw: Any) -> None:
         super().__init__(path, **kw)
-        self._cls, self._resolver, self._package = tflite_interpreter_class()
+        self._runtime = tflite_runtime()
+        self._package = self._runtime.package
         self._it: Any = None
         self._shapes: dict[str, tuple[int, ...]] = {}
         self._delegate: str | None = None
 
     def _new_interpreter(self) -> Any:
-        kw: dict[str, Any] = {"model_path": self.path, "num_threads": self.threads}
-        if self._resolver is not None:
-            kw["experimental_op_resolver_type"] = (
-                self._resolver.AUTO if self.xnnpack else self._resolver.BUILTIN_WITHOUT_DEFAULT_DELEGATES
-            )
-        try:
-            return self._cls(**kw)
-        except Exception as exc:  # noqa: BLE001 - the runtime raises ValueError / RuntimeError
-            raise UsageError(f"{self.path}: LiteRT cannot load the model: {exc}") from None
+        # a runtime without OpResolverType always runs its default delegate
+        bypass = not self.xnnpack and self._runtime.resolver is not None
+        return open_interpreter(self.path, threads=self.threads, delegate=not bypass, runtime=self._runtime)
 
     def load(self) -> None:
         it = self._new_interpreter()

@@ -40,7 +40,7 @@ from typing import Any
 
 from dslth_edge.errors import UsageError
 
-from dslth_edge.profiler.analysis import OpCost, analyze_onnx
+from dslth_edge.cost.analysis import OpCost, analyze_onnx
 from dslth_edge.profiler.predictor import DeviceModel, padded_macs, predict
 
 __all__ = [

@@ -19,12 +19,12 @@ import json
 import math
 import os
 import shutil
-import tempfile
 from pathlib import Path
 from typing import Any
 
 from dslth_edge.profiler.calibrate import Calibration
 from dslth_edge.profiler.host import host_info, host_marker
+from dslth_edge.util.atomic import atomic_write_text
 
 __all__ = ["TEMPLATE_PROFILE", "default_host_profile_path", "host_profile_toml", "write_host_profile"]
 
@@ -148,19 +148,5 @@ def write_host_profile(cal: Calibration, path: str | os.PathLike[str] | None = N
     from dslth_edge.device.profiles import load_profile
 
     target = Path(path) if path is not None else default_host_profile_path()
-    target = target.expanduser()
-    target.parent.mkdir(parents=True, exist_ok=True)
-    text = host_profile_toml(cal)
-    fd, tmp = tempfile.mkstemp(prefix=".host-", suffix=".toml", dir=target.parent)
-    try:
-        with os.fdopen(fd, "w", encoding="utf-8") as fh:
-            fh.write(text)
-            fh.flush()
-            os.fsync(fh.fileno())
-        load_profile(tmp)  # a profile that does not load is never installed
-        os.replace(tmp, target)
-    except BaseException:
-        if os.path.exists(tmp):
-            os.unlink(tmp)
-        raise
-    return target
+    # a profile that does not load is never installed: the loader checks the temporary file
+    return atomic_write_text(target.expanduser(), host_profile_toml(cal), check=load_profile)

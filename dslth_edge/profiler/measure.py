@@ -23,10 +23,10 @@ from typing import Any
 
 from dslth_edge.errors import UsageError
 
-from dslth_edge.profiler.analysis import ModelInfo
+from dslth_edge.cost.analysis import ModelInfo
 from dslth_edge.profiler.backends import BackendInfo, PerOpProfile, Runner, make_runner
 from dslth_edge.profiler.host import HostInfo, host_info
-from dslth_edge.profiler.memory import RssTracker
+from dslth_edge.util.rss import RssTracker
 from dslth_edge.profiler.stats import LatencyStats, summarize
 
 __all__ = ["ProfileOptions", "MemoryFigures", "ProfileResult", "profile_model"]

@@ -29,9 +29,9 @@ predicts with compute, channel padding and per-op overhead only (the effective M
 rates of the built-in profiles are whole-network figures from published benchmarks,
 so they already fold typical memory traffic in). :mod:`.calibrate` fits both forms.
 
-Inputs: per-operator costs (:class:`~dslth_edge.profiler.analysis.OpCost`, from an ONNX
+Inputs: per-operator costs (:class:`~dslth_edge.cost.analysis.OpCost`, from an ONNX
 graph, a .tflite file or a torch module) or the planner's
-:class:`~dslth_edge.learn.costs.LayerCost` list with keep ratios.
+:class:`~dslth_edge.cost.layers.LayerCost` list with keep ratios.
 """
 
 from __future__ import annotations
@@ -41,16 +41,16 @@ from collections.abc import Sequence
 from dataclasses import dataclass
 from typing import TYPE_CHECKING, Any
 
+from dslth_edge.cost.units import BYTES_PER_VALUE
 from dslth_edge.errors import UsageError
 
-from dslth_edge.profiler.analysis import OpCost, analyze_onnx
+from dslth_edge.cost.analysis import OpCost, analyze_onnx
 
 if TYPE_CHECKING:  # pragma: no cover
-    from dslth_edge.learn.costs import LayerCost
+    from dslth_edge.cost.layers import LayerCost
     from dslth_edge.device.profiles import Profile
 
 __all__ = [
-    "BYTES_PER_VALUE",
     "DeviceModel",
     "LayerEstimate",
     "Prediction",
@@ -58,10 +58,6 @@ __all__ = [
     "padded_macs",
     "predict",
 ]
-
-#: Bytes per weight / activation value of each compute dtype.
-BYTES_PER_VALUE: dict[str, int] = {"fp32": 4, "int8": 1}
-
 
 def padded_macs(op: OpCost, channel_multiple: int) -> float:
     """MACs of ``op`` with its output channels rounded up to ``channel_multiple``."""

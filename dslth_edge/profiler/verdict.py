@@ -27,6 +27,7 @@ from __future__ import annotations
 from dataclasses import asdict, dataclass
 from typing import TYPE_CHECKING, Any
 
+from dslth_edge.cost.units import MIB
 from dslth_edge.profiler.host import is_this_machine
 from dslth_edge.profiler.predictor import Prediction, predict
 
@@ -37,7 +38,6 @@ if TYPE_CHECKING:  # pragma: no cover
 
 __all__ = ["Check", "Verdict", "judge"]
 
-MIB = 1024 * 1024
 
 
 @dataclass(frozen=True)

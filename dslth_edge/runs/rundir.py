@@ -5,8 +5,9 @@ runs/<run-id>/node-<i>/
   config.json     resolved config          metrics.jsonl  one line per round
   checkpoint.pt   resumable state (atomic) mask.npz       final mask, bit-packed
 ```
-Everything is written to a temporary file in the same directory, flushed, fsynced and
-renamed over the target (then the directory is fsynced, so the rename survives a power
+Everything is written by :func:`dslth_edge.util.atomic.atomic_write_bytes` (re-exported
+here for the rooms that write run files): a temporary file in the same directory, flushed,
+fsynced and renamed over the target (then the directory is fsynced, so the rename survives a power
 cut), so a node killed at any instant leaves either the old or the new file, never half of
 one; files are 0644. A kill can leave a ``.<name>.*.tmp`` behind: :func:`remove_stale_temps`
 (called when a run directory is opened, :mod:`dslth_edge.runs.guard`) deletes them.
@@ -19,7 +20,6 @@ import json
 import logging
 import math
 import os
-import tempfile
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
@@ -28,6 +28,7 @@ import numpy as np
 import torch
 
 from dslth_edge.errors import CheckpointError
+from dslth_edge.util.atomic import DEFAULT_MODE, TEMP_GLOB, atomic_write_bytes
 
 __all__ = [
     "NodePaths",
@@ -47,8 +48,7 @@ __all__ = [
 log = logging.getLogger(__name__)
 
 #: mode of every file a run writes (mkstemp alone would leave 0600)
-FILE_MODE = 0o644
-_TEMP_GLOB = ".*.tmp"
+FILE_MODE = DEFAULT_MODE
 
 
 @dataclass(frozen=True)
@@ -82,45 +82,13 @@ class NodePaths:
         return self.root / "exports"
 
 
-def atomic_write_bytes(path: str | Path, data: bytes) -> None:
-    """Write ``data`` to ``path`` atomically (temp file in the same dir + fsync + rename)."""
-    path = Path(path)
-    path.parent.mkdir(parents=True, exist_ok=True)
-    fd, tmp = tempfile.mkstemp(prefix=f".{path.name}.", suffix=".tmp", dir=path.parent)
-    try:
-        with os.fdopen(fd, "wb") as fh:
-            os.fchmod(fh.fileno(), FILE_MODE)
-            fh.write(data)
-            fh.flush()
-            os.fsync(fh.fileno())
-        os.replace(tmp, path)
-    except BaseException:
-        Path(tmp).unlink(missing_ok=True)
-        raise
-    _fsync_dir(path.parent)
-
-
-def _fsync_dir(directory: Path) -> None:
-    """Make a rename in ``directory`` durable (POSIX; a no-op where directories cannot be opened)."""
-    try:
-        dfd = os.open(directory, os.O_RDONLY)
-    except OSError:
-        return
-    try:
-        os.fsync(dfd)
-    except OSError:
-        pass
-    finally:
-        os.close(dfd)
-
-
 def remove_stale_temps(directory: str | Path) -> int:
     """Delete temporary files that interrupted atomic writes left in ``directory``; returns how many."""
     directory = Path(directory)
     if not directory.is_dir():
         return 0
     n = 0
-    for tmp in directory.glob(_TEMP_GLOB):
+    for tmp in directory.glob(TEMP_GLOB):
         if tmp.is_file():
             tmp.unlink(missing_ok=True)
             n += 1

@@ -45,6 +45,7 @@ from pathlib import Path
 import google_crc32c
 
 from dslth_edge.errors import FrameError, UsageError
+from dslth_edge.util.atomic import atomic_write_text
 from dslth_edge.wire.frame import fleet_hash
 
 __all__ = [
@@ -197,10 +198,7 @@ def generate_keys(fleet: str, nodes: int, directory: str | Path, *, epoch: int =
         _write_private(key_file(out, i), pem, overwrite)
         public[i] = private.public_key().public_bytes(serialization.Encoding.Raw, serialization.PublicFormat.Raw)
     roster = Roster(fleet=fleet, keys=public, epoch=epoch, epoch_policy=epoch_policy)
-    tmp = roster_file(out).with_suffix(".tmp")
-    tmp.write_text(roster.to_json())
-    os.chmod(tmp, 0o644)
-    os.replace(tmp, roster_file(out))
+    atomic_write_text(roster_file(out), roster.to_json(), mode=0o644)
     return roster
 
 

@@ -13,7 +13,7 @@ from hypothesis import given, settings
 from hypothesis import strategies as st
 
 from dslth_edge.cli.profiles import profiles
-from dslth_edge.learn.costs import LayerCost
+from dslth_edge.cost.layers import LayerCost
 from dslth_edge.errors import ProfileError, UsageError
 from dslth_edge.device.planner import (
     FRAME_HEADER_BYTES,

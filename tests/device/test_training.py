@@ -157,23 +157,24 @@ def test_peak_rss_follows_the_kernel_high_water_mark():
     assert peak_rss_bytes() >= now + 48 * MIB  # the high-water mark stays after the block is freed
 
 
-def test_train_records_its_peak_and_warns_once_over_the_budget(tmp_path):
+def test_train_records_its_peak_and_stops_with_exit_3_when_nothing_fits(tmp_path):
+    """A budget no process meets: the first round's measured peak is recorded, the node finds no
+    micro-batch that fits, keeps its checkpoint and stops with exit 3 naming the budget."""
+    from dslth_edge.errors import OverBudgetError
     from dslth_edge.fleet.solo import TrainOptions, train
 
     text = Path(load_profile("raspberry-pi-zero-2w").source_path).read_text()
     tiny = tmp_path / "tiny-board.toml"
     tiny.write_text(text.replace("ram_mib = 384.0", "ram_mib = 1.0"))  # far below any Python process
     warnings: list[str] = []
-    res = train(TrainOptions(profile=str(tiny), dataset="synthetic", model="mcu-cnn", rounds=3, eval_every=1,
-                             batch_size=8, out=str(tmp_path / "run")), on_warning=warnings.append)
-    assert len(warnings) == 1 and "\n" not in warnings[0]
-    assert "exceeds tiny-board's training RAM budget 1 MiB" in warnings[0]
-    assert res.peak_rss_bytes is not None and res.peak_rss_bytes > res.training_ram_budget_bytes == MIB
-    assert res.seconds_per_round is not None and res.seconds_per_round > 0
-    assert res.micro_batch == 1  # nothing fits: the smallest micro-batch, accumulated to the batch of 8
-    rows = [json.loads(line) for line in (Path(res.node_dir) / "metrics.jsonl").read_text().splitlines()]
-    assert len(rows) == 3 and all(r["peak_rss_bytes"] > 0 for r in rows)
-    assert [r["peak_rss_bytes"] for r in rows] == sorted(r["peak_rss_bytes"] for r in rows)  # a high-water mark
+    with pytest.raises(OverBudgetError, match="tiny-board's training RAM budget 1 MiB") as info:
+        train(TrainOptions(profile=str(tiny), dataset="synthetic", model="mcu-cnn", rounds=3, eval_every=0,
+                           batch_size=8, out=str(tmp_path / "run")), on_warning=warnings.append)
+    assert info.value.exit_code == 3 and "\n" not in str(info.value) and not warnings
+    rows = [json.loads(line) for line in (tmp_path / "run" / "node-0" / "metrics.jsonl").read_text().splitlines()]
+    assert len(rows) == 1 and rows[0]["peak_rss_bytes"] > MIB
+    assert (tmp_path / "run" / "node-0" / "checkpoint.pt").exists()
     roomy = train(TrainOptions(profile="x86-host", dataset="synthetic", model="mcu-cnn", rounds=1, batch_size=8,
                                out=str(tmp_path / "run2")), on_warning=warnings.append)
-    assert len(warnings) == 1 and roomy.micro_batch == 0  # the whole batch fits: no accumulation, no warning
+    assert not warnings and roomy.micro_batch == 0  # the whole batch fits: no accumulation, no warning
+    assert roomy.peak_rss_bytes is not None and roomy.seconds_per_round is not None and roomy.seconds_per_round > 0

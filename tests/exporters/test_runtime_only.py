@@ -20,7 +20,7 @@ import numpy as np
 import pytest
 import torch
 
-from dslth_edge.exporters.runtime import TfliteRunner, tflite_interpreter_class
+from dslth_edge.exporters.runtime import TfliteRunner
 from dslth_edge.runs.runinfo import load_run
 
 RUN = r"""
@@ -90,19 +90,6 @@ def test_tflite_runs_without_torch(exported_tflite, inputs, tmp_path) -> None:
     assert float(np.abs(y - ref).max()) <= 1e-4
     q = exported_tflite["tflite-int8"][0]
     assert np.array_equal(_run_isolated(sys.executable, "ai_edge_litert", q, x, tmp_path), TfliteRunner(q).run(x))
-
-
-def test_interpreter_falls_back_to_tflite_runtime(monkeypatch) -> None:
-    """With only tflite_runtime importable, the loader picks its Interpreter."""
-    import types
-
-    fake = types.ModuleType("tflite_runtime.interpreter")
-    fake.Interpreter = type("Interpreter", (), {})
-    monkeypatch.setitem(sys.modules, "ai_edge_litert.interpreter", None)  # import fails
-    monkeypatch.setitem(sys.modules, "tflite_runtime", types.ModuleType("tflite_runtime"))
-    monkeypatch.setitem(sys.modules, "tflite_runtime.interpreter", fake)
-    cls, name = tflite_interpreter_class()
-    assert name == "tflite_runtime" and cls is fake.Interpreter
 
 
 def _tflite_runtime_python(root: Path) -> tuple[str | None, str]:

@@ -16,10 +16,10 @@ pytest.importorskip("torch_pruning")
 from dslth_edge.errors import ExportError  # noqa: E402
 from dslth_edge.learn.masking import ChannelGate, MaskedConv2d, MaskedLinear, masked_layers, set_masks, topk_mask  # noqa: E402
 from dslth_edge.learn.models import ModelSpec, build_model  # noqa: E402
+from dslth_edge.cost.macs import count_macs  # noqa: E402
 from dslth_edge.exporters.shrink import (  # noqa: E402
     SHRINK_JSON,
     SHRUNK_ARRAYS,
-    count_macs,
     count_params,
     fold_batchnorm,
     load_shrunk,
@@ -192,6 +192,20 @@ def test_depthwise_coupling() -> None:
     assert _max_diff(net, shrunk, torch.randn(4, 1, 8, 8)) <= TOL
     with pytest.raises(ExportError, match="zoo"):
         save_shrunk(shrunk, "/nonexistent-not-written", {})
+
+
+def test_shrink_couples_what_the_plan_couples(zoo, monkeypatch) -> None:
+    """Shrink's pruning engine and the planner's residual analysis (cost.residual) name the same
+    coupled layers on ResNet-8; when they differ, shrink refuses instead of missing the plan."""
+    from dslth_edge.device.keep import residual_groups as planned_groups
+    from dslth_edge.exporters import shrink as shrink_module
+
+    model, shape = zoo["resnet-8"], SHAPES["resnet-8"]
+    assert len(planned_groups(model)) == 3
+    shrink(model, shape)  # agrees: no error
+    monkeypatch.setattr(shrink_module, "residual_groups", lambda plain: (frozenset({"stem.conv", "stack2.shortcut"}),))
+    with pytest.raises(ExportError, match="torch-pruning couples the layers .*stack1.body2.conv.* but the residual analysis"):
+        shrink(model, shape)
 
 
 def test_padded_width() -> None:

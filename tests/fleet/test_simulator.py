@@ -116,7 +116,7 @@ def test_paper_cnn_heterogeneous_fleet_mcu_models_fit(tmp_path: Path) -> None:
     shrunk model has at most the planned channels and fits its budgets (structure and budgets, not accuracy)."""
     from dslth_edge.device.profiles import BYTES_PER_VALUE, load_profile
     from dslth_edge.exporters.shrink import count_params, shrink, shrunk_info
-    from dslth_edge.profiler.analysis import analyze_torch_module
+    from dslth_edge.cost.analysis import analyze_torch_module
     from dslth_edge.profiler.predictor import predict
     from dslth_edge.runs.runinfo import load_run
 

@@ -121,10 +121,10 @@ def test_torch_backend_on_a_shrunk_directory(tmp_path: Path) -> None:
 
 def test_litert_private_ops_details_still_exist(small_tflite: Path) -> None:
     """LiteRT's private ``_get_ops_details()`` (wrapped by litert_ops_details): fail loudly if it disappears."""
-    from dslth_edge.profiler.analysis import litert_ops_details, tflite_interpreter_class
+    from dslth_edge.cost.analysis import litert_ops_details
+    from dslth_edge.util.tflite import open_interpreter
 
-    cls = tflite_interpreter_class()[0]
-    it = cls(model_path=str(small_tflite))
+    it = open_interpreter(small_tflite)
     it.allocate_tensors()
     details = litert_ops_details(it)
     assert details is not None, "the LiteRT interpreter no longer has _get_ops_details()"

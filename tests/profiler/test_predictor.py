@@ -10,7 +10,7 @@ from pathlib import Path
 
 import pytest
 
-from dslth_edge.profiler.analysis import OpCost
+from dslth_edge.cost.analysis import OpCost
 from dslth_edge.profiler.calibrate import (
     CalibrationPoint,
     fit_calibration,
@@ -72,7 +72,7 @@ def test_layer_costs_agree_with_the_shrunk_onnx_graph(tmp_path: Path) -> None:
     pytest.importorskip("torch")
     pytest.importorskip("onnx")
     from dslth_edge.learn.models import build_model, layer_costs
-    from dslth_edge.profiler.analysis import analyze_onnx
+    from dslth_edge.cost.analysis import analyze_onnx
 
     from .zoo import export_onnx, shrunk_or_scaled
 

@@ -6,7 +6,7 @@ import sys
 
 import pytest
 
-from dslth_edge.profiler.memory import RssTracker, current_rss_bytes, peak_rss_bytes
+from dslth_edge.util.rss import RssTracker, current_rss_bytes, peak_rss_bytes
 
 MIB = 1 << 20
 

@@ -1,5 +1,8 @@
 """Per-layer cost summaries of a model, the planner's and the latency predictor's input.
 
+A description of a layer, not of a device: the zoo (:func:`dslth_edge.learn.models.layer_costs`)
+fills it, the planner, the training-memory model and the latency model read it.
+
 A :class:`LayerCost` describes one weight layer at full width (keep ratio 1). Costs at
 a keep ratio follow from channel-structured shrinking: a layer that keeps a fraction
 ``k_out`` of its output channels and receives a fraction ``k_in`` of its input

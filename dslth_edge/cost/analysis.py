@@ -1,5 +1,8 @@
 """Static analysis of a model file: per-operator MACs, bytes moved and parameters.
 
+Part of the one cost model (this room): the exporters' budget, the profiler and the
+latency model all read a file's operators here.
+
 These per-operator costs are what the latency predictor consumes and what the profile
 report shows as "params" and "MACs". Each format is read with what a device already has:
 
@@ -13,8 +16,8 @@ report shows as "params" and "MACs". Each format is read with what a device alre
     DEPTHWISE_CONV_2D, FULLY_CONNECTED, TRANSPOSE_CONV and BATCH_MATMUL. Constants are
     recognised as tensors no op produces and that are not model inputs.
 torch module
-    forward hooks on ``nn.Conv*`` / ``nn.Linear`` during one forward pass (torch is
-    imported only here, lazily).
+    forward hooks on every weight layer during one forward pass
+    (:mod:`dslth_edge.cost.macs`; torch is imported only then, lazily).
 
 ``params`` counts stored numbers: the weight and bias inputs of the MAC operators plus
 every other floating-point / int8 constant (BatchNorm statistics, for instance);
@@ -31,7 +34,9 @@ from collections.abc import Iterable, Mapping, Sequence
 from dataclasses import dataclass
 from typing import Any
 
+from dslth_edge.cost.macs import trace_macs
 from dslth_edge.errors import UsageError
+from dslth_edge.util.tflite import open_interpreter, tflite_runtime
 
 __all__ = [
     "OpCost",
@@ -41,7 +46,6 @@ __all__ = [
     "analyze_onnx",
     "analyze_tflite",
     "analyze_torch_module",
-    "tflite_interpreter_class",
     "litert_ops_details",
 ]
 
@@ -300,24 +304,6 @@ def analyze_onnx(
 # --------------------------------------------------------------------------- TFLite
 
 
-def tflite_interpreter_class() -> tuple[Any, Any, str]:
-    """(Interpreter class, OpResolverType enum or None, package name): ai-edge-litert, else tflite-runtime."""
-    try:
-        from ai_edge_litert import interpreter as lit
-
-        return lit.Interpreter, getattr(lit, "OpResolverType", None), "ai-edge-litert"
-    except ImportError:
-        pass
-    try:
-        from tflite_runtime import interpreter as tfl  # type: ignore[import-not-found]
-
-        return tfl.Interpreter, getattr(tfl, "OpResolverType", None), "tflite-runtime"
-    except ImportError:
-        raise UsageError(
-            "profiling a .tflite file needs a LiteRT runtime: pip install ai-edge-litert (or tflite-runtime)"
-        ) from None
-
-
 _TFL_PASSTHROUGH = {"TRANSPOSE", "RESHAPE", "QUANTIZE", "DEQUANTIZE", "CAST", "PAD"}
 _TFL_WEIGHT_OPS = {"CONV_2D", "DEPTHWISE_CONV_2D", "FULLY_CONNECTED", "TRANSPOSE_CONV", "BATCH_MATMUL"}
 
@@ -374,11 +360,10 @@ def analyze_tflite(path: str | os.PathLike[str], *, batch: int = 1, interpreter:
     """
     p = os.fspath(path)
     if interpreter is None:
-        cls, resolver, _ = tflite_interpreter_class()
-        kw: dict[str, Any] = {}
-        if resolver is not None and hasattr(resolver, "BUILTIN_WITHOUT_DEFAULT_DELEGATES"):
-            kw["experimental_op_resolver_type"] = resolver.BUILTIN_WITHOUT_DEFAULT_DELEGATES
-        interpreter = cls(model_path=p, num_threads=1, **kw)
+        rt = tflite_runtime()
+        # without delegates where the runtime can say so: the delegate node would hide the graph
+        can_bypass = rt.resolver is not None and hasattr(rt.resolver, "BUILTIN_WITHOUT_DEFAULT_DELEGATES")
+        interpreter = open_interpreter(p, threads=1, delegate=not can_bypass, runtime=rt)
         inp = interpreter.get_input_details()
         if batch != 1 and inp and len(inp[0]["shape"]) and int(inp[0]["shape"][0]) != batch:
             for d in inp:
@@ -435,39 +420,17 @@ def analyze_tflite(path: str | os.PathLike[str], *, batch: int = 1, interpreter:
 
 
 def analyze_torch_module(module: Any, sample: Any, *, path: str = "<module>", batch: int = 1) -> ModelInfo:
-    """Costs of a torch module's Conv / Linear layers, traced by one forward pass on ``sample``."""
+    """Costs of a torch module's weight layers, traced by one forward pass on ``sample``
+    (:func:`dslth_edge.cost.macs.trace_macs`, the one MAC counter)."""
     import torch
-    from torch import nn
 
     ops: list[OpCost] = []
-    hooks = []
-
-    def hook(mod: Any, inp: tuple[Any, ...], out: Any, name: str = "") -> None:
-        x = inp[0]
-        w = mod.weight
-        if isinstance(mod, nn.Linear):
-            macs, cout, cin = out.numel() * w.shape[1], w.shape[0], w.shape[1]
-        elif isinstance(mod, (nn.ConvTranspose1d, nn.ConvTranspose2d, nn.ConvTranspose3d)):
-            macs, cout, cin = x.numel() * w[0].numel(), w.shape[1] * mod.groups, w.shape[0] // mod.groups
-        else:  # ConvNd: each output element costs Cin/groups * prod(kernel)
-            macs, cout, cin = out.numel() * w[0].numel(), w.shape[0], w.shape[1]
-        params = w.numel() + (mod.bias.numel() if getattr(mod, "bias", None) is not None else 0)
-        item = x.element_size()
-        nbytes = (x.numel() + out.numel()) * item + params * w.element_size()
-        ops.append(OpCost(
-            name, type(mod).__name__, int(macs), int(nbytes), int(params), "fp32", int(cout), int(cin), x is sample,
-        ))
-
-    kinds = (nn.Linear, nn.Conv1d, nn.Conv2d, nn.Conv3d, nn.ConvTranspose1d, nn.ConvTranspose2d, nn.ConvTranspose3d)
-    for name, mod in module.named_modules():
-        if isinstance(mod, kinds):
-            hooks.append(mod.register_forward_hook(lambda m, i, o, name=name: hook(m, i, o, name)))
-    try:
-        with torch.no_grad():
-            module(sample)
-    finally:
-        for h in hooks:
-            h.remove()
+    for t in trace_macs(module, sample):
+        nbytes = (math.prod(t.in_shape) * t.in_itemsize + math.prod(t.out_shape) * t.out_itemsize
+                  + t.params * t.weight_itemsize)
+        op_type = type(module.get_submodule(t.name)).__name__
+        ops.append(OpCost(t.name, op_type, t.macs, int(nbytes), t.params, "fp32", t.out_channels, t.in_channels,
+                          t.reads_input))
     counted = sum(op.params for op in ops)
     total = sum(p.numel() for p in module.parameters())
     size = file_size(path) if os.path.exists(path) else 0
@@ -481,5 +444,5 @@ def analyze_torch_module(module: Any, sample: Any, *, path: str = "<module>", ba
         dtype=next(iter(dtypes)),
         batch=batch,
         ops=tuple(ops),
-        note="torch forward hooks on Conv/Linear",
+        note="torch forward hooks on the weight layers",
     )
