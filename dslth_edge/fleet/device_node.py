@@ -66,6 +66,7 @@ class NodeRunOptions:
     roster: str | None = None  # fleet roster (Ed25519 identities); see `dslth-edge keys init`
     node_key: str | None = None  # this node's private key (default: node-<id>.key next to the roster)
     run_epoch: int | None = None  # None: the roster's epoch (0 without a roster)
+    fixed_epoch: bool = False  # the old behaviour: trust the run epoch alone (see transport.identity)
 
     @property
     def mode(self) -> str:
@@ -189,7 +190,8 @@ def run_fleet_node(
         exchange.neighbours = set(node.neighbours)
     # every payload is sealed: bound to (fleet, run epoch, sender, round) and signed/tagged
     identity = choose_identity(plan.options.fleet_id, node_id, roster=opts.roster, node_key=opts.node_key,
-                               hmac_key=fleet_key(opts.fleet_key_file), epoch=opts.run_epoch)
+                               hmac_key=fleet_key(opts.fleet_key_file), epoch=opts.run_epoch,
+                               fixed_epoch=opts.fixed_epoch)
     exchange.identity, exchange.max_round = identity, node.config.rounds
     log.debug("node %d security: %s", node_id, identity.describe())  # stated in the startup line (cli.train)
     assert node.paths is not None
