@@ -352,10 +352,12 @@ class PayloadExchange:
                 self._asked[sender] = round
                 transport.publish(self._seal("ctl", round, key_request(sender, round)), kind="ctl")
                 out.key_requests_sent += 1
-            # a frame past this round, sealed by the sender's current incarnation (so of this
-            # run): it is ahead, do not wait for it. An unsealed frame moves nothing.
-            if sealed_round is not None and exc.base_round >= round:
-                self.newest[sender] = max(self.newest.get(sender, -1), exc.base_round)
+            # a frame of a later round, sealed by the sender's current incarnation (so of this
+            # run, and its round authenticated): the sender is past this round, do not wait
+            # for it (the key frame asked for comes with its next round). An unsealed frame
+            # moves nothing.
+            if sealed_round is not None and sealed_round > round:
+                self.newest[sender] = max(self.newest.get(sender, -1), sealed_round)
             return
         except FrameError:
             out.rejected += 1

@@ -17,6 +17,7 @@ of each neighbour is exactly the masks that neighbour last sent) and the attack 
 
 from __future__ import annotations
 
+import logging
 import os
 import threading
 import time
@@ -181,8 +182,8 @@ def test_cross_run_replay_with_keys_init_defaults_is_refused(broker: Mosquitto, 
     assert _rejected(run_dir, 0) >= 3 and _rejected(run_dir, 2) >= 3, (_rejected(run_dir, 0), _rejected(run_dir, 2))
 
 
-def test_replayed_earlier_run_hello_does_not_unplug_a_live_neighbour(broker: Mosquitto, roster: Path,
-                                                                     tmp_path: Path) -> None:
+def test_replayed_earlier_run_hello_does_not_unplug_a_live_neighbour(broker: Mosquitto, roster: Path, tmp_path: Path,
+                                                                     caplog: pytest.LogCaptureFixture) -> None:
     rounds = 6
     nopts = lambda i: NodeRunOptions(mqtt=MqttOptions(url=broker.url), round_deadline_s=30.0,  # noqa: E731
                                      checkpoint_every=rounds, roster=str(roster))
@@ -205,13 +206,18 @@ def test_replayed_earlier_run_hello_does_not_unplug_a_live_neighbour(broker: Mos
     while min(_rounds_done(run_dir, i) for i in range(3)) < 1 and time.monotonic() < end:
         time.sleep(0.05)
     attacker = Recorder(broker.port, "attacker")
-    for hello in old_hellos:  # node 1's signed hello of the earlier run, as the retained one
-        attacker.send(1, "hello", hello, retain=True)
-    time.sleep(0.5)
-    marked = {i: 1 in transports[i].incompatible for i in (0, 2)}
-    _join(threads)
+    with caplog.at_level(logging.WARNING, logger="dslth_edge.transport.mqtt"):
+        for _ in range(5):  # node 1's signed hello of the earlier run, as the retained one, again and again
+            for hello in old_hellos:
+                attacker.send(1, "hello", hello, retain=True)
+            time.sleep(0.1)
+        _join(threads)
     attacker.close()
-    assert marked == {0: False, 2: False}, "a replayed hello of an earlier run marked live node 1 incompatible"
+    # (node 1 answers each replay with its own hello at once, so a neighbour that took one was
+    # unplugged only for a moment: the warning it logs is the witness)
+    marked = [r.getMessage() for r in caplog.records if "other fixed weights" in r.getMessage()]
+    assert not marked and not any(1 in transports[i].incompatible for i in (0, 2)), \
+        f"a replayed hello of an earlier run marked live node 1 incompatible: {marked}"
     assert all(np.array_equal(a, b) for ma, mb in zip(_masks(Path(sim.out)), _masks(run_dir)) for a, b in zip(ma, mb)), \
         "a replayed hello changed a mask"
     for i in (0, 2):
