@@ -192,28 +192,35 @@ class PayloadExchange:
         for senders in self._future.values():
             senders.pop(sender, None)
 
-    def _check_incarnation(self, transport: Transport, sender: int, incarnation: int) -> None:
-        """Refuse a sealed payload not of ``sender``'s current incarnation (AuthError); on a
-        verified change of incarnation, drop the old one's state first.
+    def _check_incarnation(self, transport: Transport, sender: int, incarnation: int) -> bool:
+        """Refuse a sealed payload not of ``sender``'s current incarnation (AuthError).
 
-        The transport's table (hellos proven of this run) decides; a transport without one
-        (in-memory) lets the first incarnation seen stand until another one appears."""
+        The transport's table (hellos proven of this run) decides, and a change it verified
+        is adopted at once: what was held of the old incarnation is dropped before anything
+        is decoded. A transport without one (in-memory) has nothing to prove a change: the
+        first incarnation seen stands, and another one is adopted only by a payload that
+        passes every check (True: adopt it then, with :meth:`_adopt`)."""
         current = getattr(transport, "peer_incarnation", None)
-        live = current(sender) if current is not None else None
-        if current is not None and live != incarnation:
-            raise AuthError(f"payload of node {sender}'s incarnation {incarnation:016x}, not its current one "
-                            f"({'none verified yet' if live is None else f'{live:016x}'}): another run, or before a restart")
+        if current is not None:
+            live = current(sender)
+            if live != incarnation:
+                raise AuthError(f"payload of node {sender}'s incarnation {incarnation:016x}, not its current one "
+                                f"({'none verified yet' if live is None else f'{live:016x}'}): "
+                                "another run, or before a restart")
         if incarnation in self._retired.get(sender, ()):
             raise AuthError(f"payload of node {sender}'s earlier incarnation {incarnation:016x}")
-        held = self._incarnations.get(sender)
-        if held != incarnation:
-            if held is not None:
-                self._retired.setdefault(sender, set()).add(held)
-                self._forget(sender)
-            self._incarnations[sender] = incarnation
+        if self._incarnations.get(sender, incarnation) == incarnation or current is not None:
+            self._adopt(sender, incarnation)
+            return False
+        return True
 
-    def reconnected(self) -> None:
-        """After a reconnect or a resume."""
+    def _adopt(self, sender: int, incarnation: int) -> None:
+        """``sender`` is now ``incarnation``: the state of its previous one is dropped, for good."""
+        held = self._incarnations.get(sender)
+        if held is not None and held != incarnation:
+            self._retired.setdefault(sender, set()).add(held)
+            self._forget(sender)
+        self._incarnations[sender] = incarnation
 
     # ------------------------------------------------------------------ resume
     def state(self) -> dict[str, Any]:
@@ -331,10 +338,12 @@ class PayloadExchange:
             return
         out.bytes += len(payload)
         sealed_round: int | None = None
+        adopt: int | None = None  # an incarnation to adopt once the payload passed every check
         try:
             if self.identity is not None:
                 opened = self.identity.open(payload, sender=sender, kind="mask")
-                self._check_incarnation(transport, sender, opened.incarnation)
+                if self._check_incarnation(transport, sender, opened.incarnation):
+                    adopt = opened.incarnation
                 sealed_round = opened.round
                 if not self._in_run(sealed_round):
                     raise AuthError(f"round {sealed_round} is past the run's last round")
@@ -356,12 +365,14 @@ class PayloadExchange:
             # run, and its round authenticated): the sender is past this round, do not wait
             # for it (the key frame asked for comes with its next round). An unsealed frame
             # moves nothing.
-            if sealed_round is not None and sealed_round > round:
+            if sealed_round is not None and adopt is None and sealed_round > round:
                 self.newest[sender] = max(self.newest.get(sender, -1), sealed_round)
             return
         except FrameError:
             out.rejected += 1
             return
+        if adopt is not None:
+            self._adopt(sender, adopt)
         newest = self.newest.get(sender, -1)
         if frame_round == round and sender in accept and sender not in out.frames:
             out.frames[sender] = masks
@@ -380,7 +391,8 @@ class PayloadExchange:
         if self.identity is not None:
             try:
                 opened = self.identity.open(payload, sender=sender, kind="ctl")
-                self._check_incarnation(transport, sender, opened.incarnation)
+                if self._check_incarnation(transport, sender, opened.incarnation):
+                    self._adopt(sender, opened.incarnation)  # a well-formed signed control message
                 payload = opened.payload
             except AuthError:
                 out.rejected += 1
