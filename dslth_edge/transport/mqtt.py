@@ -15,6 +15,13 @@ subscriptions, hello and status. Recent frames are kept and published again afte
 reconnect and whenever a neighbour comes (back) online, so a broker restart or a
 rejoining node loses no round; receivers drop the copies.
 
+Hellos carry the proof that every run is its own epoch (:mod:`dslth_edge.transport.identity`):
+each lists the neighbours' incarnations its node has heard, and a neighbour's hello is
+accepted (:attr:`MqttTransport.peers`, weights compared, its payloads taken under
+:meth:`MqttTransport.peer_incarnation`) only once it lists this node's own current
+incarnation; a recording of an earlier run never does, and an incarnation a neighbour
+has left (a restart) is never taken again.
+
 Every handler survives every input: a hello, status, control or mask message that is
 malformed in any way (overflowing numbers, deep nesting, oversized, not UTF-8, a bad
 seal) is dropped, counted per cause in :attr:`TransportStats.dropped` (and handed to
