@@ -47,12 +47,12 @@ __all__ = [
 PROTOCOL = 2
 #: The topic kinds under ``dslth/<fleet>/<node>/``.
 KINDS = ("hello", "status", "mask", "ctl")
-MAX_HELLO_BYTES = 4096
+MAX_HELLO_BYTES = 20480  # room for ``seen``: MAX_SEEN entries of up to 30 bytes, and the rest
 _MAX_HELLO_BRACKETS = 64  # a hello opens 4; deep nesting would make json.loads recurse
 MAX_CTL_BYTES = 256
 MAX_STATUS_BYTES = 16
 #: entries of a hello's ``seen`` list ("<node>:<16 hex digits>", a few per neighbour)
-MAX_SEEN = 256
+MAX_SEEN = 512
 _SEEN_ENTRY = re.compile(r"[0-9]{1,10}:[0-9a-f]{16}")
 
 

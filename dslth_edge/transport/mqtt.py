@@ -265,7 +265,7 @@ class MqttTransport:
         """Our retained hello: JSON listing the neighbours' incarnations we heard, sealed when
         the node has an identity."""
         with self._lock:
-            seen = sorted(incarnation_hex(j, inc) for j, incs in self._seen.items() for inc in incs)[:MAX_SEEN]
+            seen = sorted(incarnation_hex(j, inc) for j, incs in self._seen.items() for inc in incs)
         data = replace(self.hello, seen=tuple(seen)).to_bytes()
         return self.identity.seal("hello", 0, data) if self.identity is not None else data
 
@@ -419,7 +419,8 @@ class MqttTransport:
                     grew = incarnation not in seen
                     if grew:
                         seen.append(incarnation)
-                        del seen[:-_SEEN_PER_PEER]
+                        # a few per neighbour, and MAX_SEEN in all, so the hello stays bounded
+                        del seen[:-max(1, min(_SEEN_PER_PEER, MAX_SEEN // max(1, len(self.neighbours))))]
             if stale:  # an incarnation the neighbour has left: a replay (or an echo of its past)
                 self._drop("stale hello", f"node {sender}'s earlier incarnation {incarnation:016x}", count=False)
                 return

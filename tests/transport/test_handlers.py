@@ -340,3 +340,14 @@ def _published_info(t: MqttTransport) -> mqtt.MQTTMessageInfo:
     info = t._client.publish(topic("t", t.node_id, "ctl"), b"x", qos=1)
     info.wait_for_publish(5)
     return info
+
+
+def test_hello_seen_is_strictly_typed_and_bounded() -> None:
+    good = Hello(node=1, fleet="t", fingerprint="00", seen=("0:00000000000000ff", "7:0123456789abcdef"))
+    assert Hello.from_bytes(good.to_bytes()).seen == good.seen
+    for seen in (["0:ff"], ["x:00000000000000ff"], [1], "0:00000000000000ff", [["0:00000000000000ff"]],
+                 ["0:00000000000000ff"] * 513):
+        raw = json.loads(good.to_bytes())
+        raw["seen"] = seen
+        with pytest.raises(ValueError):
+            Hello.from_bytes(json.dumps(raw).encode())
