@@ -222,6 +222,9 @@ class PayloadExchange:
             self._forget(sender)
         self._incarnations[sender] = incarnation
 
+    def reconnected(self) -> None:
+        """After a reconnect or a resume."""
+
     # ------------------------------------------------------------------ resume
     def state(self) -> dict[str, Any]:
         """What this exchange holds, as plain data that ``torch.load(..., weights_only=True)``
