@@ -6,7 +6,9 @@ against one paper-CNN round of the same node on this machine.
 
 Target (issue 14): Ed25519 sign + verify per frame <= 1 % of a paper-CNN round.
 A node signs one frame per round and verifies one per neighbour; the figure per
-neighbour is the verify time alone, printed too.
+neighbour is the verify time alone, printed too. Wire version 2 adds the base digest
+of a delta frame (SHA-256 of the packed base masks), computed once by the sender and
+once per receiver: timed here as well, in every mode the same.
 """
 
 from __future__ import annotations
@@ -22,6 +24,7 @@ import torch
 
 from dslth_edge.fleet.plan import FleetOptions, make_node, plan_fleet
 from dslth_edge.transport.identity import Identity, generate_keys
+from dslth_edge.wire import mask_digest
 
 
 def _median_s(fn, reps: int) -> float:  # noqa: ANN001
@@ -51,8 +54,11 @@ def main() -> None:
     round_s = _median_s(node.run_round, args.rounds)
     frame = node.exchange.encode(node.current_masks(), node.round)  # a key frame: the largest
 
+    masks = [m.numpy() for m in node.current_masks()]
+    digest_s = _median_s(lambda: mask_digest(masks), args.reps)
     out: dict[str, object] = {"dataset": args.dataset, "paper_cnn_round_s": round_s, "frame_bytes": len(frame),
-                              "torch_threads": 1}
+                              "torch_threads": 1, "base_digest_us": digest_s * 1e6,
+                              "base_digest_pct_of_round": 100 * digest_s / round_s}
     with tempfile.TemporaryDirectory() as tmp:
         generate_keys("bench", 2, tmp)
         ids = {
@@ -73,6 +79,8 @@ def main() -> None:
         print(json.dumps(out, indent=2))
         return
     print(f"paper-CNN round ({args.dataset}, 1 thread): {round_s * 1e3:.1f} ms; key frame {len(frame)} bytes")
+    print(f"base digest of a delta (sender once, each receiver once): {digest_s * 1e6:.1f} us "
+          f"= {100 * digest_s / round_s:.4f} % of a round (+8 bytes/frame)")
     for mode in ("ed25519", "hmac", "crc"):
         m = out[mode]
         assert isinstance(m, dict)

@@ -20,8 +20,9 @@ def keys() -> None:
 @click.option("--out", default=None, help="Directory for roster.json and node-<i>.key (default keys/<fleet>).")
 @click.option("--epoch", default=1, show_default=True, type=click.IntRange(min=0, max=2**64 - 1),
               help="Run epoch in the roster: frames of any other epoch are refused. Bump it to retire old runs.")
-@click.option("--epoch-policy", default="roster", show_default=True, type=click.Choice(["roster", "per-run"]),
-              help="roster: every run uses --epoch; per-run: `fleet run` draws a fresh epoch per run.")
+@click.option("--epoch-policy", default="per-run", show_default=True, type=click.Choice(["per-run", "fixed"]),
+              help="per-run: every run is bound to fresh incarnations its nodes verify (recordings of earlier "
+                   "runs are refused); fixed: --epoch alone, as before (earlier runs of the epoch can be replayed).")
 @click.option("--force", is_flag=True, help="Replace existing keys and roster.")
 def init(fleet: str, nodes: int, out: str | None, epoch: int, epoch_policy: str, force: bool) -> None:
     """Write one private key per node (mode 0600) and the roster (node id -> public key).

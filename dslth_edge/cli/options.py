@@ -150,6 +150,9 @@ NETWORK: tuple[Opt, ...] = (
     opt("--node-key", default=None, help="This node's private key (default: node-<id>.key next to the roster)."),
     opt("--run-epoch", default=None, type=click.IntRange(min=0, max=2**64 - 1),
         help="Run epoch frames are bound to (default: the roster's; 0 without a roster)."),
+    opt("--fixed-epoch", is_flag=True,
+        help="Old behaviour, not recommended: trust the run epoch alone (a recording of an earlier run of the same "
+             "epoch replays). Default: every run is bound to fresh incarnations the nodes verify."),
     opt("--mqtt-protocol", default="auto", type=click.Choice(["auto", "5", "3.1.1"]), help="MQTT version."),
 )
 

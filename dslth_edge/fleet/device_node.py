@@ -70,6 +70,7 @@ class NodeRunOptions:
     roster: str | None = None  # fleet roster (Ed25519 identities); see `dslth-edge keys init`
     node_key: str | None = None  # this node's private key (default: node-<id>.key next to the roster)
     run_epoch: int | None = None  # None: the roster's epoch (0 without a roster)
+    fixed_epoch: bool = False  # the old behaviour: trust the run epoch alone (see transport.identity)
     # the device's own process (train --fleet): hold the training RAM to the profile's budget
     # (device.memory_guard); a fleet-run worker hosts many nodes in one process and does not
     memory_guard: bool = False
@@ -216,7 +217,8 @@ def run_fleet_node(
                      round_deadline_s=opts.round_deadline_s or opts.deadline_max_s)
     # every payload is sealed: bound to (fleet, run epoch, sender, round) and signed/tagged
     identity = choose_identity(plan.options.fleet_id, node_id, roster=opts.roster, node_key=opts.node_key,
-                               hmac_key=fleet_key(opts.fleet_key_file), epoch=opts.run_epoch)
+                               hmac_key=fleet_key(opts.fleet_key_file), epoch=opts.run_epoch,
+                               fixed_epoch=opts.fixed_epoch)
     log.debug("node %d security: %s", node_id, identity.describe())  # stated in the startup line (cli.train)
     parts = node_parts(plan, node_id, config=config, identity=identity)
     paths = NodePaths.of(run_dir, node_id)

@@ -6,10 +6,17 @@ supplies the decode hook: :class:`Exchange` for mask frames (:mod:`dslth_edge.wi
 
 Verify, then store. A received payload is, in this order: opened (when the node has an
 :class:`~dslth_edge.transport.identity.Identity`: fleet, run epoch, sender = topic owner,
-signature or tag), decoded against what is already held, and checked again (the frame's
-sender is the topic owner, its round is the sealed round and within the run) — and only
-then stored as a base for later deltas or taken. A payload that fails any check is
-counted as rejected and changes nothing.
+signature or tag, and the sender's incarnation = the one the transport verified fresh),
+decoded against what is already held (a delta's base digest must match the stored base),
+and checked again (the frame's sender is the topic owner, its round is the sealed round
+and within the run) — and only then stored as a base for later deltas or taken. A
+payload that fails any check is counted as rejected and changes nothing.
+
+A sender that restarts is a new incarnation: once the transport has verified it, what
+this exchange held of the old one (newest round, bases, buffered frames, key-request
+bookkeeping) is dropped, so the re-done rounds are taken and become the bases of its
+later deltas instead of being ignored as duplicates. An incarnation once left is never
+taken again.
 
 Frames are accepted once per (sender, round); frames from the future (within
 ``window`` rounds) wait in a bounded buffer; late frames of finished rounds are
@@ -166,6 +173,8 @@ class PayloadExchange:
         # so a neighbour left out as stale is heard again when it returns
         self.neighbours: set[int] | None = None
         self._asked: dict[int, int] = {}  # sender -> round we last asked it for a key frame
+        self._incarnations: dict[int, int] = {}  # sender -> incarnation whose state we hold
+        self._retired: dict[int, set[int]] = {}  # sender -> incarnations it left: refused
         self._honoured: dict[int, int] = {}  # neighbour -> round we last sent a key frame for it
         self.last_kind = "key"
 
@@ -184,6 +193,43 @@ class PayloadExchange:
 
     def _force_key(self) -> None:
         """The next frame this node sends is self-contained (nothing to do for dense payloads)."""
+
+    def _forget(self, sender: int) -> None:
+        """Drop what is held of ``sender``'s previous incarnation (subclasses add their stores)."""
+        self.newest.pop(sender, None)
+        self._asked.pop(sender, None)
+        for senders in self._future.values():
+            senders.pop(sender, None)
+
+    def _check_incarnation(self, transport: Transport, sender: int, incarnation: int) -> bool:
+        """Refuse a sealed payload not of ``sender``'s current incarnation (AuthError).
+
+        The transport's table (hellos proven of this run) decides, and a change it verified
+        is adopted at once: what was held of the old incarnation is dropped before anything
+        is decoded. A transport without one (in-memory) has nothing to prove a change: the
+        first incarnation seen stands, and another one is adopted only by a payload that
+        passes every check (True: adopt it then, with :meth:`_adopt`)."""
+        current = getattr(transport, "peer_incarnation", None)
+        if current is not None:
+            live = current(sender)
+            if live != incarnation:
+                raise AuthError(f"payload of node {sender}'s incarnation {incarnation:016x}, not its current one "
+                                f"({'none verified yet' if live is None else f'{live:016x}'}): "
+                                "another run, or before a restart")
+        if incarnation in self._retired.get(sender, ()):
+            raise AuthError(f"payload of node {sender}'s earlier incarnation {incarnation:016x}")
+        if self._incarnations.get(sender, incarnation) == incarnation or current is not None:
+            self._adopt(sender, incarnation)
+            return False
+        return True
+
+    def _adopt(self, sender: int, incarnation: int) -> None:
+        """``sender`` is now ``incarnation``: the state of its previous one is dropped, for good."""
+        held = self._incarnations.get(sender)
+        if held is not None and held != incarnation:
+            self._retired.setdefault(sender, set()).add(held)
+            self._forget(sender)
+        self._incarnations[sender] = incarnation
 
     def reconnected(self) -> None:
         """After a reconnect or a resume."""
@@ -298,15 +344,18 @@ class PayloadExchange:
                 accept: set[int], out: ReceivedMasks) -> None:
         sender, payload = env.sender, env.payload
         if env.kind == "ctl":
-            self._on_ctl(sender, payload, round, out)
+            self._on_ctl(transport, sender, payload, round, out)
             return
         if env.kind != "mask":
             return
         out.bytes += len(payload)
         sealed_round: int | None = None
+        adopt: int | None = None  # an incarnation to adopt once the payload passed every check
         try:
             if self.identity is not None:
                 opened = self.identity.open(payload, sender=sender, kind="mask")
+                if self._check_incarnation(transport, sender, opened.incarnation):
+                    adopt = opened.incarnation
                 sealed_round = opened.round
                 if not self._in_run(sealed_round):
                     raise AuthError(f"round {sealed_round} is past the run's last round")
@@ -324,12 +373,18 @@ class PayloadExchange:
                 self._asked[sender] = round
                 transport.publish(self._seal("ctl", round, key_request(sender, round)), kind="ctl")
                 out.key_requests_sent += 1
-            if exc.base_round >= round:  # a frame past this round (sender-checked, and sealed if so configured)
-                self.newest[sender] = max(self.newest.get(sender, -1), exc.base_round)
+            # a frame of a later round, sealed by the sender's current incarnation (so of this
+            # run, and its round authenticated): the sender is past this round, do not wait
+            # for it (the key frame asked for comes with its next round). An unsealed frame
+            # moves nothing.
+            if sealed_round is not None and adopt is None and sealed_round > round:
+                self.newest[sender] = max(self.newest.get(sender, -1), sealed_round)
             return
         except FrameError:
             out.rejected += 1
             return
+        if adopt is not None:
+            self._adopt(sender, adopt)
         newest = self.newest.get(sender, -1)
         if frame_round == round and sender in accept and sender not in out.frames:
             out.frames[sender] = masks
@@ -343,10 +398,14 @@ class PayloadExchange:
         commit()  # stored only now: every check passed and the frame was taken
         self.newest[sender] = max(newest, frame_round)
 
-    def _on_ctl(self, sender: int, payload: bytes, round: int, out: ReceivedMasks) -> None:  # noqa: A002
+    def _on_ctl(self, transport: Transport, sender: int, payload: bytes, round: int,  # noqa: A002
+                out: ReceivedMasks) -> None:
         if self.identity is not None:
             try:
-                payload = self.identity.open(payload, sender=sender, kind="ctl").payload
+                opened = self.identity.open(payload, sender=sender, kind="ctl")
+                if self._check_incarnation(transport, sender, opened.incarnation):
+                    self._adopt(sender, opened.incarnation)  # a well-formed signed control message
+                payload = opened.payload
             except AuthError:
                 out.rejected += 1
                 return
@@ -480,6 +539,10 @@ class Exchange(PayloadExchange):
 
     def _force_key(self) -> None:
         self.encoder.request_key(None)
+
+    def _forget(self, sender: int) -> None:
+        super()._forget(sender)
+        self.store.forget(sender)  # the old incarnation's masks are no base of the new one's deltas
 
     def _decode(self, payload: bytes, sender: int) -> Decoded:
         memo = self.memo

@@ -169,7 +169,8 @@ def run_fleet(
             # the security mode, stated once for the fleet (as `train` states it per node);
             # built for the slice's first node, as its worker will build it
             identity = choose_identity(fleet.fleet_id, ids[0], roster=node_opts.roster, node_key=node_opts.node_key,
-                                       hmac_key=fleet_key(node_opts.fleet_key_file), epoch=node_opts.run_epoch)
+                                       hmac_key=fleet_key(node_opts.fleet_key_file), epoch=node_opts.run_epoch,
+                                       fixed_epoch=node_opts.fixed_epoch)
             on_start(plan, run_dir, url, identity.describe())
         for w in range(workers):
             spec = run_dir / f"worker-{tag}{w}.json"

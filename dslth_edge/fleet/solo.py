@@ -113,6 +113,7 @@ class FleetTrainOptions:
     roster: str | None = None  # Ed25519 identities (`dslth-edge keys init`)
     node_key: str | None = None  # default: node-<id>.key next to the roster
     run_epoch: int | None = None  # default: the roster's epoch (0 without one)
+    fixed_epoch: bool = False  # the old behaviour: no per-run freshness check of neighbours' hellos
     mqtt_protocol: str = "auto"
     allow_solo: bool = False  # finish with exit 0 even when no neighbour was ever heard
 
@@ -316,7 +317,8 @@ def _train_in_fleet(
                                checkpoint_every=opts.checkpoint_every, resume=opts.resume,
                                resume_or_start=opts.resume_or_start, overwrite=opts.overwrite,
                                fleet_key_file=fl.fleet_key_file, allow_solo=fl.allow_solo, roster=fl.roster,
-                               node_key=fl.node_key, run_epoch=fl.run_epoch, memory_guard=gateway is None)
+                               node_key=fl.node_key, run_epoch=fl.run_epoch, fixed_epoch=fl.fixed_epoch,
+                               memory_guard=gateway is None)
     keep = plan.keeps[fl.node_id] if 0 <= fl.node_id < fl.nodes else 0.0
     keep_source = plan.keep_notes[fl.node_id] if 0 <= fl.node_id < fl.nodes else ""
     t0 = time.perf_counter()

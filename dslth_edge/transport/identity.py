@@ -1,13 +1,15 @@
 """Who sent a payload: per-node Ed25519 identities, the fleet roster, and sealed payloads.
 
 Every payload a node puts on MQTT (mask frames, dense weights, control messages, its
-retained hello) travels *sealed*: a 36-byte header binding it to (fleet, run epoch,
-sender, round, kind), then the payload, then a tag. Three modes, one per fleet:
+retained hello) travels *sealed*: a 44-byte header binding it to (fleet, fleet epoch,
+the sender's incarnation, sender, round, kind), then the payload, then a tag. Three
+modes, one per fleet:
 
 ``ed25519``
     Each node signs with its own private key (``dslth-edge keys init`` writes them);
     receivers verify against the fleet roster (node id → public key). A member cannot
-    speak for another member, and a frame of another run (other epoch) is refused.
+    speak for another member, and a payload of another run or of an earlier process of
+    its sender (another incarnation) is refused.
 ``hmac``
     HMAC-SHA256 under one fleet-wide key: outsiders cannot forge, but every member can
     impersonate every other member (the light option).
@@ -16,18 +18,31 @@ sender, round, kind), then the payload, then a tag. Three modes, one per fleet:
 
 Byte layout of a sealed payload (little-endian)::
 
-    0  4  magic "DSLS"           16  8  run epoch (u64)
-    4  1  version (1)            24  4  sender node id (= the topic owner)
-    5  1  mode (0 crc, 1 hmac,   28  4  round (u32; 0 for hello)
-          2 ed25519)             32  4  payload length n
-    6  1  kind (0 mask, 1 ctl,   36  n  payload
-          2 hello)               end    tag: CRC-32C (4), HMAC-SHA256 (32) or
-    7  1  reserved (0)                  Ed25519 signature (64) of everything before
-    8  8  fleet-id hash
+    0  4  magic "DSLS"           16  8  fleet epoch (u64)
+    4  1  version (2)            24  8  incarnation (u64) of the sender's process
+    5  1  mode (0 crc, 1 hmac,   32  4  sender node id (= the topic owner)
+          2 ed25519)             36  4  round (u32; 0 for hello)
+    6  1  kind (0 mask, 1 ctl,   40  4  payload length n
+          2 hello)               44  n  payload
+    7  1  reserved (0)           end    tag: CRC-32C (4), HMAC-SHA256 (32) or
+    8  8  fleet-id hash                 Ed25519 signature (64) of everything before
 
-:meth:`Identity.open` checks length, magic, version, mode, kind, fleet, epoch and sender
-(against the topic owner), then the tag, before it returns anything; every failure is
-an :class:`AuthError` (a :class:`~dslth_edge.errors.FrameError`).
+:meth:`Identity.open` checks length, magic, version, mode, kind, fleet, fleet epoch and
+sender (against the topic owner), then the tag, before it returns anything; every
+failure is an :class:`AuthError` (a :class:`~dslth_edge.errors.FrameError`).
+
+**Every run is its own epoch.** Each :class:`Identity` draws a fresh random
+*incarnation* (64 bits from the OS's CSPRNG, like a key: it must not be predictable or
+reproducible) and seals everything with it; a resumed node is a new process with a new
+incarnation. Receivers take a sender's payloads only under the incarnation they have
+*verified fresh* (:mod:`dslth_edge.transport.mqtt`): the sender's signed hello must
+list the receiver's own current incarnation, which did not exist before this run, so
+no recording of an earlier run (frames, control messages, hellos) can pass for this
+one, whatever the fleet epoch. The fleet epoch (the roster's, or ``--run-epoch``) is
+checked too: bumping it retires every earlier run at once. The old behaviour (the fleet
+epoch alone, hellos taken without the freshness check, so a recorder can replay an
+earlier run with the same epoch) is only behind an explicit option: epoch policy
+``fixed`` in the roster, or ``--fixed-epoch``.
 """
 
 from __future__ import annotations
@@ -56,6 +71,8 @@ __all__ = [
     "AuthError",
     "Identity",
     "choose_identity",
+    "EPOCH_POLICIES",
+    "incarnation_hex",
     "launcher_epoch",
     "Opened",
     "Roster",
@@ -71,18 +88,26 @@ _MODE_IDS = {"crc": 0, "hmac": 1, "ed25519": 2}
 _TAG_BYTES = {"crc": 4, "hmac": 32, "ed25519": 64}
 SEAL_KINDS = {"mask": 0, "ctl": 1, "hello": 2}
 SEAL_MAGIC = b"DSLS"
-_VERSION = 1
-_HEADER = struct.Struct("<4sBBBB8sQIII")
-SEAL_HEADER_BYTES = _HEADER.size  # 36
+_VERSION = 2  # 2: the sender's incarnation in the header
+_HEADER = struct.Struct("<4sBBBB8sQQIII")
+SEAL_HEADER_BYTES = _HEADER.size  # 44
 _U32 = 1 << 32
 _U64 = 1 << 64
 ROSTER_FORMAT = "dslth-roster"
-#: how the run epoch of a fleet's runs is chosen; the roster names one
-EPOCH_POLICIES = ("roster", "per-run")
+#: how a fleet's runs are kept apart; the roster names one. ``per-run``: every node
+#: process is a fresh incarnation, verified fresh by its neighbours (the default);
+#: ``fixed``: the fleet epoch alone (earlier runs of the same epoch can be replayed)
+EPOCH_POLICIES = ("per-run", "fixed")
+_LEGACY_POLICIES = {"roster": "per-run"}  # older rosters' default: now one run per epoch too
 
 
 class AuthError(FrameError):
     """A sealed payload failed a check: mode, fleet, run epoch, sender, kind or its tag."""
+
+
+def incarnation_hex(node: int, incarnation: int) -> str:
+    """How a hello lists a neighbour's incarnation it has heard: ``"<node>:<16 hex digits>"``."""
+    return f"{node}:{incarnation:016x}"
 
 
 def seal_overhead(mode: str) -> int:
@@ -104,19 +129,21 @@ def key_file(directory: str | Path, node: int) -> Path:
 class Roster:
     """A fleet's members: node id → Ed25519 public key (32 raw bytes), and the run epoch policy.
 
-    ``epoch_policy`` is ``"roster"`` (every run uses :attr:`epoch`; bump it with
-    ``keys init --epoch`` to retire all earlier runs' frames) or ``"per-run"`` (a
-    ``fleet run`` launcher draws a fresh epoch for each run and hands it to its nodes;
-    separate device processes must then be given ``--run-epoch``).
+    Every payload is bound to :attr:`epoch` (bump it with ``keys init --epoch`` to retire
+    all earlier runs' frames at once). ``epoch_policy`` ``"per-run"`` (the default) binds
+    every run to its own fresh incarnations as well; ``"fixed"`` (explicit only) does not,
+    as before: then a recording of an earlier run of the same epoch replays. Rosters of
+    older versions say ``"roster"``: read as ``"per-run"``.
     """
 
     fleet: str
     keys: dict[int, bytes]
     epoch: int = 1
-    epoch_policy: str = "roster"
+    epoch_policy: str = "per-run"
     _verifiers: dict[int, object] = field(default_factory=dict, repr=False, compare=False)
 
     def __post_init__(self) -> None:
+        object.__setattr__(self, "epoch_policy", _LEGACY_POLICIES.get(self.epoch_policy, self.epoch_policy))
         if self.epoch_policy not in EPOCH_POLICIES:
             raise UsageError(f"roster epoch policy must be one of {', '.join(EPOCH_POLICIES)}, got {self.epoch_policy!r}")
         if not 0 <= self.epoch < _U64:
@@ -155,7 +182,7 @@ class Roster:
             if any(len(v) != 32 or not 0 <= k < _U32 for k, v in keys.items()):
                 raise ValueError("a node id is out of range or a public key is not 32 bytes")
             return cls(fleet=str(raw["fleet"]), keys=keys, epoch=int(raw.get("epoch", 1)),
-                       epoch_policy=str(raw.get("epoch_policy", "roster")))
+                       epoch_policy=str(raw.get("epoch_policy", "per-run")))
         except (AttributeError, KeyError, TypeError, ValueError) as exc:
             raise UsageError(f"roster {p} is malformed: {exc}") from exc
 
@@ -172,7 +199,7 @@ def _write_private(path: Path, data: bytes, overwrite: bool) -> None:
     os.chmod(path, 0o600)
 
 
-def generate_keys(fleet: str, nodes: int, directory: str | Path, *, epoch: int = 1, epoch_policy: str = "roster",
+def generate_keys(fleet: str, nodes: int, directory: str | Path, *, epoch: int = 1, epoch_policy: str = "per-run",
                   overwrite: bool = False) -> Roster:
     """Write ``node-<i>.key`` (PKCS#8 PEM, mode 0600) for every node and ``roster.json`` (0644).
 
@@ -232,18 +259,22 @@ class Opened:
     sender: int
     round: int
     epoch: int
+    incarnation: int
     payload: bytes
 
 
 class Identity:
     """One node's way of sealing what it sends and opening what it receives.
 
-    Build it with :meth:`ed25519`, :meth:`hmac` or :meth:`crc`. Thread-safe (no
-    mutable state after construction).
+    Build it with :meth:`ed25519`, :meth:`hmac` or :meth:`crc`. Each one is a fresh
+    :attr:`incarnation` (drawn at construction); :attr:`fresh` says whether neighbours'
+    hellos must prove they are of this run (the default) or the fixed epoch is trusted
+    alone. Thread-safe (no mutable state after construction).
     """
 
     def __init__(self, *, mode: str, fleet: str, node_id: int, epoch: int, roster: Roster | None = None,
-                 private_key: object | None = None, hmac_key: bytes | None = None, source: str = "") -> None:
+                 private_key: object | None = None, hmac_key: bytes | None = None, source: str = "",
+                 fresh: bool = True, incarnation: int | None = None) -> None:
         if mode not in MODES:
             raise UsageError(f"identity mode must be one of {', '.join(MODES)}, got {mode!r}")
         if not 0 <= epoch < _U64:
@@ -256,6 +287,12 @@ class Identity:
         self.fleet = fleet
         self.node_id = node_id
         self.epoch = epoch
+        #: this process's incarnation: random, never 0 (a hello lists it to prove it is of this run)
+        self.incarnation = incarnation if incarnation is not None else 1 + secrets.randbelow(_U64 - 1)
+        if not 0 < self.incarnation < _U64:
+            raise UsageError(f"incarnation {self.incarnation} must be in 1..2**64-1")
+        #: whether a neighbour's hello must list our incarnation (per-run) before its payloads count
+        self.fresh = fresh
         self.roster = roster
         self._private = private_key
         self._hmac_key = hmac_key
@@ -278,33 +315,35 @@ class Identity:
     # ------------------------------------------------------------------ constructors
     @classmethod
     def ed25519(cls, *, fleet: str, node_id: int, roster_path: str | Path, key_path: str | Path,
-                epoch: int | None = None) -> "Identity":
-        """Sign with the node's key; verify against the roster. ``epoch`` None: the roster's."""
+                epoch: int | None = None, fixed_epoch: bool = False) -> "Identity":
+        """Sign with the node's key; verify against the roster. ``epoch`` None: the roster's;
+        the freshness check is off when the roster's policy is ``fixed`` or ``fixed_epoch``."""
         roster = Roster.load(roster_path)
-        if epoch is None and roster.epoch_policy == "per-run":
-            raise UsageError(f"roster {roster_path} draws a run epoch per run: pass --run-epoch")
         return cls(mode="ed25519", fleet=fleet, node_id=node_id, epoch=roster.epoch if epoch is None else epoch,
-                   roster=roster, private_key=load_private_key(key_path), source=str(roster_path))
+                   roster=roster, private_key=load_private_key(key_path), source=str(roster_path),
+                   fresh=not (fixed_epoch or roster.epoch_policy == "fixed"))
 
     @classmethod
-    def hmac(cls, *, fleet: str, node_id: int, key: bytes, epoch: int = 0) -> "Identity":
-        return cls(mode="hmac", fleet=fleet, node_id=node_id, epoch=epoch, hmac_key=key)
+    def hmac(cls, *, fleet: str, node_id: int, key: bytes, epoch: int = 0, fixed_epoch: bool = False) -> "Identity":
+        return cls(mode="hmac", fleet=fleet, node_id=node_id, epoch=epoch, hmac_key=key, fresh=not fixed_epoch)
 
     @classmethod
-    def crc(cls, *, fleet: str, node_id: int, epoch: int = 0) -> "Identity":
-        return cls(mode="crc", fleet=fleet, node_id=node_id, epoch=epoch)
+    def crc(cls, *, fleet: str, node_id: int, epoch: int = 0, fixed_epoch: bool = False) -> "Identity":
+        return cls(mode="crc", fleet=fleet, node_id=node_id, epoch=epoch, fresh=not fixed_epoch)
 
     # ------------------------------------------------------------------ description
     def describe(self) -> str:
         """The security mode in one phrase, for the node's startup line."""
+        runs = (f"run epoch {self.epoch}, a fresh incarnation per run" if self.fresh
+                else f"FIXED run epoch {self.epoch} (earlier runs of it can be replayed)")
         if self.mode == "ed25519":
             n = len(self.roster.keys) if self.roster else 0
-            return (f"Ed25519 node identities (roster {self.source or '?'}, {n} members), run epoch {self.epoch}: "
+            return (f"Ed25519 node identities (roster {self.source or '?'}, {n} members), {runs}: "
                     "frames, hello and control messages signed and verified per sender")
         if self.mode == "hmac":
-            return (f"fleet HMAC-SHA256, run epoch {self.epoch}: outsiders cannot forge, "
+            return (f"fleet HMAC-SHA256, {runs}: outsiders cannot forge, "
                     "but any member can impersonate any other")
-        return f"CRC-32C only, run epoch {self.epoch}: INSECURE demo mode, anyone who can publish can forge"
+        return f"CRC-32C only, {runs}: INSECURE demo mode, anyone who can publish can forge"
 
     @property
     def overhead(self) -> int:
@@ -312,11 +351,11 @@ class Identity:
 
     # ------------------------------------------------------------------ seal / open
     def seal(self, kind: str, round: int, payload: bytes) -> bytes:  # noqa: A002
-        """``payload`` bound to (fleet, epoch, this node, ``round``, ``kind``) and tagged."""
+        """``payload`` bound to (fleet, epoch, this incarnation, this node, ``round``, ``kind``) and tagged."""
         if not 0 <= round < _U32:
             raise ValueError(f"round must fit in 32 bits, got {round}")
         head = _HEADER.pack(SEAL_MAGIC, _VERSION, _MODE_IDS[self.mode], SEAL_KINDS[kind], 0, self._fleet_hash,
-                            self.epoch, self.node_id, round, len(payload))
+                            self.epoch, self.incarnation, self.node_id, round, len(payload))
         body = head + bytes(payload)
         return body + self._tag(body)
 
@@ -329,15 +368,18 @@ class Identity:
         return google_crc32c.value(body).to_bytes(4, "little")
 
     def open(self, data: bytes | bytearray | memoryview, *, sender: int, kind: str) -> Opened:
-        """Check every binding of a sealed payload from topic owner ``sender``; raise AuthError on any failure."""
+        """Check every binding of a sealed payload from topic owner ``sender``; raise AuthError on any failure.
+
+        The sender's incarnation is returned, not checked: whether it is the sender's
+        current, verified-fresh one is the receiving transport's knowledge."""
         buf = bytes(data)
         tag_bytes = _TAG_BYTES[self.mode]
         if len(buf) < SEAL_HEADER_BYTES + tag_bytes:
             raise AuthError(f"sealed payload of {len(buf)} bytes is shorter than its header and tag")
-        magic, version, mode, kind_id, reserved, fleet_id, epoch, who, rnd, n = _HEADER.unpack_from(buf, 0)
+        magic, version, mode, kind_id, reserved, fleet_id, epoch, incarnation, who, rnd, n = _HEADER.unpack_from(buf, 0)
         if magic != SEAL_MAGIC:
             raise AuthError(f"not a sealed payload (magic {magic!r})")
-        if version != _VERSION or reserved:
+        if version != _VERSION or reserved:  # version 1: an older dslth-edge, without incarnations
             raise AuthError(f"sealed payload version {version}/reserved {reserved}, this node reads {_VERSION}/0")
         if mode != _MODE_IDS[self.mode]:
             theirs = {v: k for k, v in _MODE_IDS.items()}.get(mode, str(mode))
@@ -354,7 +396,8 @@ class Identity:
             raise AuthError(f"payload of run epoch {epoch}, this run is epoch {self.epoch}")
         body, tag = buf[:-tag_bytes], buf[-tag_bytes:]
         self._verify(sender, body, tag)
-        return Opened(kind=kind, sender=who, round=rnd, epoch=epoch, payload=body[SEAL_HEADER_BYTES:])
+        return Opened(kind=kind, sender=who, round=rnd, epoch=epoch, incarnation=incarnation,
+                      payload=body[SEAL_HEADER_BYTES:])
 
     def _verify(self, sender: int, body: bytes, tag: bytes) -> None:
         if self.mode == "ed25519":
@@ -377,24 +420,28 @@ class Identity:
 
 
 def choose_identity(fleet: str, node_id: int, *, roster: str | Path | None = None, node_key: str | Path | None = None,
-                    hmac_key: bytes | None = None, epoch: int | None = None) -> Identity:
+                    hmac_key: bytes | None = None, epoch: int | None = None, fixed_epoch: bool = False) -> Identity:
     """The node's identity from its options: a roster means Ed25519 (the key defaults to
-    ``node-<id>.key`` next to the roster), else a fleet key means HMAC, else CRC (demo)."""
+    ``node-<id>.key`` next to the roster), else a fleet key means HMAC, else CRC (demo).
+    ``fixed_epoch``: the old behaviour, no per-run freshness check (also the roster's ``fixed`` policy)."""
     if node_key is not None and roster is None:
         raise UsageError("--node-key needs --roster (the fleet's public keys)")
     if roster is not None:
         if hmac_key is not None:
             raise UsageError("give either --roster (Ed25519 identities) or a fleet HMAC key, not both")
         key = node_key if node_key is not None else key_file(Path(roster).parent, node_id)
-        return Identity.ed25519(fleet=fleet, node_id=node_id, roster_path=roster, key_path=key, epoch=epoch)
+        return Identity.ed25519(fleet=fleet, node_id=node_id, roster_path=roster, key_path=key, epoch=epoch,
+                                fixed_epoch=fixed_epoch)
     if hmac_key is not None:
-        return Identity.hmac(fleet=fleet, node_id=node_id, key=hmac_key, epoch=epoch or 0)
-    return Identity.crc(fleet=fleet, node_id=node_id, epoch=epoch or 0)
+        return Identity.hmac(fleet=fleet, node_id=node_id, key=hmac_key, epoch=epoch or 0, fixed_epoch=fixed_epoch)
+    return Identity.crc(fleet=fleet, node_id=node_id, epoch=epoch or 0, fixed_epoch=fixed_epoch)
 
 
 def launcher_epoch(roster: str | Path | None, given: int | None) -> int | None:
-    """The run epoch a launcher hands all its nodes: ``given``, else a fresh one when the
-    roster's policy is ``per-run`` (so no earlier run's frame is ever accepted), else None."""
-    if given is not None or roster is None or Roster.load(roster).epoch_policy != "per-run":
-        return given
-    return secrets.randbits(63)
+    """The run epoch a launcher hands all its nodes: ``given`` (else each node takes the
+    roster's). Nothing is drawn here any more: every node process is a fresh incarnation
+    that its neighbours verify (:class:`Identity`), which binds a run to itself without a
+    launcher, so separate devices and ``--only`` slices need no shared secret epoch."""
+    if roster is not None:
+        Roster.load(roster)  # a malformed roster is reported by the launcher, once
+    return given

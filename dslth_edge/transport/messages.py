@@ -2,7 +2,8 @@
 
 Topics (``docs/mqtt.md`` is the reference)::
 
-    dslth/<fleet>/<node>/hello    retained JSON: protocol, profile, keep, fingerprint, codecs
+    dslth/<fleet>/<node>/hello    retained JSON: protocol, profile, keep, fingerprint, codecs,
+                                  the neighbours' incarnations heard (``seen``)
     dslth/<fleet>/<node>/status   retained "online"; the broker publishes "offline" (last will)
     dslth/<fleet>/<node>/mask     QoS 1 wire frames, chunked above max_message_bytes
     dslth/<fleet>/<node>/ctl      QoS 1 control messages (key-frame requests, ping, pong)
@@ -17,6 +18,7 @@ from __future__ import annotations
 
 import json
 import math
+import re
 import os
 import socket
 from dataclasses import asdict, dataclass, field
@@ -40,14 +42,18 @@ __all__ = [
     "topic",
 ]
 
-#: Version of the topic/hello protocol (the wire format has its own version).
-PROTOCOL = 1
+#: Version of the topic/hello protocol (the wire format has its own version). 2: sealed
+#: payloads carry the sender's incarnation, hellos list the incarnations heard (``seen``).
+PROTOCOL = 2
 #: The topic kinds under ``dslth/<fleet>/<node>/``.
 KINDS = ("hello", "status", "mask", "ctl")
-MAX_HELLO_BYTES = 4096
+MAX_HELLO_BYTES = 20480  # room for ``seen``: MAX_SEEN entries of up to 30 bytes, and the rest
 _MAX_HELLO_BRACKETS = 64  # a hello opens 4; deep nesting would make json.loads recurse
 MAX_CTL_BYTES = 256
 MAX_STATUS_BYTES = 16
+#: entries of a hello's ``seen`` list ("<node>:<16 hex digits>", a few per neighbour)
+MAX_SEEN = 512
+_SEEN_ENTRY = re.compile(r"[0-9]{1,10}:[0-9a-f]{16}")
 
 
 def topic(fleet: str, node: int | str, kind: str) -> str:
@@ -120,6 +126,10 @@ class Hello:
     protocol: int = PROTOCOL
     wire_version: int = WIRE_VERSION
     extra: dict[str, Any] = field(default_factory=dict)
+    #: the neighbours' incarnations this node has heard, as "<node>:<hex>": a receiver takes
+    #: this node's payloads only once its own current incarnation is listed (proof that the
+    #: hello is of this run, not a recording: see :mod:`dslth_edge.transport.identity`)
+    seen: tuple[str, ...] = ()
 
     def to_bytes(self) -> bytes:
         return json.dumps(asdict(self), sort_keys=True, separators=(",", ":")).encode()
@@ -146,6 +156,7 @@ class Hello:
             node = strict_int(raw["node"], "node")
             fleet, fingerprint, profile = raw["fleet"], raw["fingerprint"], raw.get("profile")
             keep, codecs, extra = raw.get("keep", []), raw.get("codecs", []), raw.get("extra", {})
+            seen = raw.get("seen", [])
         except KeyError as exc:
             raise ValueError(f"hello lacks {exc.args[0]!r}") from None
         if not isinstance(fleet, str) or not isinstance(fingerprint, str) or not (profile is None or isinstance(profile, str)):
@@ -159,7 +170,11 @@ class Hello:
             raise ValueError("hello extra must be a flat object")
         if any(isinstance(v, float) and not math.isfinite(v) for v in extra.values()):
             raise ValueError("hello extra holds a non-finite number")
+        if (not isinstance(seen, list) or len(seen) > MAX_SEEN
+                or not all(isinstance(e, str) and _SEEN_ENTRY.fullmatch(e) for e in seen)):
+            raise ValueError(f"hello seen must be a list of at most {MAX_SEEN} \"<node>:<16 hex>\" strings")
         return cls(node=node, fleet=fleet, fingerprint=fingerprint, profile=profile,
                    keep=tuple(float(k) for k in keep), codecs=tuple(codecs),
                    protocol=strict_int(raw.get("protocol", 0), "protocol"),
-                   wire_version=strict_int(raw.get("wire_version", 0), "wire_version"), extra=dict(extra))
+                   wire_version=strict_int(raw.get("wire_version", 0), "wire_version"), extra=dict(extra),
+                   seen=tuple(seen))

@@ -15,6 +15,13 @@ subscriptions, hello and status. Recent frames are kept and published again afte
 reconnect and whenever a neighbour comes (back) online, so a broker restart or a
 rejoining node loses no round; receivers drop the copies.
 
+Hellos carry the proof that every run is its own epoch (:mod:`dslth_edge.transport.identity`):
+each lists the neighbours' incarnations its node has heard, and a neighbour's hello is
+accepted (:attr:`MqttTransport.peers`, weights compared, its payloads taken under
+:meth:`MqttTransport.peer_incarnation`) only once it lists this node's own current
+incarnation; a recording of an earlier run never does, and an incarnation a neighbour
+has left (a restart) is never taken again.
+
 Every handler survives every input: a hello, status, control or mask message that is
 malformed in any way (overflowing numbers, deep nesting, oversized, not UTF-8, a bad
 seal) is dropped, counted per cause in :attr:`TransportStats.dropped` (and handed to
@@ -44,12 +51,13 @@ import paho.mqtt.client as mqtt
 
 from dslth_edge.errors import TransportError, UsageError
 from dslth_edge.transport.base import Envelope
-from dslth_edge.transport.identity import AuthError, Identity
+from dslth_edge.transport.identity import AuthError, Identity, incarnation_hex
 from dslth_edge.transport.messages import (
     KINDS,
     MAX_CTL_BYTES,
     MAX_HELLO_BYTES,
     MAX_STATUS_BYTES,
+    MAX_SEEN,
     PROTOCOL,
     Hello,
     parse_control,
@@ -75,6 +83,8 @@ log = logging.getLogger(__name__)
 _INBOX_LIMIT = 4096  # messages waiting for the round loop; the oldest is dropped beyond it
 _RESEND_GAP_S = 2.0  # a neighbour's return triggers a resend (and a key frame) at most this often
 _PONG_GAP_S = 1.0
+_SEEN_PER_PEER = 4  # incarnations of one neighbour our hello lists (a replayed old one must not evict its live one)
+_RETIRED_PER_PEER = 64  # incarnations of one neighbour we left behind and never go back to
 
 
 @dataclass
@@ -128,14 +138,19 @@ class MqttTransport:
         self.neighbours = tuple(sorted(set(neighbours)))
         #: seals our hello and opens the neighbours' (None: plain JSON hellos)
         self.identity = identity
-        self.instance = secrets.token_hex(8)  # this process's incarnation of the node
+        # this process's incarnation of the node: the identity's (sealed into every payload), else drawn here
+        self.instance = f"{identity.incarnation:016x}" if identity is not None else secrets.token_hex(8)
         self.hello = replace(hello, extra={**hello.extra, "instance": self.instance, "pid": os.getpid(),
                                            "host": socket.gethostname()[:64],
                                            **({"epoch": identity.epoch, "auth": identity.mode} if identity else {})})
         self.fresh = fresh  # a fresh run wipes this client id's old broker session first
         self.stats = TransportStats()
+        #: each neighbour's last hello we accepted: verified, and (per-run epochs) proven of this run
         self.peers: dict[int, Hello] = {}
         self.incompatible: set[int] = set()
+        self._incarnation: dict[int, int] = {}  # neighbour -> its accepted incarnation (its payloads must carry it)
+        self._seen: dict[int, list[int]] = {}  # neighbour -> incarnations heard (verified seal), newest last
+        self._retired: dict[int, deque[int]] = {}  # neighbour -> incarnations it left (restarts): never again
         self.online: set[int] = set()
         self._offline: set[int] = set()  # seen online, then its last will
         self._returned: set[int] = set()
@@ -250,9 +265,18 @@ class MqttTransport:
             log.info("node %s lost the broker (%s); paho reconnects with backoff", self.node_id, rc)
 
     def hello_payload(self) -> bytes:
-        """Our retained hello: JSON, sealed when the node has an identity."""
-        data = self.hello.to_bytes()
+        """Our retained hello: JSON listing the neighbours' incarnations we heard, sealed when
+        the node has an identity."""
+        with self._lock:
+            seen = sorted(incarnation_hex(j, inc) for j, incs in self._seen.items() for inc in incs)
+        data = replace(self.hello, seen=tuple(seen)).to_bytes()
         return self.identity.seal("hello", 0, data) if self.identity is not None else data
+
+    def peer_incarnation(self, sender: int) -> int | None:
+        """The incarnation ``sender``'s payloads must carry: the one of its last accepted hello
+        (None: none accepted yet, so none of its payloads is taken)."""
+        with self._lock:
+            return self._incarnation.get(sender)
 
     def _resend(self, client: mqtt.Client) -> None:
         with self._lock:
@@ -265,11 +289,13 @@ class MqttTransport:
                 self.stats.resent += 1
 
     # ------------------------------------------------------------------ receiving
-    def _drop(self, cause: str, detail: str = "") -> None:
-        """Count a dropped input under ``cause``; log the first of each cause."""
+    def _drop(self, cause: str, detail: str = "", *, count: bool = True) -> None:
+        """Count a dropped input under ``cause``; log the first of each cause. ``count``: also
+        in the exchange's ``rejected`` (False: honest traffic can look the same, e.g. a
+        neighbour's hello from before our own restart)."""
         with self._lock:
             self.stats.dropped[cause] += 1
-            self._dropped_new += 1
+            self._dropped_new += int(count)
             first = cause not in self._logged
             self._logged.add(cause)
         if first:
@@ -304,7 +330,7 @@ class MqttTransport:
         if sender not in self.neighbours:
             return
         if kind == "hello":
-            self._on_hello(sender, payload)
+            self._on_hello(client, sender, payload)
         elif kind == "status":
             self._on_status(client, sender, payload, bool(message.retain))
         else:
@@ -336,9 +362,12 @@ class MqttTransport:
                 client.publish(topic(self.fleet, self.node_id, "ctl"), pong_payload(msg.get("nonce", "")), qos=1)
             self._duplicate(str(msg.get("instance", "?"))[:32], f"pid {msg.get('pid', '?')}",
                             "tried to start and was told to stop")
-        elif kind == "hello" and not retained and payload != self.hello_payload():
+        elif kind == "hello" and not retained:
             try:
-                hello = self._open_hello(self.node_id, payload)
+                hello, incarnation = self._open_hello(self.node_id, payload)
+                if (incarnation is not None and incarnation == self.identity_incarnation) or (
+                        incarnation is None and hello.extra.get("instance") == self.instance):
+                    return  # our own hello (any of its versions: the seen list grows) coming back
                 who, what = str(hello.extra.get("instance", "?"))[:32], f"pid {hello.extra.get('pid', '?')}"
             except ValueError:
                 who, what = "unverified", "with another key, run epoch or security mode"
@@ -353,32 +382,77 @@ class MqttTransport:
             log.warning("node %s: another process (%s) %s as node %s of fleet %r: is --id %s used twice?",
                         self.node_id, who, what, self.node_id, self.fleet, self.node_id)
 
-    def _open_hello(self, sender: int, payload: bytes) -> Hello:
-        """Verify (when sealed) and parse a hello; ValueError on anything wrong."""
+    @property
+    def identity_incarnation(self) -> int | None:
+        return self.identity.incarnation if self.identity is not None else None
+
+    def _open_hello(self, sender: int, payload: bytes) -> tuple[Hello, int | None]:
+        """Verify (when sealed) and parse a hello: (hello, its sealed incarnation); ValueError on anything wrong."""
         if len(payload) > self._max_hello:
             raise ValueError(f"hello of {len(payload)} bytes")
+        incarnation = None
         if self.identity is not None:
             try:
-                payload = self.identity.open(payload, sender=sender, kind="hello").payload
+                opened = self.identity.open(payload, sender=sender, kind="hello")
             except AuthError as exc:
                 raise ValueError(str(exc)) from None
-        return Hello.from_bytes(payload)
+            payload, incarnation = opened.payload, opened.incarnation
+        return Hello.from_bytes(payload), incarnation
 
-    def _on_hello(self, sender: int, payload: bytes) -> None:
+    def _on_hello(self, client: mqtt.Client, sender: int, payload: bytes) -> None:
+        """A neighbour's hello. Nothing changes until it verifies; then its incarnation joins
+        the ones our hello lists (answering the neighbour's proof of freshness), and it is
+        *accepted* (its payloads taken, its weights compared) only once it lists our own
+        current incarnation (per-run epochs): a recording of an earlier run cannot."""
         if not payload:
             return
         try:
-            hello = self._open_hello(sender, payload)
+            hello, incarnation = self._open_hello(sender, payload)
         except ValueError as exc:
             # the last good hello stands: a forged retained one must not unplug the neighbour
             self._drop("malformed or unverified hello", f"from node {sender}: {exc}")
             return
+        if incarnation is not None:
+            with self._lock:
+                if incarnation in self._retired.get(sender, ()):
+                    stale = True
+                else:
+                    stale = False
+                    seen = self._seen.setdefault(sender, [])
+                    grew = incarnation not in seen
+                    if grew:
+                        seen.append(incarnation)
+                        # a few per neighbour, and MAX_SEEN in all, so the hello stays bounded
+                        del seen[:-max(1, min(_SEEN_PER_PEER, MAX_SEEN // max(1, len(self.neighbours))))]
+            if stale:  # an incarnation the neighbour has left: a replay (or an echo of its past)
+                self._drop("stale hello", f"node {sender}'s earlier incarnation {incarnation:016x}", count=False)
+                return
+            if grew and client is not None:  # the neighbour waits for our hello to list it: answer at once
+                client.publish(topic(self.fleet, self.node_id, "hello"), self.hello_payload(), qos=1, retain=True)
+            assert self.identity is not None
+            mine = incarnation_hex(self.node_id, self.identity.incarnation)
+            if self.identity.fresh and mine not in hello.seen:
+                if any(e.startswith(f"{self.node_id}:") for e in hello.seen):
+                    # it lists another incarnation of ours: a recording of an earlier run (or the
+                    # neighbour's hello from before our own restart, superseded in a moment)
+                    self._drop("stale hello", f"from node {sender}: lists none of this run's incarnations of ours",
+                               count=False)
+                return  # not (yet) proven of this run: the neighbour answers our hello with one that is
         with self._lock:
+            previous = self._incarnation.get(sender)
+            if incarnation is not None and previous != incarnation:
+                if previous is not None:  # the neighbour restarted: its old incarnation is gone for good
+                    retired = self._retired.setdefault(sender, deque(maxlen=_RETIRED_PER_PEER))
+                    retired.append(previous)
+                    self._seen[sender] = [i for i in self._seen.get(sender, []) if i != previous]
+                    self._returned.add(sender)  # it holds none of our bases: a key frame next
+                self._incarnation[sender] = incarnation
             self.peers[sender] = hello
-            if hello.fingerprint != self.hello.fingerprint or hello.node != sender or hello.protocol != PROTOCOL:
+            if (hello.fingerprint != self.hello.fingerprint or hello.node != sender or hello.protocol != PROTOCOL
+                    or hello.wire_version != self.hello.wire_version):
                 if sender not in self.incompatible:
-                    log.warning("node %s: node %s has other fixed weights or protocol; its frames are refused",
-                                self.node_id, sender)
+                    log.warning("node %s: node %s has other fixed weights, protocol or wire version; "
+                                "its frames are refused", self.node_id, sender)
                 self.incompatible.add(sender)
             else:
                 self.incompatible.discard(sender)

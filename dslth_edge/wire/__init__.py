@@ -23,6 +23,7 @@ from dslth_edge.wire.chunks import CHUNK_MAGIC, DEFAULT_MAX_MESSAGE_BYTES, Chunk
 from dslth_edge.wire.codecs import CODEC_NAMES
 from dslth_edge.wire.delta import KEY_INTERVAL, MaskEncoderState, PeerMaskStore, pack_masks, same_packed, unpack_masks
 from dslth_edge.wire.errors import (
+    BaseMismatchError,
     ChecksumError,
     ChunkError,
     CodecError,
@@ -38,7 +39,15 @@ from dslth_edge.wire.errors import (
     UnknownCodecError,
     VersionError,
 )
-from dslth_edge.wire.frame import MAGIC, VERSION, decode_frame, default_max_frame_bytes, encode_frame, encode_frame_stats
+from dslth_edge.wire.frame import (
+    MAGIC,
+    VERSION,
+    decode_frame,
+    default_max_frame_bytes,
+    encode_frame,
+    encode_frame_stats,
+    mask_digest,
+)
 from dslth_edge.wire.results import BaseLookup, DecodedFrame, EncodedFrame, LayerStats, Masks
 
 __all__ = [
@@ -47,6 +56,7 @@ __all__ = [
     "encode_frame_stats",
     "decode_frame",
     "default_max_frame_bytes",
+    "mask_digest",
     "EncodedFrame",
     "DecodedFrame",
     "LayerStats",
@@ -81,5 +91,6 @@ __all__ = [
     "CodecError",
     "UnknownCodecError",
     "MissingBaseError",
+    "BaseMismatchError",
     "ChunkError",
 ]

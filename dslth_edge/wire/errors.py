@@ -23,6 +23,7 @@ __all__ = [
     "CodecError",
     "UnknownCodecError",
     "MissingBaseError",
+    "BaseMismatchError",
     "ChunkError",
 ]
 
@@ -81,6 +82,14 @@ class MissingBaseError(FrameError):
         super().__init__(message)
         self.sender = sender
         self.base_round = base_round
+
+
+class BaseMismatchError(MissingBaseError):
+    """A delta frame's base round is held, but not the masks the delta was computed against
+    (the base digest differs): the sender restarted, or the frame is of another run.
+
+    Handled like a missing base: never decoded, the caller asks ``sender`` for a key frame.
+    """
 
 
 class ChunkError(FrameError):

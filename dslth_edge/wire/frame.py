@@ -3,18 +3,24 @@
 Byte layout (little-endian; ``docs/wire-format.md`` is the normative description)::
 
     0   4  magic "DSLM"          24  4  base round (delta; 0 for key)
-    4   1  version (1)           28 16  weights fingerprint, first 16 bytes
-    5   1  flags (bit 0: HMAC)   44  2  layer count L
-    6   1  kind (0 key, 1 delta) 46  2  reserved (0)
-    7   1  reserved (0)          48 12L layer table: u16 index, u8 codec, u8 0,
-    8   8  fleet-id hash                 u32 element count, u32 payload length
-    16  4  sender node id        ..     payloads, concatenated in table order
-    20  4  round                 end    4-byte CRC-32C or 32-byte HMAC-SHA256 of all before
+    4   1  version (2)           28 16  weights fingerprint, first 16 bytes
+    5   1  flags (bit 0: HMAC)   44  8  base digest (delta; 0 for key)
+    6   1  kind (0 key, 1 delta) 52  2  layer count L
+    7   1  reserved (0)          54  2  reserved (0)
+    8   8  fleet-id hash         56 12L layer table: u16 index, u8 codec, u8 0,
+    16  4  sender node id                u32 element count, u32 payload length
+    20  4  round                 ..     payloads, concatenated in table order
+                                 end    4-byte CRC-32C or 32-byte HMAC-SHA256 of all before
+
+The base digest (:func:`mask_digest`) names the exact masks a delta was computed
+against: a receiver whose stored base round holds other masks (a sender that restarted
+and re-did that round, a frame of another run) gets a :class:`BaseMismatchError` and
+asks for a key frame instead of XORing onto the wrong base.
 
 Decoding checks, in order: length bounds, magic, version, integrity (HMAC in constant
 time, else CRC), header fields, fleet, fingerprint, layer table against the model's
-shapes, payload sizes against per-layer bounds, base availability; only then does any
-codec run. Everything malformed raises a :class:`FrameError` subclass.
+shapes, payload sizes against per-layer bounds, base availability and digest; only then
+does any codec run. Everything malformed raises a :class:`FrameError` subclass.
 """
 
 from __future__ import annotations
@@ -29,6 +35,7 @@ import numpy as np
 
 from dslth_edge.wire.codecs import Codec, choose_encoding, codec_by_id, resolve_codecs
 from dslth_edge.wire.errors import (
+    BaseMismatchError,
     ChecksumError,
     CodecError,
     FingerprintError,
@@ -46,6 +53,7 @@ from dslth_edge.wire.layer import LayerBits, LayerGeometry, max_payload_bytes
 from dslth_edge.wire.results import BaseLookup, DecodedFrame, EncodedFrame, LayerStats, Masks
 
 __all__ = [
+    "BASE_DIGEST_BYTES",
     "CRC_BYTES",
     "ENTRY_BYTES",
     "HEADER_BYTES",
@@ -57,24 +65,37 @@ __all__ = [
     "decode_frame",
     "default_max_frame_bytes",
     "fleet_hash",
+    "mask_digest",
 ]
 
 MAGIC = b"DSLM"
-VERSION = 1
+VERSION = 2  # 2: delta frames name their base's digest (version 1 frames are refused)
 FLAG_HMAC = 0x01
 KIND_KEY, KIND_DELTA = 0, 1
 _KIND_NAMES = {KIND_KEY: "key", KIND_DELTA: "delta"}
-_HEADER = struct.Struct("<4sBBBB8sIII16sHH")
+_HEADER = struct.Struct("<4sBBBB8sIII16s8sHH")
 _ENTRY = struct.Struct("<HBBII")
-HEADER_BYTES = _HEADER.size  # 48
+HEADER_BYTES = _HEADER.size  # 56
 ENTRY_BYTES = _ENTRY.size  # 12
 CRC_BYTES, HMAC_BYTES = 4, 32
 FINGERPRINT_BYTES = 16  # of the 32-byte SHA-256 carried in the header
+BASE_DIGEST_BYTES = 8
+_NO_DIGEST = bytes(BASE_DIGEST_BYTES)
 _U32 = 1 << 32
 
 def fleet_hash(fleet: str) -> bytes:
     """First 8 bytes of SHA-256 of the UTF-8 fleet name."""
     return hashlib.sha256(fleet.encode("utf-8")).digest()[:8]
+
+
+def mask_digest(masks: Masks) -> bytes:
+    """The 8-byte digest a delta frame carries of its base: the first 8 bytes of SHA-256
+    over every layer's mask, flattened row-major and packed MSB-first (``numpy.packbits``,
+    the last byte of each layer zero-padded), layers in order."""
+    h = hashlib.sha256()
+    for m in masks:
+        h.update(np.packbits(np.asarray(m, dtype=bool).reshape(-1)).tobytes())
+    return h.digest()[:BASE_DIGEST_BYTES]
 
 
 def _geometries(shapes: Sequence[tuple[int, ...]]) -> tuple[LayerGeometry, ...]:
@@ -152,17 +173,18 @@ def encode_frame_stats(
     sender, round = _check_u32("sender", sender), _check_u32("round", round)
     fingerprint, key = _check_fingerprint(fingerprint), _check_key(key)
     allowed = resolve_codecs(codecs)
-    kind, base_round = KIND_KEY, 0
+    kind, base_round, digest = KIND_KEY, 0, _NO_DIGEST
     if base is not None:
         base_round = _check_u32("base round", base[0])
         if base_round >= round:
             raise ValueError(f"delta base round {base_round} must precede round {round}")
         base_masks = _check_masks(base[1], geoms, "base masks")
+        digest = mask_digest(base_masks)
         bits = [np.bitwise_xor(m, b) for m, b in zip(bits, base_masks)]
         kind = KIND_DELTA
     flags = FLAG_HMAC if key else 0
     fp = fingerprint[:FINGERPRINT_BYTES]
-    fields = (MAGIC, VERSION, flags, kind, 0, fleet_hash(fleet), sender, round, base_round, fp, len(geoms), 0)
+    fields = (MAGIC, VERSION, flags, kind, 0, fleet_hash(fleet), sender, round, base_round, fp, digest, len(geoms), 0)
     header = _HEADER.pack(*fields)
     table, payloads, stats = [], [], []
     for i, layer_bits in enumerate(bits):
@@ -244,8 +266,9 @@ def decode_frame(
     """Verify and decode a frame for a model with ``shapes``.
 
     ``base_lookup(sender, base_round)`` returns the masks a delta frame is based on, or
-    None; an unknown base raises :class:`MissingBaseError` (ask the sender for a key
-    frame). Frames over ``max_frame_bytes`` (default: :func:`default_max_frame_bytes`)
+    None; an unknown base raises :class:`MissingBaseError`, a held base whose digest is
+    not the one the frame names :class:`BaseMismatchError` (a MissingBaseError: either
+    way, ask the sender for a key frame). Frames over ``max_frame_bytes`` (default: :func:`default_max_frame_bytes`)
     are refused before any other work.
     """
     geoms = _geometries(shapes)
@@ -254,22 +277,24 @@ def decode_frame(
     limit = default_max_frame_bytes(shapes) if max_frame_bytes is None else max_frame_bytes
     if len(buf) > limit:
         raise LengthError(f"frame of {len(buf)} bytes exceeds max_frame_bytes={limit}")
+    if len(buf) < 5:
+        raise LengthError(f"frame of {len(buf)} bytes is shorter than a header")
+    if bytes(buf[:4]) != MAGIC:
+        raise MagicError(f"bad magic {bytes(buf[:4])!r}")
+    if buf[4] != VERSION:  # before the length check: a version 1 frame has a shorter header
+        old = " (an older dslth-edge: deltas without a base digest; upgrade every node)" if buf[4] < VERSION else ""
+        raise VersionError(f"frame version {buf[4]}{old}, this decoder speaks {VERSION} only")
     if len(buf) < HEADER_BYTES + CRC_BYTES:
         raise LengthError(f"frame of {len(buf)} bytes is shorter than a header")
-    (magic, version, flags, kind, reserved, fleet_id, sender, round_, base_round, fprint, n_layers, reserved2) = (
-        _HEADER.unpack_from(buf, 0)
-    )
-    if magic != MAGIC:
-        raise MagicError(f"bad magic {magic!r}")
-    if version != VERSION:
-        raise VersionError(f"frame version {version}, this decoder speaks {VERSION}")
+    (magic, version, flags, kind, reserved, fleet_id, sender, round_, base_round, fprint, digest, n_layers,
+     reserved2) = _HEADER.unpack_from(buf, 0)
     body = _verify(buf, key, flags)
     if flags & ~FLAG_HMAC or reserved or reserved2:
         raise HeaderError("reserved flag bits or header bytes are set")
     if kind not in _KIND_NAMES:
         raise HeaderError(f"unknown frame kind {kind}")
-    if kind == KIND_KEY and base_round:
-        raise HeaderError("key frame carries a base round")
+    if kind == KIND_KEY and (base_round or digest != _NO_DIGEST):
+        raise HeaderError("key frame carries a base round or base digest")
     if kind == KIND_DELTA and base_round >= round_:
         raise HeaderError(f"delta base round {base_round} does not precede round {round_}")
     if fleet_id != fleet_hash(fleet):
@@ -301,6 +326,10 @@ def decode_frame(
             message = f"no masks of sender {sender} round {base_round} to apply a delta to"
             raise MissingBaseError(message, sender=sender, base_round=base_round)
         base_masks = _check_masks(found, geoms, "base masks")
+        if mask_digest(base_masks) != digest:
+            message = (f"the masks held for sender {sender} round {base_round} are not the base of this delta "
+                       "(the sender restarted and re-did that round, or the frame is of another run)")
+            raise BaseMismatchError(message, sender=sender, base_round=base_round)
     masks, pos = [], payload_start
     for i, ((codec, length), geom) in enumerate(zip(entries, geoms)):
         flat = _decode_layer(codec, body[pos : pos + length], geom, i)

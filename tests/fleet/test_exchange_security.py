@@ -163,3 +163,70 @@ def test_dpsgd_mixing_weights(mixing: str) -> None:
         assert nodes[1].algorithm.setup.mixing_weights == {0: 0.25}  # 1 / (1 + max(3, 1))
     else:
         assert not torch.allclose(mean_after, mean_before, atol=1e-3)
+
+
+class Verified:
+    """A memory transport with the MQTT transport's table of verified incarnations."""
+
+    def __init__(self, inner: object, table: dict[int, int]) -> None:
+        self.inner, self.table = inner, table
+
+    def peer_incarnation(self, sender: int) -> int | None:
+        return self.table.get(sender)
+
+    def __getattr__(self, name: str) -> object:
+        return getattr(self.inner, name)
+
+
+def test_a_restarted_sender_replaces_its_old_bases(keys: Path) -> None:
+    """Node 0 restarts after round 3 and re-does rounds 2 and 3 with other masks: its new
+    incarnation's frames are taken (not ignored as duplicates) and become the bases of its
+    later deltas; its old incarnation's frames are refused from then on."""
+    hub = MemoryHub()
+    t0, t2 = hub.connect(0, [2]), hub.connect(2, [0])
+    old, new = exchange(0, ident(keys, 0)), exchange(0, ident(keys, 0))  # two processes of node 0
+    table: dict[int, int] = {0: old.identity.incarnation}  # type: ignore[union-attr]
+    ex2, seen = exchange(2, ident(keys, 2)), Verified(t2, table)
+    sent_old = []
+    for rnd in range(4):
+        sent_old.append(old.encode(masks(rnd, 36), rnd))
+        t0.publish(sent_old[-1])
+        collect(ex2, seen, rnd, {0})
+    table[0] = new.identity.incarnation  # type: ignore[union-attr]  # the transport verified its new hello
+    redone = {rnd: masks(50 + rnd, 36) for rnd in range(2, 6)}
+    for rnd in (2, 3):
+        t0.publish(new.encode(redone[rnd], rnd))
+    t0.publish(sent_old[3])  # the old process's frame, replayed
+    got = collect(ex2, seen, 4, set())
+    assert got.duplicates == 0 and got.rejected == 1
+    assert torch.equal(got.latest[0][0], redone[3][0])
+    t0.publish(new.encode(redone[4], 4))
+    assert new.last_kind == "delta"
+    got = collect(ex2, seen, 4, {0})
+    assert torch.equal(got.frames[0][0], redone[4][0]), "a delta decoded on the old incarnation's base"
+
+
+def test_payloads_of_an_unverified_incarnation_move_nothing(keys: Path) -> None:
+    """A signed frame of node 0's other incarnation (a recording of another run) is refused
+    before anything is decoded or stored: no newest round, no base, no key request."""
+    hub = MemoryHub()
+    t0, t2 = hub.connect(0, [2]), hub.connect(2, [0])
+    live, recorded = exchange(0, ident(keys, 0)), exchange(0, ident(keys, 0))
+    ex2 = exchange(2, ident(keys, 2))
+    seen = Verified(t2, {0: live.identity.incarnation})  # type: ignore[union-attr]
+    for rnd in range(3):  # a later-round delta too: it used to mark node 0 as being past round 0
+        t0.publish(recorded.encode(masks(rnd, 36), rnd))
+    got = collect(ex2, seen, 0, set())
+    assert got.rejected == 3 and got.key_requests_sent == 0 and not got.latest
+    assert ex2.newest == {} and ex2.store.rounds(0) == []
+
+
+def test_an_unsealed_delta_on_a_missing_base_moves_no_round() -> None:
+    """Without seals, a delta's round is not authenticated: asking for a key is all it does."""
+    hub = MemoryHub()
+    t0, t2 = hub.connect(0, [2]), hub.connect(2, [0])
+    ex0, ex2 = exchange(0), exchange(2)
+    ex0.encode(masks(0, 36), 0)  # not delivered: node 2 lacks the base
+    t0.publish(ex0.encode(masks(1, 36), 5))
+    got = collect(ex2, t2, 0, set())
+    assert got.key_requests_sent == 1 and ex2.newest == {} and ex2.out_of_step(0) == set()

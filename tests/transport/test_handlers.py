@@ -18,7 +18,7 @@ from paho.mqtt.enums import CallbackAPIVersion
 
 import dslth_edge.transport.mqtt as transport_mqtt
 from dslth_edge.errors import TransportError
-from dslth_edge.transport.identity import Identity, generate_keys
+from dslth_edge.transport.identity import Identity, generate_keys, incarnation_hex
 from dslth_edge.transport.messages import Hello, parse_control, parse_status, topic
 from dslth_edge.transport.mqtt import MqttTransport
 from dslth_edge.transport.mqtt_client import paho_published_flag
@@ -136,7 +136,7 @@ def test_handler_error_is_counted_not_raised(monkeypatch: pytest.MonkeyPatch, ca
     """Whatever a handler raises stays in the handler: counted per cause, logged once."""
     tr = _transport()
 
-    def boom(self: MqttTransport, sender: int, payload: bytes) -> None:
+    def boom(self: MqttTransport, client: object, sender: int, payload: bytes) -> None:
         raise OverflowError("cannot convert float infinity to integer")
 
     monkeypatch.setattr(MqttTransport, "_on_hello", boom)
@@ -232,8 +232,58 @@ def test_sealed_hello_of_another_epoch_is_refused(tmp_path: Path) -> None:
     tr._on_message(None, None, _message(topic("t", 1, "hello"), old.seal("hello", 0, hello)))  # type: ignore[arg-type]
     tr._on_message(None, None, _message(topic("t", 1, "hello"), hello))  # type: ignore[arg-type]
     assert 1 not in tr.peers and tr.stats.dropped["malformed or unverified hello"] == 2
-    tr._on_message(None, None, _message(topic("t", 1, "hello"), ids[1].seal("hello", 0, hello)))  # type: ignore[arg-type]
+    fresh = Hello(node=1, fleet="t", fingerprint="00", seen=(incarnation_hex(0, ids[0].incarnation),)).to_bytes()
+    tr._on_message(None, None, _message(topic("t", 1, "hello"), ids[1].seal("hello", 0, fresh)))  # type: ignore[arg-type]
     assert tr.peers[1].node == 1
+
+
+def _hello_of(identity: Identity, *seen: Identity) -> bytes:
+    """Node ``identity``'s sealed hello, listing the incarnations of ``seen``."""
+    listed = tuple(incarnation_hex(s.node_id, s.incarnation) for s in seen)
+    return identity.seal("hello", 0, Hello(node=identity.node_id, fleet="t", fingerprint="00", seen=listed).to_bytes())
+
+
+def test_a_hello_is_taken_only_once_it_proves_it_is_of_this_run(tmp_path: Path,
+                                                                 monkeypatch: pytest.MonkeyPatch) -> None:
+    """The handshake: a neighbour's hello counts once it lists our current incarnation; a
+    recording of an earlier run (or of the neighbour before its restart) never does."""
+    generate_keys("t", 2, tmp_path)  # keys init's defaults: per-run
+    mine = Identity.ed25519(fleet="t", node_id=0, roster_path=tmp_path / "roster.json", key_path=tmp_path / "node-0.key")
+    ours_before = Identity.ed25519(fleet="t", node_id=0, roster_path=tmp_path / "roster.json",
+                                   key_path=tmp_path / "node-0.key")  # node 0 in an earlier run
+    one = [Identity.ed25519(fleet="t", node_id=1, roster_path=tmp_path / "roster.json",
+                            key_path=tmp_path / "node-1.key") for _ in range(3)]  # node 1: three processes
+    tr = _transport(identity=mine)
+    client = mqtt.Client(CallbackAPIVersion.VERSION2, client_id="unconnected")
+    sent = _recording(client, monkeypatch)
+
+    def hello(payload: bytes) -> None:
+        tr._on_message(client, None, _message(topic("t", 1, "hello"), payload))  # type: ignore[arg-type]
+
+    hello(_hello_of(one[0], ours_before))  # an earlier run's hello: it knows node 0's old incarnation only
+    assert 1 not in tr.peers and tr.peer_incarnation(1) is None and tr.stats.dropped["stale hello"] == 1
+    hello(_hello_of(one[1]))  # node 1's first hello of this run: it has not heard us yet
+    assert 1 not in tr.peers
+    ours = [Hello.from_bytes(mine.open(p, sender=0, kind="hello").payload) for t, p in sent
+            if t == topic("t", 0, "hello")]
+    assert incarnation_hex(1, one[1].incarnation) in ours[-1].seen  # answered at once: "I heard you"
+    hello(_hello_of(one[1], mine))  # node 1 heard our answer
+    assert tr.peers[1].node == 1 and tr.peer_incarnation(1) == one[1].incarnation
+    hello(_hello_of(one[2], mine))  # node 1 restarted: a new incarnation, proven fresh
+    assert tr.peer_incarnation(1) == one[2].incarnation and tr.take_returned() == {1}
+    hello(_hello_of(one[1], mine))  # its previous process's hello, replayed: never again
+    assert tr.peer_incarnation(1) == one[2].incarnation and tr.stats.dropped["stale hello"] == 2
+    assert tr.take_dropped() == 0  # honest traffic looks like this too: not in the rejected count
+
+
+def test_fixed_epoch_takes_hellos_without_the_proof(tmp_path: Path) -> None:
+    generate_keys("t", 2, tmp_path, epoch_policy="fixed")
+    ids = [Identity.ed25519(fleet="t", node_id=i, roster_path=tmp_path / "roster.json",
+                            key_path=tmp_path / f"node-{i}.key") for i in (0, 1)]
+    assert not ids[0].fresh
+    tr = _transport(identity=ids[0])
+    tr._on_message(None, None, _message(topic("t", 1, "hello"), _hello_of(ids[1])))  # type: ignore[arg-type]
+    assert tr.peer_incarnation(1) == ids[1].incarnation
 
 
 def test_paho_published_flag_still_exists() -> None:
@@ -290,3 +340,14 @@ def _published_info(t: MqttTransport) -> mqtt.MQTTMessageInfo:
     info = t._client.publish(topic("t", t.node_id, "ctl"), b"x", qos=1)
     info.wait_for_publish(5)
     return info
+
+
+def test_hello_seen_is_strictly_typed_and_bounded() -> None:
+    good = Hello(node=1, fleet="t", fingerprint="00", seen=("0:00000000000000ff", "7:0123456789abcdef"))
+    assert Hello.from_bytes(good.to_bytes()).seen == good.seen
+    for seen in (["0:ff"], ["x:00000000000000ff"], [1], "0:00000000000000ff", [["0:00000000000000ff"]],
+                 ["0:00000000000000ff"] * 513):
+        raw = json.loads(good.to_bytes())
+        raw["seen"] = seen
+        with pytest.raises(ValueError):
+            Hello.from_bytes(json.dumps(raw).encode())

@@ -40,7 +40,7 @@ def test_keys_init_files_and_modes(keys: Path) -> None:
     assert roster.fleet == "lab" and roster.epoch == 4 and sorted(roster.keys) == [0, 1, 2]
     assert len({bytes(k) for k in roster.keys.values()}) == 3
     raw = json.loads((keys / "roster.json").read_text())
-    assert raw["epoch_policy"] == "roster" and set(raw["nodes"]) == {"0", "1", "2"}
+    assert raw["epoch_policy"] == "per-run" and set(raw["nodes"]) == {"0", "1", "2"}  # the default
     with pytest.raises(UsageError, match="exists; pass --force"):
         generate_keys("lab", 3, keys)
 
@@ -60,6 +60,7 @@ def test_seal_binds_everything(keys: Path) -> None:
     sealed = a.seal("mask", 7, b"payload")
     opened = b.open(sealed, sender=0, kind="mask")
     assert (opened.sender, opened.round, opened.epoch, opened.payload) == (0, 7, 4, b"payload")
+    assert opened.incarnation == a.incarnation != ed(keys, 0).incarnation  # every Identity: a fresh incarnation
     failures = {
         "claims sender 0": lambda: b.open(sealed, sender=2, kind="mask"),
         "kind": lambda: b.open(sealed, sender=0, kind="ctl"),
@@ -78,7 +79,7 @@ def test_seal_binds_everything(keys: Path) -> None:
             attempt()
     # a member signing in another's name: the header says 0, the signature is 2's
     forged = bytearray(ed(keys, 2).seal("mask", 7, b"payload"))
-    forged[24:28] = (0).to_bytes(4, "little")
+    forged[32:36] = (0).to_bytes(4, "little")
     with pytest.raises(AuthError, match="does not verify"):
         b.open(bytes(forged), sender=0, kind="mask")
 
@@ -102,10 +103,16 @@ def test_choose_identity_and_epoch_policy(keys: Path, tmp_path: Path) -> None:
     assert choose_identity("lab", 1).mode == "crc"
     with pytest.raises(UsageError, match="not both"):
         choose_identity("lab", 1, roster=keys / "roster.json", hmac_key=b"k")
-    per_run = tmp_path / "per-run"
-    generate_keys("lab", 2, per_run, epoch_policy="per-run")
+    # per-run (the default) needs no shared run epoch: every process is its own incarnation
     assert launcher_epoch(keys / "roster.json", None) is None and launcher_epoch(keys / "roster.json", 9) == 9
-    drawn = {launcher_epoch(per_run / "roster.json", None) for _ in range(3)}
-    assert len(drawn) == 3 and all(isinstance(e, int) for e in drawn)
-    with pytest.raises(UsageError, match="--run-epoch"):
-        choose_identity("lab", 0, roster=per_run / "roster.json")
+    assert choose_identity("lab", 0, roster=keys / "roster.json").fresh
+    assert not choose_identity("lab", 0, roster=keys / "roster.json", fixed_epoch=True).fresh
+    assert not choose_identity("lab", 0, hmac_key=b"k", fixed_epoch=True).fresh and choose_identity("lab", 0).fresh
+    fixed = tmp_path / "fixed"
+    generate_keys("lab", 2, fixed, epoch_policy="fixed")
+    assert not choose_identity("lab", 0, roster=fixed / "roster.json").fresh
+    assert "FIXED" in choose_identity("lab", 0, roster=fixed / "roster.json").describe()
+    # a roster of an older version says "roster" (its default then): read as per-run
+    legacy = tmp_path / "legacy.json"
+    legacy.write_text((keys / "roster.json").read_text().replace('"per-run"', '"roster"'))
+    assert Roster.load(legacy).epoch_policy == "per-run"

@@ -16,7 +16,7 @@ OTHER_FP = hashlib.sha256(b"other weights").digest()
 FLEET = "test-fleet"
 KEY = b"fleet key 0123456789"
 
-HEADER = 48
+HEADER = 56
 ENTRY = 12
 
 
@@ -36,7 +36,7 @@ def table_entry(frame: bytes, i: int) -> tuple[int, int, int, int, int]:
 
 def payload_span(frame: bytes, i: int) -> tuple[int, int]:
     """Start and end offsets of layer ``i``'s payload."""
-    n_layers = struct.unpack_from("<H", frame, 44)[0]
+    n_layers = struct.unpack_from("<H", frame, 52)[0]
     pos = HEADER + ENTRY * n_layers
     for j in range(i):
         pos += table_entry(frame, j)[4]

@@ -189,15 +189,25 @@ def decode_layer(codec: int, p: bytes, shape: tuple[int, ...]) -> list[int]:
     raise SpecError(f"codec {codec}")
 
 
-def decode(frame: bytes, *, shapes: list[tuple[int, ...]], fleet: str, fingerprint: bytes, key: bytes | None = None) -> dict:
-    """Decode a frame per the document; returns header fields and flat bit lists per layer."""
+def base_digest(layers: list[list[int]]) -> bytes:
+    """Section 2: the first 8 bytes of SHA-256 over each layer's packed bits, layers in order."""
+    h = hashlib.sha256()
+    for bits in layers:
+        padded = list(bits) + [0] * (-len(bits) % 8)
+        h.update(bytes(int("".join(map(str, padded[i : i + 8])), 2) for i in range(0, len(padded), 8)))
+    return h.digest()[:8]
+
+
+def decode(frame: bytes, *, shapes: list[tuple[int, ...]], fleet: str, fingerprint: bytes, key: bytes | None = None,
+           base: list[list[int]] | None = None) -> dict:
+    """Decode a frame per the document; returns header fields and flat bit lists per layer
+    (for a delta: the masks, XORed onto ``base``, the flat bit lists of the base round)."""
     trailer = 32 if key else 4
-    if len(frame) < 48 + trailer:
+    if len(frame) < 56 + trailer:
         raise SpecError("short")
-    magic, version, flags, kind, res, fleet_id, sender, rnd, base, fp, n_layers, res2 = struct.unpack_from(
-        "<4sBBBB8sIII16sHH", frame, 0
-    )
-    if magic != b"DSLM" or version != 1:
+    magic, version, flags, kind, res, fleet_id, sender, rnd, base_round, fp, digest, n_layers, res2 = (
+        struct.unpack_from("<4sBBBB8sIII16s8sHH", frame, 0))
+    if magic != b"DSLM" or version != 2:
         raise SpecError("magic/version")
     body = frame[:-trailer]
     if key:
@@ -207,18 +217,25 @@ def decode(frame: bytes, *, shapes: list[tuple[int, ...]], fleet: str, fingerpri
         raise SpecError("crc")
     if flags & 0xFE or res or res2 or kind not in (0, 1):
         raise SpecError("header")
+    if kind == 0 and (base_round or digest != bytes(8)):
+        raise SpecError("key frame with a base")
+    if kind == 1 and (base is None or base_digest(base) != digest):
+        raise SpecError("delta base missing or not the one the frame names")
     if fleet_id != hashlib.sha256(fleet.encode()).digest()[:8] or fp != fingerprint[:16]:
         raise SpecError("fleet/fingerprint")
     if n_layers != len(shapes):
         raise SpecError("layers")
-    pos = 48 + 12 * n_layers
+    pos = 56 + 12 * n_layers
     layers = []
     for i, shape in enumerate(shapes):
-        index, codec, pad, count, length = struct.unpack_from("<HBBII", frame, 48 + 12 * i)
+        index, codec, pad, count, length = struct.unpack_from("<HBBII", frame, 56 + 12 * i)
         if index != i or pad or count != math.prod(shape):
             raise SpecError("table")
         layers.append(decode_layer(codec, body[pos : pos + length], shape))
         pos += length
     if pos != len(body):
         raise SpecError("lengths")
-    return {"sender": sender, "round": rnd, "kind": kind, "base_round": base, "layers": layers}
+    if kind == 1:
+        assert base is not None
+        layers = [[a ^ b for a, b in zip(d, m)] for d, m in zip(layers, base)]
+    return {"sender": sender, "round": rnd, "kind": kind, "base_round": base_round, "layers": layers}

@@ -100,9 +100,9 @@ def test_fuzz_truncations_and_extensions(frame: bytes, cut: int, extra: bytes, s
 
 
 # Header and table fields: (offset, struct format).
-_FIELDS = [(5, "B"), (6, "B"), (7, "B"), (16, "<I"), (20, "<I"), (24, "<I"), (44, "<H"), (46, "<H")]
+_FIELDS = [(5, "B"), (6, "B"), (7, "B"), (16, "<I"), (20, "<I"), (24, "<I"), (44, "<Q"), (52, "<H"), (54, "<H")]
 for _i in range(len(SHAPES)):
-    _FIELDS += [(48 + 12 * _i, "<H"), (50 + 12 * _i, "B"), (51 + 12 * _i, "B"), (52 + 12 * _i, "<I"), (56 + 12 * _i, "<I")]
+    _FIELDS += [(56 + 12 * _i, "<H"), (58 + 12 * _i, "B"), (59 + 12 * _i, "B"), (60 + 12 * _i, "<I"), (64 + 12 * _i, "<I")]
 _EDGE = [0, 1, 2, 3, 4, 5, 6, 7, 8, 15, 16, 40, 127, 128, 255, 256, 65535, 65536, 2**31, 2**32 - 1]
 
 

@@ -115,7 +115,9 @@ def test_magic_version_and_length() -> None:
     with pytest.raises(MagicError):
         decode(reseal(b"XSLM" + data[4:]))
     with pytest.raises(VersionError):
-        decode(reseal(data[:4] + b"\x02" + data[5:]))
+        decode(reseal(data[:4] + b"\x03" + data[5:]))
+    with pytest.raises(VersionError, match="older"):  # version 1: the layout before the base digest
+        decode(reseal(data[:4] + b"\x01" + data[5:]))
     with pytest.raises(LengthError):
         decode(data[:30])
     with pytest.raises(LengthError):
@@ -130,7 +132,7 @@ def test_magic_version_and_length() -> None:
 
 def test_header_fields() -> None:
     data = frame()
-    for offset, value in [(5, 0x02), (6, 2), (7, 1), (46, 1)]:
+    for offset, value in [(5, 0x02), (6, 2), (7, 1), (54, 1)]:
         bad = bytearray(data)
         bad[offset] = value
         with pytest.raises(HeaderError):
@@ -163,7 +165,7 @@ def test_shape_mismatch(no_codecs: None) -> None:
 
 def test_unknown_codec_id() -> None:
     data = frame(codecs=["raw"])
-    start = 48 + 12 * 0
+    start = 56 + 12 * 0
     bad = bytearray(data)
     bad[start + 2] = 42
     with pytest.raises(UnknownCodecError):
@@ -173,7 +175,7 @@ def test_unknown_codec_id() -> None:
 
 def test_declared_payload_over_bound_is_refused_before_decoding(no_codecs: None) -> None:
     data = bytearray(frame())
-    struct.pack_into("<I", data, 48 + 8, 10**9)
+    struct.pack_into("<I", data, 56 + 8, 10**9)
     with pytest.raises(LengthError):
         decode(reseal(data))
 
