@@ -27,6 +27,7 @@ from dslth_edge.device.footprint import peak_rss_bytes, return_freed_memory
 from dslth_edge.device.profiles import Profile, load_profile
 from dslth_edge.device.training import device_micro_batch, node_training_plan
 from dslth_edge.fleet.device_node import start_node
+from dslth_edge.transport.messages import check_fleet_name
 from dslth_edge.fleet.plan import gateway_note
 from dslth_edge.runs.guard import open_node_dir, run_mode
 from dslth_edge.wire import KEY_INTERVAL
@@ -136,6 +137,7 @@ class TrainResult:
     training_ram_budget_bytes: float | None = None  # the profile's training RAM budget
     predicted_peak_bytes: float | None = None  # the training plan's predicted peak RSS
     micro_batch: int = 0  # 0: whole batches; else gradients accumulate over micro-batches of this size
+    security: dict[str, Any] | None = None  # a fleet node's security mode (fleet.summary.security_record)
 
     def to_dict(self) -> dict[str, Any]:
         return asdict(self)
@@ -281,6 +283,7 @@ def _train_in_fleet(
     profile = load_profile(opts.profile)
     gateway = check_can_train(profile, opts.for_device)
     # a new directory per start unless --out names one (a restart loop needs --out and --resume-or-start)
+    check_fleet_name(fl.fleet)  # before the name becomes part of a path
     run_dir = Path(opts.out) if opts.out else Path("runs") / f"fleet-{fl.fleet}-node-{fl.node_id}-{time.strftime('%Y%m%d-%H%M%S')}"
     # every node of the fleet gets this device's profile in its plan; only node_id's entry is used
     fleet_opts = FleetOptions(
@@ -314,7 +317,8 @@ def _train_in_fleet(
                            accuracy=state["acc"], loss=last.loss if last else None, seconds=time.perf_counter() - t0,
                            stopped=stopped, for_device=profile.name if gateway is not None else None,
                            peak_rss_bytes=peak_rss_bytes(), training_ram_budget_bytes=profile.training_ram_budget_bytes,
-                           micro_batch=node.algo.micro_batch if node else 0)
+                           micro_batch=node.algo.micro_batch if node else 0,
+                           security=node.config.extra.get("security") if node else None)
 
     def started(node: Node) -> None:
         state["node"] = node
