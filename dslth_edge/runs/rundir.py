@@ -201,7 +201,7 @@ def check_checkpoint(state: Any, path: str | Path, *, mask_shapes: Sequence[tupl
     """CheckpointError (naming ``path``) unless ``state`` has the shape a node's checkpoint has:
     a dict with an int ``round`` >= 0, a ``fingerprint``, ``model``/``optimizer`` dicts, and,
     when present, ``mbar`` and every ``peer_masks`` entry as lists of mask tensors of the same
-    shapes (``mask_shapes``, the model's, when given; else ``mbar``'s) and ``last_heard``
+    shapes (``mask_shapes``, the model's, when given; else those of the saved scores) and ``last_heard``
     as node -> round. A resume never starts on a file that would crash it mid-run."""
     try:
         if not isinstance(state, dict):
@@ -216,6 +216,10 @@ def check_checkpoint(state: Any, path: str | Path, *, mask_shapes: Sequence[tupl
         if "fingerprint" in state and not isinstance(state["fingerprint"], str):
             raise ValueError("'fingerprint' is not a string")
         shapes = list(mask_shapes) if mask_shapes is not None else None
+        if shapes is None and isinstance(state.get("model"), dict):
+            # every masked layer saves its scores, shaped as its weights, in the model's layer order
+            shapes = [tuple(v.shape) for k, v in state["model"].items()
+                      if str(k).endswith(".scores") and isinstance(v, torch.Tensor)] or None
         if state.get("mbar") is not None:
             shapes = _mask_list(state["mbar"], shapes, "'mbar'")
         peers = state.get("peer_masks", {})
