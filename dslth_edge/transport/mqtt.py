@@ -349,6 +349,11 @@ class MqttTransport:
                 return
         if item is None:
             return  # a chunk of a frame not yet complete, or a redelivered one
+        if self.identity is not None and (not item.startswith(SEAL_MAGIC) or len(item) < self.identity.overhead):
+            # cannot be sealed, so the exchange would refuse it: it must not take a place in the
+            # sender's queue (and push out that sender's real frame) meanwhile
+            self._drop("unsealed message", f"{len(item)} bytes from node {sender}")
+            return
         for cause in self._inbox.put(sender, kind, item):
             # the oldest of one sender (its queue full) or of the heaviest one (the budget spent)
             self._drop(cause, f"node {sender} sent more than its share of the inbox")
