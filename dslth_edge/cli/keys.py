@@ -36,7 +36,9 @@ def init(fleet: str, nodes: int, out: str | None, epoch: int, epoch_policy: str,
     from pathlib import Path
 
     from dslth_edge.transport.identity import generate_keys, roster_file
+    from dslth_edge.transport.messages import check_fleet_name
 
+    check_fleet_name(fleet)  # before it names a directory
     directory = Path(out) if out else Path("keys") / fleet
     generate_keys(fleet, nodes, directory, epoch=epoch, epoch_policy=epoch_policy, overwrite=force)
     console.print(f"wrote {roster_file(directory)} and {nodes} node keys (node-0.key … node-{nodes - 1}.key, mode 0600), "

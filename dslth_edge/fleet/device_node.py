@@ -23,7 +23,6 @@ import os
 from collections.abc import Callable
 from contextlib import AbstractContextManager
 from dataclasses import dataclass, replace
-from urllib.parse import urlsplit
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
@@ -33,12 +32,13 @@ from dslth_edge.device.profiles import load_profile
 from dslth_edge.device.training import node_training_setup, trace_model
 from dslth_edge.errors import CheckpointError, IsolatedError, OverBudgetError, UsageError
 from dslth_edge.fleet.node import Node, RoundResult
+from dslth_edge.fleet.summary import security_record
 from dslth_edge.runs.guard import check_rounds, check_same_settings, open_node_dir, run_mode
 from dslth_edge.runs.rundir import NodePaths, load_checkpoint, load_mask, read_metrics, write_json
-from dslth_edge.transport.identity import choose_identity
+from dslth_edge.transport.identity import choose_identity, load_fleet_key
 from dslth_edge.transport.messages import Hello
 from dslth_edge.transport.mqtt import MqttTransport
-from dslth_edge.transport.mqtt_options import MqttOptions, read_secret
+from dslth_edge.transport.mqtt_options import MqttOptions, redact_url
 from dslth_edge.wire import CODEC_NAMES
 
 if TYPE_CHECKING:
@@ -83,12 +83,8 @@ class NodeRunOptions:
 
 def fleet_key(key_file: str | None) -> bytes | None:
     """The fleet's HMAC key from a file, else ``$DSLTH_FLEET_KEY``; None means CRC-32C frames."""
-    secret = read_secret(env=ENV_FLEET_KEY, file=key_file)
-    if secret is None:
-        return None
-    if not secret:
-        raise UsageError("the fleet key is empty")
-    return secret.encode()
+    # a private file of at least 32 bytes (transport.identity.load_fleet_key)
+    return load_fleet_key(key_file, os.environ.get(ENV_FLEET_KEY))
 
 
 def _final_mask_current(node: Node) -> bool:
@@ -145,8 +141,7 @@ class IsolationWatch:
         return bool(self.node.neighbours) and self.node.algo.communicates
 
     def waited_for(self) -> str:
-        parts = urlsplit(self.broker)
-        broker = parts._replace(netloc=parts.netloc.rsplit("@", 1)[-1]).geturl() if "@" in parts.netloc else self.broker
+        broker = redact_url(self.broker)
         return (f"fleet {self.fleet!r} on {broker}, neighbour(s) "
                 f"{', '.join(str(j) for j in self.node.neighbours)}")
 
@@ -219,6 +214,8 @@ def run_fleet_node(
     identity = choose_identity(plan.options.fleet_id, node_id, roster=opts.roster, node_key=opts.node_key,
                                hmac_key=fleet_key(opts.fleet_key_file), epoch=opts.run_epoch,
                                fixed_epoch=opts.fixed_epoch)
+    # the security mode goes into config.json (and from there into summaries and --json output)
+    config = replace(config, extra={**config.extra, "security": security_record(identity, opts.mqtt)})
     log.debug("node %d security: %s", node_id, identity.describe())  # stated in the startup line (cli.train)
     parts = node_parts(plan, node_id, config=config, identity=identity)
     paths = NodePaths.of(run_dir, node_id)
@@ -273,6 +270,8 @@ def run_fleet_node(
                 break
     finally:
         transport.close()
+        # the connection's counters, drops per cause included, for the fleet's summary.json
+        write_json(node.paths.root / "transport.json", transport.stats.as_dict())
     if node.round >= node.config.rounds:
         watch.verdict(opts.allow_solo)
     return node

@@ -122,7 +122,7 @@ def run_fleet(
 ) -> dict[str, Any]:
     """Run ``fleet`` (a :class:`~dslth_edge.fleet.FleetOptions`) as processes; returns the summary."""
     from dslth_edge.fleet.plan import default_fleet_dir, plan_fleet
-    from dslth_edge.fleet.summary import build_summary, write_summary
+    from dslth_edge.fleet.summary import build_summary, security_record, write_summary
 
     plan = plan_fleet(fleet)  # validates everything before a process starts; the summary needs it
     mode = opts.node.mode
@@ -151,10 +151,13 @@ def run_fleet(
 
         broker = EmbeddedBroker(opts.broker_host, free_port(opts.broker_host)).start()
         url = broker.url
-    # the directory is ready (an overwrite cleared it): the nodes start fresh or resume, never clear
+    # the directory is ready (an overwrite cleared it): the nodes start fresh or resume, never clear;
+    # the URL's credentials leave it here: the spec files, summary and logs show the bare URL
+    mqtt_opts = MqttOptions(**{**asdict(opts.node.mqtt), "url": url}).split_credentials()
+    url = mqtt_opts.url
     node_opts = NodeRunOptions(**{**asdict(opts.node), "overwrite": False,
                                   "run_epoch": launcher_epoch(opts.node.roster, opts.node.run_epoch),
-                                  "mqtt": MqttOptions(**{**asdict(opts.node.mqtt), "url": url})})
+                                  "mqtt": mqtt_opts})
     if opts.only is not None and node_opts.run_epoch != opts.node.run_epoch:
         # a fresh per-run epoch here would differ from the other slices': their frames would be refused
         raise UsageError("the roster draws a fresh epoch per run: give every --only slice the same run epoch")
@@ -165,12 +168,13 @@ def run_fleet(
     procs: list[subprocess.Popen[bytes]] = []
     logs = []
     try:
+        # the security mode, stated once for the fleet (as `train` states it per node) and recorded
+        # in the summary; built for the slice's first node, as its worker will build it
+        identity = choose_identity(fleet.fleet_id, ids[0], roster=node_opts.roster, node_key=node_opts.node_key,
+                                   hmac_key=fleet_key(node_opts.fleet_key_file), epoch=node_opts.run_epoch,
+                                   fixed_epoch=node_opts.fixed_epoch)
+        security = security_record(identity, node_opts.mqtt)
         if on_start is not None:
-            # the security mode, stated once for the fleet (as `train` states it per node);
-            # built for the slice's first node, as its worker will build it
-            identity = choose_identity(fleet.fleet_id, ids[0], roster=node_opts.roster, node_key=node_opts.node_key,
-                                       hmac_key=fleet_key(node_opts.fleet_key_file), epoch=node_opts.run_epoch,
-                                       fixed_epoch=node_opts.fixed_epoch)
             on_start(plan, run_dir, url, identity.describe())
         for w in range(workers):
             spec = run_dir / f"worker-{tag}{w}.json"
@@ -214,11 +218,12 @@ def run_fleet(
         statuses = [node_status(run_dir, i) for i in ids]
         return {"run_dir": str(run_dir), "slice": ids, "rounds": fleet.rounds, "seconds": seconds,
                 "nodes": [asdict(st) for st in statuses],
-                "transport": {"broker": url, "workers": workers}}
+                "transport": {"broker": url, "workers": workers}, "security": security}
     history = _history(run_dir, fleet.nodes, fleet.rounds)
     stand_ins = [SimpleNamespace(neighbours=plan.topology.neighbours(i), split=plan.splits[i]) for i in range(fleet.nodes)]
     summary = build_summary(plan, stand_ins, history, run_dir, seconds=seconds)  # type: ignore[arg-type]
     summary["transport"] = {"broker": "embedded (amqtt)" if broker is not None else url, "workers": workers}
+    summary["security"] = security
     write_summary(summary, run_dir, history, write_plots=write_plots)
     return summary
 

@@ -28,6 +28,7 @@ from dslth_edge.device.profiles import Profile, load_profile
 from dslth_edge.device.memory_guard import MemoryGuard, measure_runtime_base
 from dslth_edge.device.training import device_micro_batch, node_training_plan, node_training_setup, trace_model
 from dslth_edge.fleet.device_node import start_node
+from dslth_edge.transport.messages import check_fleet_name
 from dslth_edge.fleet.plan import gateway_note
 from dslth_edge.runs.guard import open_node_dir, run_mode
 from dslth_edge.wire import KEY_INTERVAL
@@ -139,6 +140,7 @@ class TrainResult:
     predicted_peak_bytes: float | None = None  # the training plan's predicted peak RSS
     micro_batch: int = 0  # 0: whole batches; else gradients accumulate over micro-batches of this size
     replans: int = 0  # times the memory guard lowered the micro-batch (measured peak over the plan)
+    security: dict[str, Any] | None = None  # a fleet node's security mode (fleet.summary.security_record)
 
     def to_dict(self) -> dict[str, Any]:
         return asdict(self)
@@ -298,6 +300,7 @@ def _train_in_fleet(
     profile = load_profile(opts.profile)
     gateway = check_can_train(profile, opts.for_device)
     # a new directory per start unless --out names one (a restart loop needs --out and --resume-or-start)
+    check_fleet_name(fl.fleet)  # before the name becomes part of a path
     run_dir = Path(opts.out) if opts.out else Path("runs") / f"fleet-{fl.fleet}-node-{fl.node_id}-{time.strftime('%Y%m%d-%H%M%S')}"
     # every node of the fleet gets this device's profile in its plan; only node_id's entry is used
     fleet_opts = FleetOptions(
@@ -332,7 +335,8 @@ def _train_in_fleet(
                            accuracy=state["acc"], loss=last.loss if last else None, seconds=time.perf_counter() - t0,
                            stopped=stopped, for_device=profile.name if gateway is not None else None,
                            peak_rss_bytes=peak_rss_bytes(), training_ram_budget_bytes=profile.training_ram_budget_bytes,
-                           micro_batch=node.algo.micro_batch if node else 0)
+                           micro_batch=node.algo.micro_batch if node else 0,
+                           security=node.config.extra.get("security") if node else None)
 
     def started(node: Node) -> None:
         state["node"] = node

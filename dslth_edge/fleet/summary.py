@@ -20,7 +20,44 @@ if TYPE_CHECKING:
     from dslth_edge.fleet.plan import FleetPlan
     from dslth_edge.fleet.node import Node
 
-__all__ = ["build_summary", "write_summary", "per_round_table", "bytes_to_reach", "render_markdown"]
+__all__ = ["build_summary", "write_summary", "per_round_table", "bytes_to_reach", "render_markdown", "security_record",
+           "transport_drops"]
+
+
+def security_record(identity: Any, mqtt: Any) -> dict[str, Any]:
+    """How a fleet node is secured, for config.json, summary.json and ``--json`` output:
+    the payload seal (``ed25519``/``hmac``/``crc``) and its run epoch, and how the broker
+    is reached (TLS, password or client certificate). ``identity`` is a
+    :class:`~dslth_edge.transport.identity.Identity`, ``mqtt`` the node's
+    :class:`~dslth_edge.transport.mqtt_options.MqttOptions`; no secret is recorded."""
+    addr = mqtt.address()
+    user, password = mqtt.credentials()
+    return {"mode": identity.mode, "run_epoch": identity.epoch, "broker_tls": bool(addr.tls),
+            "broker_password": password is not None, "broker_user": user,
+            "client_certificate": bool(mqtt.cert_file), "ca_file": mqtt.ca_file,
+            "tls_insecure": bool(mqtt.insecure) if addr.tls else None}
+
+
+def transport_drops(run_dir: Path, nodes: int) -> dict[str, Any]:
+    """Inputs each node's transport dropped, per cause (from ``node-<i>/transport.json``,
+    written by MQTT nodes), and the fleet's totals; empty for an in-process simulation."""
+    import json
+
+    per_node: dict[str, dict[str, int]] = {}
+    total: dict[str, int] = {}
+    for i in range(nodes):
+        path = Path(run_dir) / f"node-{i}" / "transport.json"
+        try:
+            dropped = json.loads(path.read_text()).get("dropped", {})
+        except (OSError, ValueError, AttributeError):
+            continue
+        if not isinstance(dropped, dict):
+            continue
+        counts = {str(k): int(v) for k, v in dropped.items() if isinstance(v, int) and not isinstance(v, bool)}
+        per_node[str(i)] = counts
+        for cause, n in counts.items():
+            total[cause] = total.get(cause, 0) + n
+    return {"total": dict(sorted(total.items())), "per_node": per_node} if per_node else {}
 
 
 def per_round_table(history: list[list[dict[str, Any]]]) -> list[dict[str, Any]]:
@@ -87,6 +124,7 @@ def build_summary(plan: "FleetPlan", nodes: list["Node"], history: list[list[dic
         },
         "nodes": per_node,
         "per_round": rows,
+        **({"transport_dropped": drops} if (drops := transport_drops(run_dir, len(nodes))) else {}),
     }
 
 

@@ -177,6 +177,9 @@ def check_same_settings(saved: dict[str, Any], now: dict[str, Any], where: str |
     (JSON-normalised here). Rounds may differ (see :func:`check_rounds`); so may paths
     such as the data directory.
     """
+    if not isinstance(saved, dict):
+        raise CheckpointError(f"cannot resume {where}: its config.json is malformed "
+                              f"(a {type(saved).__name__}, not a JSON object)")
     now = json.loads(json.dumps(now))
     diffs = []
     for setting, keys in RUN_SETTINGS.items():

@@ -200,6 +200,8 @@ def load_run(run: str | Path, node: int | None = None, *, load_data: bool = True
         config = json.loads(paths.config.read_text())
     except (OSError, json.JSONDecodeError) as exc:
         raise CheckpointError(f"{paths.config} is unreadable: {exc}") from exc
+    if not isinstance(config, dict):
+        raise CheckpointError(f"{paths.config} is malformed: a {type(config).__name__}, not a JSON object")
     mask_file = load_mask(paths.mask)  # CheckpointError when the run has not finished
     spec = spec_from_dict(config.get("model", {}))
     model = build_model(spec)
@@ -215,8 +217,12 @@ def load_run(run: str | Path, node: int | None = None, *, load_data: bool = True
     names = [n for n, _ in masked_layers(model)]
     if list(mask_file.names) != names:
         raise CheckpointError(f"{paths.mask} has layers {mask_file.names}, the model has {names}")
+    shapes = [tuple(layer.weight.shape) for _, layer in masked_layers(model)]
+    if [tuple(m.shape) for m in mask_file.masks] != shapes:
+        raise CheckpointError(f"{paths.mask} has layer shapes {[tuple(m.shape) for m in mask_file.masks][:4]}, "
+                              f"the model's are {shapes[:4]}")
     if paths.checkpoint.is_file():
-        st = load_checkpoint(paths.checkpoint)
+        st = load_checkpoint(paths.checkpoint, mask_shapes=shapes)
         if st.get("fingerprint") not in (None, fp):
             raise CheckpointError(f"{paths.checkpoint} was made over other fixed weights")
         mask_round, ckpt_round = mask_file.meta.get("round"), st.get("round")

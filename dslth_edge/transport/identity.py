@@ -50,7 +50,6 @@ from __future__ import annotations
 import hashlib
 import hmac
 import json
-import os
 import secrets
 import stat
 import struct
@@ -60,7 +59,8 @@ from pathlib import Path
 import google_crc32c
 
 from dslth_edge.errors import FrameError, UsageError
-from dslth_edge.util.atomic import atomic_write_text
+from dslth_edge.transport.messages import check_fleet_name
+from dslth_edge.util.secret_files import private_dir, read_private, write_private
 from dslth_edge.wire.frame import fleet_hash
 
 __all__ = [
@@ -78,7 +78,9 @@ __all__ = [
     "Roster",
     "generate_keys",
     "key_file",
+    "load_fleet_key",
     "load_private_key",
+    "MIN_HMAC_KEY_BYTES",
     "roster_file",
     "seal_overhead",
 ]
@@ -187,46 +189,58 @@ class Roster:
             raise UsageError(f"roster {p} is malformed: {exc}") from exc
 
 
-def _write_private(path: Path, data: bytes, overwrite: bool) -> None:
-    """Create ``path`` with mode 0600 from the start (never readable by others, not even briefly)."""
-    flags = os.O_WRONLY | os.O_CREAT | (os.O_TRUNC if overwrite else os.O_EXCL)
-    try:
-        fd = os.open(path, flags, 0o600)
-    except FileExistsError:
-        raise UsageError(f"{path} exists; pass --force to replace the fleet's keys") from None
-    with os.fdopen(fd, "wb") as fh:
-        fh.write(data)
-    os.chmod(path, 0o600)
-
-
 def generate_keys(fleet: str, nodes: int, directory: str | Path, *, epoch: int = 1, epoch_policy: str = "per-run",
                   overwrite: bool = False) -> Roster:
     """Write ``node-<i>.key`` (PKCS#8 PEM, mode 0600) for every node and ``roster.json`` (0644).
 
     Keys come from the operating system's CSPRNG: key generation is the one random
-    choice in the toolkit that must not be reproducible from a seed.
+    choice in the toolkit that must not be reproducible from a seed. ``directory`` must
+    be this user's and writable by nobody else (created 0700 when missing); every file
+    goes through a private temporary file and a rename
+    (:func:`dslth_edge.util.secret_files.write_private`), so no planted symlink is followed
+    and no key is readable by others at any moment.
     """
     from cryptography.hazmat.primitives import serialization
     from cryptography.hazmat.primitives.asymmetric.ed25519 import Ed25519PrivateKey
 
     if nodes < 1:
         raise UsageError("--nodes must be >= 1")
-    if not fleet or any(c in fleet for c in "/+#"):
-        raise UsageError(f"fleet name {fleet!r} must be non-empty without '/', '+' or '#'")
-    out = Path(directory)
-    out.mkdir(parents=True, exist_ok=True)
-    if roster_file(out).exists() and not overwrite:
+    check_fleet_name(fleet)
+    out = private_dir(directory, what="key directory")
+    if (roster_file(out).exists() or roster_file(out).is_symlink()) and not overwrite:
         raise UsageError(f"{roster_file(out)} exists; pass --force to replace the fleet's keys")
     public: dict[int, bytes] = {}
     for i in range(nodes):
         private = Ed25519PrivateKey.generate()
         pem = private.private_bytes(serialization.Encoding.PEM, serialization.PrivateFormat.PKCS8,
                                     serialization.NoEncryption())
-        _write_private(key_file(out, i), pem, overwrite)
+        write_private(key_file(out, i), pem, mode=0o600, overwrite=overwrite)
         public[i] = private.public_key().public_bytes(serialization.Encoding.Raw, serialization.PublicFormat.Raw)
     roster = Roster(fleet=fleet, keys=public, epoch=epoch, epoch_policy=epoch_policy)
-    atomic_write_text(roster_file(out), roster.to_json(), mode=0o644)
+    write_private(roster_file(out), roster.to_json().encode(), mode=0o644, overwrite=True)
     return roster
+
+
+#: the shortest fleet HMAC key accepted: HMAC-SHA256's own output size
+MIN_HMAC_KEY_BYTES = 32
+
+
+def load_fleet_key(path: str | Path | None, env_value: str | None) -> bytes | None:
+    """The fleet's HMAC key: the first line of ``path`` (mode 0600 or stricter, this
+    user's regular file), else ``env_value``; None when neither is given (CRC frames).
+    A key shorter than :data:`MIN_HMAC_KEY_BYTES` is a UsageError.
+    """
+    if path:
+        data = read_private(path, what="fleet key file", min_bytes=1)
+        key, where = (data.splitlines() or [b""])[0], f"fleet key file {path}"
+    elif env_value is not None:
+        key, where = env_value.encode(), "the fleet key in the environment"
+    else:
+        return None
+    if len(key) < MIN_HMAC_KEY_BYTES:
+        raise UsageError(f"{where} is {len(key)} bytes; an HMAC fleet key needs at least {MIN_HMAC_KEY_BYTES} "
+                         f"(e.g. `openssl rand -hex 32`)")
+    return key
 
 
 def load_private_key(path: str | Path) -> object:

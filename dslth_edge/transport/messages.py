@@ -18,16 +18,18 @@ from __future__ import annotations
 
 import json
 import math
-import re
 import os
+import re
 import socket
 from dataclasses import asdict, dataclass, field
 from typing import Any
 
+from dslth_edge.errors import UsageError
 from dslth_edge.wire import CODEC_NAMES
 from dslth_edge.wire import VERSION as WIRE_VERSION
 
 __all__ = [
+    "check_fleet_name",
     "PROTOCOL",
     "KINDS",
     "MAX_HELLO_BYTES",
@@ -54,6 +56,19 @@ MAX_STATUS_BYTES = 16
 #: entries of a hello's ``seen`` list ("<node>:<16 hex digits>", a few per neighbour)
 MAX_SEEN = 512
 _SEEN_ENTRY = re.compile(r"[0-9]{1,10}:[0-9a-f]{16}")
+
+
+_FLEET_NAME = re.compile(r"[A-Za-z0-9][A-Za-z0-9._-]{0,63}")
+
+
+def check_fleet_name(fleet: str) -> str:
+    """``fleet`` if it is a safe fleet name, else UsageError: 1-64 letters, digits, '.', '_'
+    or '-', starting with a letter or digit. The name becomes an MQTT topic level, a client
+    id and part of directory names, so it is checked before any of them is built."""
+    if not isinstance(fleet, str) or not _FLEET_NAME.fullmatch(fleet):
+        raise UsageError(f"fleet name {fleet!r} must be 1-64 letters, digits, '.', '_' or '-', "
+                         "starting with a letter or digit")
+    return fleet
 
 
 def topic(fleet: str, node: int | str, kind: str) -> str:

@@ -26,8 +26,11 @@ Every handler survives every input: a hello, status, control or mask message tha
 malformed in any way (overflowing numbers, deep nesting, oversized, not UTF-8, a bad
 seal) is dropped, counted per cause in :attr:`TransportStats.dropped` (and handed to
 the exchange's ``rejected`` count through :meth:`MqttTransport.take_dropped`) and
-logged once per cause; no exception reaches paho's network thread. The inbox is
-bounded (oldest dropped first, counted), and so is paho's outgoing queue.
+logged once per cause; no exception reaches paho's network thread. Sizes are checked
+on arrival, in paho's network thread, before anything is queued; chunks are reassembled
+there too (bounded per sender). The inbox (:mod:`dslth_edge.transport.inbox`) keeps a
+small queue per sender under one byte budget, so a neighbour flooding its own topics
+evicts only its own messages; paho's outgoing queue is bounded too.
 
 A second process started with a node id that is already running is refused before it
 can take over the first one's MQTT session (:func:`~dslth_edge.transport.mqtt_client.refuse_duplicate`);
@@ -51,7 +54,8 @@ import paho.mqtt.client as mqtt
 
 from dslth_edge.errors import TransportError, UsageError
 from dslth_edge.transport.base import Envelope
-from dslth_edge.transport.identity import AuthError, Identity, incarnation_hex
+from dslth_edge.transport.identity import SEAL_MAGIC, AuthError, Identity, incarnation_hex
+from dslth_edge.transport.inbox import FairInbox, InboxLimits
 from dslth_edge.transport.messages import (
     KINDS,
     MAX_CTL_BYTES,
@@ -60,6 +64,7 @@ from dslth_edge.transport.messages import (
     MAX_SEEN,
     PROTOCOL,
     Hello,
+    check_fleet_name,
     parse_control,
     parse_status,
     pong_payload,
@@ -74,13 +79,15 @@ from dslth_edge.transport.mqtt_client import (
     refuse_duplicate,
 )
 from dslth_edge.transport.mqtt_options import MqttOptions
+from dslth_edge.wire import MAGIC as FRAME_MAGIC
 from dslth_edge.wire import Chunker, FrameError, Reassembler
 
 __all__ = ["MqttTransport", "TransportStats"]
 
 log = logging.getLogger(__name__)
 
-_INBOX_LIMIT = 4096  # messages waiting for the round loop; the oldest is dropped beyond it
+_INBOX_LIMIT = 256  # messages of one sender waiting for the round loop; its oldest is dropped beyond it
+_CTL_LIMIT = MAX_CTL_BYTES + 128  # a control message and room for its seal
 _RESEND_GAP_S = 2.0  # a neighbour's return triggers a resend (and a key frame) at most this often
 _PONG_GAP_S = 1.0
 _SEEN_PER_PEER = 4  # incarnations of one neighbour our hello lists (a replayed old one must not evict its live one)
@@ -100,8 +107,15 @@ class TransportStats:
     chunk_errors: int = 0
     out_dropped: int = 0  # publishes refused because paho's outgoing queue was full
     #: inputs dropped before the round loop saw them, per cause (malformed hello, bad seal,
-    #: status flood, inbox overflow, handler error …)
+    #: status flood, oversized, malformed chunk, sender queue full, inbox byte budget, handler error …)
     dropped: Counter[str] = field(default_factory=Counter)
+
+    def as_dict(self) -> dict[str, Any]:
+        """JSON-ready counters (``dropped`` as a plain dict), e.g. for a node's transport.json."""
+        return {"messages_out": self.messages_out, "bytes_out": self.bytes_out, "messages_in": self.messages_in,
+                "bytes_in": self.bytes_in, "resent": self.resent, "reconnects": self.reconnects,
+                "chunk_errors": self.chunk_errors, "out_dropped": self.out_dropped,
+                "dropped": dict(sorted(self.dropped.items()))}
 
 
 class MqttTransport:
@@ -129,9 +143,9 @@ class MqttTransport:
         fresh: bool = True,
         identity: Identity | None = None,
         inbox_limit: int = _INBOX_LIMIT,
+        inbox_bytes: int | None = None,
     ) -> None:
-        if "/" in fleet or "+" in fleet or "#" in fleet or not fleet:
-            raise UsageError(f"fleet name {fleet!r} must be non-empty without '/', '+' or '#'")
+        check_fleet_name(fleet)
         self.options = options
         self.fleet = fleet
         self.node_id = node_id
@@ -155,9 +169,10 @@ class MqttTransport:
         self._offline: set[int] = set()  # seen online, then its last will
         self._returned: set[int] = set()
         self._lock = threading.Lock()
-        self._inbox: deque[tuple[int, str, bytes]] = deque()
-        self._inbox_limit = max(1, inbox_limit)
-        self._inbox_ready = threading.Condition(self._lock)
+        # what arrived, per sender, waiting for the round loop (receive path: _receive)
+        self._inbox = FairInbox(InboxLimits.for_frames(max_frame_bytes, len(self.neighbours),
+                                                       per_sender=max(1, inbox_limit), total_bytes=inbox_bytes))
+        self._reassembly_lock = threading.Lock()
         self._dropped_new = 0  # dropped since the last take_dropped()
         self._logged: set[str] = set()
         self._last_resend: dict[int, float] = {}  # per neighbour: its return last answered with a resend
@@ -168,7 +183,11 @@ class MqttTransport:
         self._duplicates_seen: set[str] = set()
         self._recent: deque[list[bytes]] = deque(maxlen=max(1, options.resend_frames))
         self._chunker = Chunker(options.max_message_bytes)
-        self._reassembler = Reassembler(max_frame_bytes, timeout_s=120.0)
+        # per sender: a few sets and two frames' bytes (a frame and its resend may interleave)
+        self._reassembler = Reassembler(max_frame_bytes, timeout_s=120.0, max_pending=4 * max(1, len(self.neighbours)),
+                                        max_pending_bytes=2 * max_frame_bytes * max(1, len(self.neighbours)),
+                                        max_pending_per_source=4, max_bytes_per_source=2 * max_frame_bytes,
+                                        whole_magics=(FRAME_MAGIC, SEAL_MAGIC))
         self._max_message = max(options.max_message_bytes, max_frame_bytes) + 64
         self._max_hello = MAX_HELLO_BYTES + (identity.overhead if identity else 0)
         self._connected = threading.Event()
@@ -334,18 +353,44 @@ class MqttTransport:
         elif kind == "status":
             self._on_status(client, sender, payload, bool(message.retain))
         else:
-            self._enqueue((sender, kind, payload))
+            self._receive(sender, kind, payload)
 
-    def _enqueue(self, item: tuple[int, str, bytes]) -> None:
-        overflow = False
+    def _receive(self, sender: int, kind: str, payload: bytes) -> None:
+        """A neighbour's mask or ctl message, in paho's network thread: size-checked and
+        reassembled here, before anything is queued, then put in the sender's own queue."""
+        self.stats.messages_in += 1
+        self.stats.bytes_in += len(payload)
+        if kind == "ctl":
+            if len(payload) > _CTL_LIMIT:
+                self._drop("oversized control message", f"{len(payload)} bytes from node {sender}")
+                return
+            item: bytes | None = payload
+        else:
+            if len(payload) > self._max_message:
+                self._drop("oversized mask message", f"{len(payload)} bytes from node {sender}")
+                return
+            try:
+                with self._reassembly_lock:
+                    item = self._reassembler.feed(sender, payload)
+            except FrameError as exc:
+                self.stats.chunk_errors += 1
+                self._drop("malformed chunk", f"from node {sender}: {exc}")
+                return
+        if item is None:
+            return  # a chunk of a frame not yet complete, or a redelivered one
+        if self.identity is not None and (not item.startswith(SEAL_MAGIC) or len(item) < self.identity.overhead):
+            # cannot be sealed, so the exchange would refuse it: it must not take a place in the
+            # sender's queue (and push out that sender's real frame) meanwhile
+            self._drop("unsealed message", f"{len(item)} bytes from node {sender}")
+            return
+        for cause in self._inbox.put(sender, kind, item):
+            # the oldest of one sender (its queue full) or of the heaviest one (the budget spent)
+            self._drop(cause, f"node {sender} sent more than its share of the inbox")
+
+    def drop_counts(self) -> dict[str, int]:
+        """Inputs dropped so far, per cause."""
         with self._lock:
-            if len(self._inbox) >= self._inbox_limit:
-                self._inbox.popleft()  # oldest first: the newest frames are the ones still useful
-                overflow = True
-            self._inbox.append(item)
-            self._inbox_ready.notify()
-        if overflow:
-            self._drop("inbox overflow", f"more than {self._inbox_limit} messages waiting")
+            return dict(self.stats.dropped)
 
     def _on_own(self, client: mqtt.Client, kind: str, payload: bytes, retained: bool) -> None:
         """A message on our own topics: our echo, or another process claiming our node id."""
@@ -509,35 +554,7 @@ class MqttTransport:
     def poll(self, timeout: float) -> list[Envelope]:
         """Mask/ctl payloads received since the last call, waiting up to ``timeout`` s for the first."""
         self._serve_resend(due_now=False)
-        with self._lock:
-            if not self._inbox and timeout > 0:
-                self._inbox_ready.wait(timeout)
-            items = list(self._inbox)
-            self._inbox.clear()
-        out: list[Envelope] = []
-        for item in items:
-            self._deliver(item, out)
-        return out
-
-    def _deliver(self, item: tuple[int, str, bytes], out: list[Envelope]) -> None:
-        sender, kind, payload = item
-        self.stats.messages_in += 1
-        self.stats.bytes_in += len(payload)
-        if kind == "ctl":
-            if len(payload) > MAX_CTL_BYTES + 128:  # room for a seal
-                self._drop("oversized control message", f"{len(payload)} bytes from node {sender}")
-            else:
-                out.append(Envelope(sender, kind, payload))
-            return
-        try:
-            frame = self._reassembler.feed(sender, payload)
-        except FrameError:
-            # pass it on so the exchange counts it as rejected (its decoder refuses it too)
-            self.stats.chunk_errors += 1
-            out.append(Envelope(sender, kind, payload[: self._max_message]))
-            return
-        if frame is not None:
-            out.append(Envelope(sender, kind, frame))
+        return [Envelope(sender, kind, payload) for sender, kind, payload in self._inbox.take(timeout)]
 
     # ------------------------------------------------------------------ sending
     def publish(self, payload: bytes, *, kind: str = "mask") -> int:

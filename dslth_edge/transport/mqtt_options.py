@@ -3,14 +3,18 @@
 Credentials come from :class:`MqttOptions` (explicit), else the broker URL's, else the
 environment (``$DSLTH_MQTT_USERNAME``/``$DSLTH_MQTT_PASSWORD``); :func:`read_secret`
 reads a password from a file or a variable so that it stays off the command line.
+A URL's credentials never reach a file or a log: :func:`redact_url` is what any URL
+goes through before it is written or printed, and :meth:`MqttOptions.split_credentials`
+moves them into the options' fields (a launcher hands the password to its workers in
+the environment).
 """
 
 from __future__ import annotations
 
 import os
-from dataclasses import dataclass
+from dataclasses import dataclass, replace
 from pathlib import Path
-from urllib.parse import unquote, urlsplit
+from urllib.parse import unquote, urlsplit, urlunsplit
 
 from dslth_edge.errors import UsageError
 from dslth_edge.wire import DEFAULT_MAX_MESSAGE_BYTES
@@ -22,6 +26,7 @@ __all__ = [
     "MqttOptions",
     "parse_broker_url",
     "read_secret",
+    "redact_url",
 ]
 
 ENV_USERNAME = "DSLTH_MQTT_USERNAME"
@@ -60,6 +65,17 @@ def parse_broker_url(url: str) -> BrokerAddress:
                          unquote(parts.password) if parts.password else None)
 
 
+def redact_url(url: str) -> str:
+    """``url`` without its user name and password (what files and logs may show)."""
+    try:
+        parts = urlsplit(url if "://" in url else f"mqtt://{url}")
+    except ValueError:
+        return "<unparsable broker URL>"
+    if "@" not in parts.netloc:
+        return url
+    return urlunsplit(parts._replace(netloc=parts.netloc.rsplit("@", 1)[-1]))
+
+
 def read_secret(*, env: str | None = None, file: str | None = None) -> str | None:
     """A secret from a file (first line, trailing newline stripped) or else an environment variable."""
     if file:
@@ -92,6 +108,16 @@ class MqttOptions:
 
     def address(self) -> BrokerAddress:
         return parse_broker_url(self.url)
+
+    def split_credentials(self) -> "MqttOptions":
+        """The same options with the URL's credentials moved into ``username``/``password``
+        (explicit ones win), so that ``url`` can be written anywhere."""
+        clean = redact_url(self.url)
+        if clean == self.url:
+            return self
+        addr = self.address()
+        return replace(self, url=clean, username=self.username or addr.username,
+                       password=self.password if self.password is not None else addr.password)
 
     def credentials(self) -> tuple[str | None, str | None]:
         addr = self.address()

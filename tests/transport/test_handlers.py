@@ -1,5 +1,6 @@
 """Every handler survives every input: hello/status/ctl parsing (property tests), the paho
-callback guard, the bounded inbox, duplicate node ids, and paho's private PUBACK flag."""
+callback guard, the fair byte-bounded receive path (per-sender queues, sizes checked on
+arrival, reassembly bounded per sender), duplicate node ids, and paho's private PUBACK flag."""
 
 from __future__ import annotations
 
@@ -104,8 +105,10 @@ def test_hostile_payloads_are_value_errors(payload: bytes) -> None:
             parse(payload)
 
 
-def _transport(node: int = 0, neighbours: tuple[int, ...] = (1,), **kw: Any) -> MqttTransport:
-    return MqttTransport(MqttOptions(url="mqtt://127.0.0.1:9"), fleet="t", node_id=node, neighbours=neighbours,
+def _transport(node: int = 0, neighbours: tuple[int, ...] = (1,), max_message: int | None = None,
+               **kw: Any) -> MqttTransport:
+    options = MqttOptions(url="mqtt://127.0.0.1:9", **({"max_message_bytes": max_message} if max_message else {}))
+    return MqttTransport(options, fleet="t", node_id=node, neighbours=neighbours,
                          hello=Hello(node=node, fleet="t", fingerprint="00"), max_frame_bytes=1 << 16, **kw)
 
 
@@ -153,7 +156,69 @@ def test_inbox_is_bounded_oldest_dropped() -> None:
         tr._on_message(None, None, _message(topic("t", 1, "ctl"), str(i).encode()))  # type: ignore[arg-type]
     got = tr.poll(0)
     assert [e.payload for e in got] == [str(i).encode() for i in range(40, 50)]
-    assert tr.stats.dropped["inbox overflow"] == 40
+    assert tr.stats.dropped["sender queue full"] == 40
+
+
+def test_a_flooding_member_cannot_evict_a_neighbours_frame() -> None:
+    """5,000 tiny messages on member 3's own mask topic, after node 1's frame arrived and
+    before the round loop polls: node 1's frame is still there (the old shared inbox of
+    4,096 messages dropped it), the flood costs only member 3's own queue, counted."""
+    tr = _transport(neighbours=(1, 3))
+    honest = b"DSLM honest frame of node 1"
+    tr._on_message(None, None, _message(topic("t", 1, "mask"), honest))  # type: ignore[arg-type]
+    for i in range(5000):
+        tr._on_message(None, None, _message(topic("t", 3, "mask"), b"DSLM" + i.to_bytes(2, "little")))  # type: ignore[arg-type]
+    got = tr.poll(0)
+    assert [e.payload for e in got if e.sender == 1] == [honest]
+    assert len([e for e in got if e.sender == 3]) <= 256
+    assert tr.stats.dropped["sender queue full"] >= 5000 - 256 and tr.take_dropped() >= 5000 - 256
+
+
+def test_sizes_are_checked_on_arrival_and_the_inbox_stays_within_its_budget() -> None:
+    """2 MiB messages on a member's ctl and mask topics are dropped in the network thread,
+    before anything is queued; big-but-legal frames cost their sender's share only."""
+    tr = _transport(neighbours=(1, 3))
+    for _ in range(50):
+        tr._on_message(None, None, _message(topic("t", 3, "ctl"), b"x" * (2 << 20)))  # type: ignore[arg-type]
+        tr._on_message(None, None, _message(topic("t", 3, "mask"), b"DSLM" + bytes(2 << 20)))  # type: ignore[arg-type]
+    assert tr._inbox.total_bytes == 0  # nothing waits: no poll ran, yet nothing was kept
+    assert tr.stats.dropped["oversized control message"] == 50 and tr.stats.dropped["oversized mask message"] == 50
+    # frames of the largest legal size: member 3 fills its own share, never more
+    big = b"DSLM" + bytes((1 << 16) - 4)
+    tr._on_message(None, None, _message(topic("t", 1, "mask"), b"DSLM one"))  # type: ignore[arg-type]
+    for _ in range(200):
+        tr._on_message(None, None, _message(topic("t", 3, "mask"), big))  # type: ignore[arg-type]
+        assert tr._inbox.waiting(3)[1] <= tr._inbox.limits.sender_bytes
+        assert tr._inbox.total_bytes <= tr._inbox.limits.total_bytes
+    assert tr.stats.dropped["sender queue full"] > 0
+    assert [e.payload for e in tr.poll(0) if e.sender == 1] == [b"DSLM one"]
+
+
+def test_chunk_floods_are_bounded_per_sender() -> None:
+    """A member opening chunk sets on its own topic cannot push out a neighbour's half-received frame."""
+    from dslth_edge.wire import Chunker
+
+    tr = _transport(neighbours=(1, 3), max_message=1000)
+    frame = b"DSLM" + bytes(range(256)) * 10
+    parts = Chunker(1000).split(frame)
+    assert len(parts) >= 3
+    tr._on_message(None, None, _message(topic("t", 1, "mask"), parts[0]))  # type: ignore[arg-type]
+    junk = Chunker(1000)
+    for i in range(300):  # first chunks of 300 frames that never complete
+        tr._on_message(None, None, _message(topic("t", 3, "mask"), junk.split(bytes([i % 256]) * 2600)[0]))  # type: ignore[arg-type]
+    for part in parts[1:]:
+        tr._on_message(None, None, _message(topic("t", 1, "mask"), part))  # type: ignore[arg-type]
+    assert [e.payload for e in tr.poll(0) if e.sender == 1] == [frame]
+    assert tr._reassembler.pending_of(3)[0] <= 4 and tr._reassembler.pending_of(1) == (0, 0)
+
+
+def test_sealed_frames_pass_reassembly_whole(tmp_path: Path) -> None:
+    """A sealed frame small enough for one message is a whole frame, not a malformed chunk."""
+    tr = _transport()
+    sealed = Identity.crc(fleet="t", node_id=1).seal("mask", 0, b"DSLM payload")
+    tr._on_message(None, None, _message(topic("t", 1, "mask"), sealed))  # type: ignore[arg-type]
+    assert [e.payload for e in tr.poll(0)] == [sealed]
+    assert tr.stats.chunk_errors == 0 and not tr.stats.dropped
 
 
 def test_status_flood_resends_at_most_once_per_gap() -> None:
