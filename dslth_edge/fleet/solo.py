@@ -22,6 +22,7 @@ from dslth_edge.data import load_dataset, partition
 from dslth_edge.errors import UsageError
 from dslth_edge.learn.models import ModelSpec
 from dslth_edge.fleet.node import Node, NodeConfig, RoundResult
+from dslth_edge.cost.latency import RoundTimer
 from dslth_edge.device.keep import plan_node
 from dslth_edge.device.footprint import peak_rss_bytes, return_freed_memory
 from dslth_edge.device.profiles import Profile, load_profile
@@ -136,6 +137,8 @@ class TrainResult:
     training_ram_budget_bytes: float | None = None  # the profile's training RAM budget
     predicted_peak_bytes: float | None = None  # the training plan's predicted peak RSS
     micro_batch: int = 0  # 0: whole batches; else gradients accumulate over micro-batches of this size
+    predicted_seconds_per_round: float | None = None  # the training plan's time per round (cost.latency)
+    round_time: str | None = None  # predicted vs measured seconds per round, after the first rounds
 
     def to_dict(self) -> dict[str, Any]:
         return asdict(self)
@@ -230,6 +233,7 @@ def train(
     budget = profile.training_ram_budget_bytes
     warn = on_warning or (lambda msg: warnings.warn(msg, RuntimeWarning, stacklevel=3))
     warned = False
+    timer = RoundTimer(training.time_per_round_s)
 
     def result(stopped: bool) -> TrainResult:
         seconds = time.perf_counter() - t0
@@ -241,7 +245,7 @@ def train(
             for_device=profile.name if gateway is not None else None,
             peak_rss_bytes=peak_rss_bytes(), seconds_per_round=seconds / ran if ran else None,
             training_ram_budget_bytes=budget, predicted_peak_bytes=training.predicted_ram,
-            micro_batch=algo.micro_batch,
+            micro_batch=algo.micro_batch, predicted_seconds_per_round=training.time_per_round_s, round_time=timer.line,
         )
 
     if on_start is not None:
@@ -250,6 +254,7 @@ def train(
         last = node.run_round()
         if last.acc is not None:
             accuracy = last.acc
+        timer.observe(last.t_round_s, evaluated=last.acc is not None)
         # a host training for a device that cannot train is not bound by that device's RAM
         if not warned and gateway is None and last.peak_rss_bytes is not None and last.peak_rss_bytes > budget:
             warned = True

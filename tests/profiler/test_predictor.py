@@ -10,13 +10,13 @@ from pathlib import Path
 
 import pytest
 
-from dslth_edge.profiler.analysis import OpCost
+from dslth_edge.cost.ops import OpCost
 from dslth_edge.profiler.calibrate import (
     CalibrationPoint,
     fit_calibration,
     fit_latency_model,
 )
-from dslth_edge.profiler.predictor import DeviceModel, op_costs_from_layer_costs, padded_macs, predict
+from dslth_edge.cost.latency import DeviceModel, op_costs_from_layer_costs, padded_macs, predict
 from dslth_edge.device.profiles import load_profile
 
 
