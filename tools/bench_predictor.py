@@ -93,7 +93,7 @@ def _train_rounds(profile_path: Path, rounds: int, out: Path) -> None:
     from dslth_edge.fleet.solo import TrainOptions, train
 
     res = train(TrainOptions(profile=str(profile_path), dataset="fashion-mnist", model="paper-cnn", rounds=rounds,
-                             out=str(out / "train-run"), eval_every=0, checkpoint_every=0), on_warning=print)
+                             out=str(out / "train-run"), eval_every=0), on_warning=print)
     print(f"train paper-cnn fashion-mnist, {res.rounds_done} rounds, micro-batch {res.micro_batch or 'whole'}: "
           f"{res.round_time or 'no round compared'}", flush=True)
 
@@ -118,15 +118,6 @@ def main(argv: list[str] | None = None) -> int:
     t0 = time.perf_counter()
     with tempfile.TemporaryDirectory(prefix="dslth-bench-pred-") as tmp:
         out = Path(tmp)
-        cal = calibrate(threads=1, passes=args.cal_passes, training=args.train_rounds > 0, seed=args.seed)
-        profile_path = write_host_profile(cal, out / "host.toml")
-        profile = load_profile(str(profile_path))
-        print(f"calibrated in {cal.seconds:.0f} s ({args.cal_passes} passes): "
-              + "; ".join(f"{r.fit.key} {r.fit.points} nets, multiple {r.fit.channel_multiple}, fit |error| "
-                          f"{100 * r.fit.median_rel_error:.1f}%" for r in cal.results)
-              + "".join(f"; skipped {s}" for s in cal.skipped), flush=True)
-        if cal.training is not None:
-            print(f"training fit: {cal.training.fit.points} steps, |error| {100 * cal.training.fit.median_rel_error:.1f}%")
         cases: list[tuple[str, str, Path]] = []
         for name, shape, keeps in ZOO:
             if name in wanted:
@@ -138,6 +129,15 @@ def main(argv: list[str] | None = None) -> int:
                 for fmt, path in _files(name, shape, keep, mult, out, args.seed).items():
                     cases.append((f"{name} {'x'.join(map(str, shape))} k{keep} m{mult}", fmt, path))
         print(f"{len(cases)} files exported ({time.perf_counter() - t0:.0f} s so far)", flush=True)
+        cal = calibrate(threads=1, passes=args.cal_passes, training=args.train_rounds > 0, seed=args.seed)
+        profile_path = write_host_profile(cal, out / "host.toml")
+        profile = load_profile(str(profile_path))
+        print(f"calibrated in {cal.seconds:.0f} s ({args.cal_passes} passes): "
+              + "; ".join(f"{r.fit.key} {r.fit.points} nets, multiple {r.fit.channel_multiple}, fit |error| "
+                          f"{100 * r.fit.median_rel_error:.1f}%" for r in cal.results)
+              + "".join(f"; skipped {s}" for s in cal.skipped), flush=True)
+        if cal.training is not None:
+            print(f"training fit: {cal.training.fit.points} steps, |error| {100 * cal.training.fit.median_rel_error:.1f}%")
         runners = []
         for *_, path in cases:
             r = make_runner(path, threads=1)
