@@ -108,7 +108,7 @@ def predicted_latency_ms(path: str | Path, profile: Profile) -> tuple[float | No
     if not info.ops:
         return None, f"no per-op costs for {p.name} ({info.note})"
     pred = predict(list(info.ops), profile)
-    return pred.total_ms, f"predicted for {profile.name} by the per-layer cost model ({pred.dtype})"
+    return pred.total_ms, f"predicted for {profile.name} from {pred.describe()}"
 
 
 def measured_peak_ram(path: str | Path) -> tuple[float | None, str]:
