@@ -679,8 +679,9 @@ def calibrate(
     runtime asked for by name that is not installed is an error, one left to the default
     is skipped and listed in :attr:`Calibration.skipped`.
     """
+    import importlib.util
+
     import onnx
-    import torch
 
     from dslth_edge.profiler.analysis import analyze_tflite
     from dslth_edge.profiler.backends import OnnxRuntimeRunner, make_runner
@@ -697,6 +698,9 @@ def calibrate(
         raise UsageError(f"cannot calibrate onnxruntime/fp32: {missing['onnxruntime/fp32']}")
     keys = [k for k in asked if k not in missing]
     skipped = tuple(f"{k}: {why}" for k, why in missing.items())
+    if training and importlib.util.find_spec("torch") is None:
+        training = False  # a runtime-only device: no time per round to measure
+        skipped += ("training: torch not installed",)
 
     specs = list(suite) if suite is not None else calibration_suite()
     t_start = time.perf_counter()
@@ -755,6 +759,8 @@ def calibrate(
         results.append(RuntimeResult(fit, pts))
     train_result = None
     if training:
+        import torch
+
         tpts = tuple(TrainingPoint(n, m, l, b, t) for (n, m, l, b), t in zip(train_meta, times[n_inf:]))
         train_result = TrainingResult(fit_training(tpts, version=torch.__version__, threads=torch.get_num_threads(),
                                                    passes=passes), tpts)
