@@ -25,6 +25,11 @@ Targets (issue 25): median ≤ 10 % overall and per format, ≥ 80 % within ±20
 This is a measurement, not a test: the figures depend on the machine and its load.
 
     nice -n 10 .venv/bin/python tools/bench_predictor.py [--passes 5] [--cal-passes 3] [--train-rounds 6]
+    nice -n 10 .venv/bin/python tools/bench_predictor.py --profile host.toml --reduced   # reuse a calibration
+
+``--profile`` takes a host profile that ``dslth-edge profile --calibrate`` wrote on this
+machine (with its calibration file) instead of calibrating again; ``--reduced`` cuts the
+grid for a loaded machine (the cut is printed in the case count).
 """
 
 from __future__ import annotations
@@ -56,6 +61,9 @@ SHRUNK = (
     ("paper-cnn", (1, 28, 28), 0.2, 16),
     ("resnet-8", (3, 32, 32), 0.45, 8),
 )
+#: ``--reduced``: the cut grid for a loaded machine (two keeps per zoo model, four shrunk models).
+REDUCED_KEEPS = {"paper-cnn": (0.1, 0.5), "mcu-cnn": (0.2, 1.0), "resnet-8": (0.1, 0.6)}
+REDUCED_SHRUNK = 4
 FORMATS = ("onnx fp32", "tflite fp32", "tflite int8")
 
 
@@ -104,6 +112,9 @@ def main(argv: list[str] | None = None) -> int:
     ap.add_argument("--cal-passes", type=int, default=3, help="calibration passes")
     ap.add_argument("--models", default="paper-cnn,mcu-cnn,resnet-8,mcu-cnn-x2,mcu-cnn-x4", help="comma-separated models")
     ap.add_argument("--train-rounds", type=int, default=0, help="also train N rounds and compare the time per round")
+    ap.add_argument("--profile", default=None, metavar="PATH",
+                    help="a host profile already calibrated by `profile --calibrate` on this machine (skips step 1)")
+    ap.add_argument("--reduced", action="store_true", help="the cut grid (2 keeps per zoo model, 4 shrunk models)")
     ap.add_argument("--seed", type=int, default=0)
     args = ap.parse_args(argv)
 
@@ -120,24 +131,31 @@ def main(argv: list[str] | None = None) -> int:
         out = Path(tmp)
         cases: list[tuple[str, str, Path]] = []
         for name, shape, keeps in ZOO:
+            keeps = REDUCED_KEEPS.get(name, keeps) if args.reduced else keeps
             if name in wanted:
                 for keep in keeps:
                     for fmt, path in _files(name, shape, keep, 1, out, args.seed).items():
                         cases.append((f"{name} k{keep}", fmt, path))
-        for name, shape, keep, mult in SHRUNK:
+        for name, shape, keep, mult in (SHRUNK[:REDUCED_SHRUNK] if args.reduced else SHRUNK):
             if name in wanted:
                 for fmt, path in _files(name, shape, keep, mult, out, args.seed).items():
                     cases.append((f"{name} {'x'.join(map(str, shape))} k{keep} m{mult}", fmt, path))
         print(f"{len(cases)} files exported ({time.perf_counter() - t0:.0f} s so far)", flush=True)
-        cal = calibrate(threads=1, passes=args.cal_passes, training=args.train_rounds > 0, seed=args.seed)
-        profile_path = write_host_profile(cal, out / "host.toml")
+        if args.profile:
+            profile_path = Path(args.profile)
+        else:
+            cal = calibrate(threads=1, passes=args.cal_passes, training=args.train_rounds > 0, seed=args.seed)
+            profile_path = write_host_profile(cal, out / "host.toml")
+            print(f"calibrated in {cal.seconds:.0f} s ({args.cal_passes} passes)", flush=True)
         profile = load_profile(str(profile_path))
-        print(f"calibrated in {cal.seconds:.0f} s ({args.cal_passes} passes): "
-              + "; ".join(f"{r.fit.key} {r.fit.points} nets, multiple {r.fit.channel_multiple}, fit |error| "
-                          f"{100 * r.fit.median_rel_error:.1f}%" for r in cal.results)
-              + "".join(f"; skipped {s}" for s in cal.skipped), flush=True)
-        if cal.training is not None:
-            print(f"training fit: {cal.training.fit.points} steps, |error| {100 * cal.training.fit.median_rel_error:.1f}%")
+        if profile.calibration is None:
+            raise SystemExit(f"{profile_path}: names no calibration file (run `dslth-edge profile --calibrate`)")
+        print(f"calibration {profile.calibration.source_path}: " + "; ".join(
+            f"{k} {f.points} nets, multiple {f.channel_multiple}, fit |error| {100 * f.median_rel_error:.1f}%"
+            for k, f in sorted(profile.calibration.runtimes.items())), flush=True)
+        t = profile.calibration.training
+        if t is not None:
+            print(f"training fit: {t.points} steps, |error| {100 * t.median_rel_error:.1f}%", flush=True)
         runners = []
         for *_, path in cases:
             r = make_runner(path, threads=1)
