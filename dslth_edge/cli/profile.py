@@ -203,7 +203,7 @@ def calibrate_command(threads: int, out: str | None, passes: int, runtimes: str 
     For each runtime the device can run (onnxruntime fp32, LiteRT with XNNPACK fp32 and
     int8) the latency model is fitted per op class (convolution MACs and windows,
     fully-connected MACs, per weight layer, per other op and its bytes, per inference) at
-    the channel multiple that fits best, over about 60 small networks; torch training
+    the channel multiple that fits best, over 49 small networks; torch training
     steps give the time per round. The planner and the verdict read the file through
     the profile.
     """
