@@ -10,7 +10,7 @@
     LiteRT on this machine);
 ``latency``
     the latency the planner's per-layer cost model predicts on the profile's device
-    (:func:`dslth_edge.profiler.predictor.predict` over the file's own operators).
+    (:func:`dslth_edge.cost.latency.predict` over the file's own operators).
 
 A violated budget makes the verdict "over"; the export CLI then exits with
 :class:`~dslth_edge.errors.OverBudgetError` (code 3) unless ``--allow-over-budget``.
@@ -102,14 +102,14 @@ def _ms(v: float | None) -> str:
 def predicted_latency_ms(path: str | Path, profile: Profile) -> tuple[float | None, str]:
     """(latency predicted on the profile's device, basis): the predictor over the file's own operators."""
     from dslth_edge.cost.analysis import analyze_onnx, analyze_tflite
-    from dslth_edge.profiler.predictor import predict
+    from dslth_edge.cost.latency import predict
 
     p = Path(path)
     info = analyze_onnx(p) if p.suffix == ".onnx" else analyze_tflite(p)
     if not info.ops:
         return None, f"no per-op costs for {p.name} ({info.note})"
     pred = predict(list(info.ops), profile)
-    return pred.total_ms, f"predicted for {profile.name} by the per-layer cost model ({pred.dtype})"
+    return pred.total_ms, f"predicted for {profile.name} from {pred.describe()}"
 
 
 #: Inferences run after loading for :func:`measured_peak_ram` (the first allocates the

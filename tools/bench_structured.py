@@ -52,7 +52,7 @@ from dslth_edge.exporters.shrink import count_params, shrink, shrunk_info
 from dslth_edge.fleet.plan import FleetOptions
 from dslth_edge.fleet.simulator import simulate
 from dslth_edge.cost.analysis import analyze_torch_module
-from dslth_edge.profiler.predictor import predict
+from dslth_edge.cost.latency import predict
 from dslth_edge.runs.runinfo import load_run
 
 PAPER = Path(__file__).resolve().parents[1].parent / "shared" / "paper"

@@ -1,9 +1,10 @@
-"""``dslth-edge profile``: measure exported models; ``dslth-edge profile calibrate``.
+"""``dslth-edge profile``: measure exported models; ``dslth-edge profile --calibrate``.
 
-``profile`` is a click group whose default command profiles models, so both
+``profile`` is a click group whose default command profiles models, so all of
 
     dslth-edge profile MODEL [OPTIONS]
-    dslth-edge profile calibrate [--threads N] [--out FILE]
+    dslth-edge profile --calibrate [--threads N] [--out FILE] [--runtimes ...]
+    dslth-edge profile calibrate [...]          (the same as --calibrate)
 
 work: an argument list whose first word is not a subcommand name goes to the hidden
 default command ``run`` (``dslth-edge profile run MODEL`` is the same thing; it is also
@@ -60,12 +61,14 @@ class _DefaultGroup(click.Group):
     default_command = "run"
 
     def parse_args(self, ctx: click.Context, args: list[str]) -> list[str]:
-        if args and args[0] not in self.commands and args[0] not in ctx.help_option_names:
+        if args and args[0] == "--calibrate":
+            args = ["calibrate", *args[1:]]
+        elif args and args[0] not in self.commands and args[0] not in ctx.help_option_names:
             args = [self.default_command, *args]
         return super().parse_args(ctx, args)
 
     def format_usage(self, ctx: click.Context, formatter: click.HelpFormatter) -> None:
-        formatter.write_usage(ctx.command_path, "MODEL [OTHER ...] [OPTIONS]  |  calibrate [OPTIONS]")
+        formatter.write_usage(ctx.command_path, "MODEL [OTHER ...] [OPTIONS]  |  --calibrate [OPTIONS]")
 
     def format_help_text(self, ctx: click.Context, formatter: click.HelpFormatter) -> None:
         super().format_help_text(ctx, formatter)
@@ -181,24 +184,36 @@ def _other_opts(opts: Any) -> Any:
 
 
 @profile.command("calibrate")
-@click.option("--threads", type=click.IntRange(min=1), default=1, show_default=True, help="onnxruntime intra-op threads.")
+@click.option("--threads", type=click.IntRange(min=1), default=1, show_default=True, help="Runtime intra-op threads.")
 @click.option("--out", "out", default=None, metavar="FILE",
-              help="Profile file to write [default: ~/.config/dslth-edge/profiles/host.toml].")
+              help="Profile file to write [default: ~/.config/dslth-edge/profiles/host.toml]; the calibration "
+                   "file goes beside it (host-calibration.json).")
 @click.option("--passes", type=click.IntRange(min=1), default=5, show_default=True,
               help="Round-robin passes; each network keeps its best per-pass median.")
+@click.option("--runtimes", default=None, metavar="LIST",
+              help="Comma-separated runtime/dtype keys to measure (onnxruntime/fp32, litert-xnnpack/fp32, "
+                   "litert-xnnpack/int8) [default: every one installed].")
+@click.option("--training/--no-training", default=True, show_default=True,
+              help="Also measure torch training steps (the time per round).")
 @click.option("--json", "as_json", is_flag=True, help="Print the calibration (fits and every point) as JSON.")
-def calibrate_command(threads: int, out: str | None, passes: int, as_json: bool) -> None:
-    """Measure this machine with onnxruntime and write a host hardware profile.
+def calibrate_command(threads: int, out: str | None, passes: int, runtimes: str | None, training: bool,
+                      as_json: bool) -> None:
+    """Measure this machine per runtime and write a calibration file and a host profile naming it.
 
-    Fits effective MAC/s, per-weight-layer overhead and channel multiple (and, for the
-    record, memory bandwidth and per-inference overhead) to about 30 small networks.
+    For each runtime the device can run (onnxruntime fp32, LiteRT with XNNPACK fp32 and
+    int8) the latency model is fitted per op class (convolution MACs and windows,
+    fully-connected MACs, per weight layer, per other op and its bytes, per inference) at
+    the channel multiple that fits best, over 49 small networks; torch training
+    steps give the time per round. The planner and the verdict read the file through
+    the profile.
     """
     from dslth_edge.profiler.calibrate import calibrate
-    from dslth_edge.profiler.host_profile import write_host_profile
+    from dslth_edge.profiler.host_profile import calibration_path_for, write_host_profile
 
     from rich.console import Console
     from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn
 
+    keys = [k.strip() for k in runtimes.split(",") if k.strip()] if runtimes else None
     err = Console(stderr=True)
     with Progress(TextColumn("[bold]calibrate[/]"), BarColumn(), MofNCompleteColumn(), TextColumn("{task.description}"),
                   console=err, disable=as_json or not err.is_terminal) as bar:
@@ -207,13 +222,26 @@ def calibrate_command(threads: int, out: str | None, passes: int, as_json: bool)
         def progress(done: int, total: int, what: str) -> None:
             bar.update(task, completed=done, total=total, description=what)
 
-        cal = calibrate(threads=threads, passes=passes, progress=progress)
+        cal = calibrate(threads=threads, passes=passes, progress=progress, runtimes=keys, training=training)
     path = write_host_profile(cal, out)
     if as_json:
         data = cal.to_dict()
         data["profile_path"] = str(path)
+        data["calibration_path"] = str(calibration_path_for(path))
         click.echo(json.dumps(data, indent=2))
         return
     from dslth_edge.profiler.report import render_calibration
 
-    render_calibration(cal, str(path), _console())
+    console = _console()
+    render_calibration(cal, str(path), console)
+    for r in cal.results:
+        f = r.fit
+        console.print(f"{f.key} ({f.runtime} {f.version}, {f.threads} thread(s)): {f.points} networks, channel multiple "
+                      f"{f.channel_multiple}, median |error| {100 * f.median_rel_error:.1f}%", markup=False)
+    if cal.training is not None:
+        t = cal.training.fit
+        console.print(f"training (torch {t.version}, {t.threads} thread(s)): {t.points} steps, median |error| "
+                      f"{100 * t.median_rel_error:.1f}%", markup=False)
+    for s in cal.skipped:
+        console.print(f"not measured: {s}", markup=False)
+    console.print(f"calibration file: {calibration_path_for(path)}", markup=False)

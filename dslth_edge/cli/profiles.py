@@ -18,7 +18,7 @@ import click
 from dslth_edge.errors import UsageError
 from dslth_edge.device.profiles import DTYPES, SCHEMA, SOURCE_FIELDS, Profile, list_profiles, load_profile
 
-__all__ = ["profiles", "parse_shape"]
+__all__ = ["profiles", "parse_shape", "latency_basis_line"]
 
 _SHAPE_RE = re.compile(r"^\s*(\d+)\s*[xX×]\s*(\d+)\s*[xX×]\s*(\d+)\s*$")
 
@@ -96,18 +96,20 @@ def list_command(as_json: bool) -> None:
     """List the built-in hardware profiles."""
     items = list_profiles()
     if as_json:
-        _echo_json([p.to_dict() for p in items])
+        _echo_json([dict(p.to_dict(), latency_basis=p.latency_basis) for p in items])
         return
     console = _console()
     # the device and CPU descriptions only where they fit (`profiles show NAME` has everything)
     wide = console.width >= 150
     cols: list[str | tuple[str, str]] = ["name"] + (["device", "cpu"] if wide else [])
-    cols += [("RAM", "right"), ("fp32", "right"), ("int8", "right"), "train", ("latency", "right"), "export"]
-    table = _table("hardware profiles (fp32, int8: effective GMAC/s; latency: the budget)", *cols)
+    cols += [("RAM", "right"), ("fp32", "right"), ("int8", "right"), "figures", "train", ("latency", "right"), "export"]
+    table = _table("hardware profiles (fp32, int8: effective GMAC/s; figures: cited from sources or measured by "
+                   "a calibration; latency: the budget)", *cols)
     for p in items:
         desc = [p.device, f"{p.cpu.arch} {p.cpu.cores}× {p.cpu.core} @ {p.cpu.clock_mhz:g} MHz"] if wide else []
         _row(table, p.name, *desc, _mib(p.memory.ram_mib), f"{p.compute.effective_fp32_gmacs:g}",
-             f"{p.compute.effective_int8_gmacs:g}", "yes" if p.can_train else "no", f"{p.budget.latency_ms:g} ms",
+             f"{p.compute.effective_int8_gmacs:g}", p.latency_basis, "yes" if p.can_train else "no",
+             f"{p.budget.latency_ms:g} ms",
              f"{p.export.format}/{p.export.dtype}")
     console.print(table)
     if not wide:
@@ -120,6 +122,7 @@ def _show_profile(p: Profile) -> None:
     console = _console()
     console.print(f"{p.name} — {p.device}", markup=False)
     console.print(f"source: {p.source_path}", markup=False)
+    console.print(f"latency figures: {latency_basis_line(p)}", markup=False)
     data = p.to_dict()
     for section, fields in SCHEMA.items():
         values = data if not section else data[section]
@@ -136,6 +139,27 @@ def _show_profile(p: Profile) -> None:
     for s in p.sources:
         _row(table, s.title, s.url, s.supports)
     console.print(table)
+    if p.calibration is not None:
+        table = _table(f"calibration ({p.calibration.source_path})", "runtime", "version", ("threads", "right"),
+                       ("channel multiple", "right"), ("networks", "right"), ("fit |error|", "right"))
+        for key, fit in sorted(p.calibration.runtimes.items()):
+            _row(table, key, fit.version, str(fit.threads), str(fit.channel_multiple), str(fit.points),
+                 f"{100 * fit.median_rel_error:.1f}%")
+        t = p.calibration.training
+        if t is not None:
+            _row(table, "training (torch)", t.version, str(t.threads), "", str(t.points), f"{100 * t.median_rel_error:.1f}%")
+        console.print(table)
+
+
+def latency_basis_line(p: Profile) -> str:
+    """Whether a profile's latency figures are measured (a calibration file) or cited (its sources)."""
+    if p.calibration is None:
+        return (f"cited — published figures ([compute]: {p.compute.backend}), each with its source below; "
+                "no calibration file (`dslth-edge profile --calibrate` on the device writes one)")
+    runtimes = ", ".join(sorted(p.calibration.runtimes))
+    other = ("; other runtimes fall back to the cited [compute] figures"
+             if len(p.calibration.runtimes) < 3 else "")
+    return f"measured — {p.calibration.describe()} (runtimes: {runtimes}){other}"
 
 
 @profiles.command("show")
@@ -145,7 +169,7 @@ def show_command(name: str, as_json: bool) -> None:
     """Show every field of profile NAME (a built-in name or a path to a .toml file)."""
     p = load_profile(name)
     if as_json:
-        _echo_json(p.to_dict())
+        _echo_json(dict(p.to_dict(), latency_basis=p.latency_basis))
         return
     _show_profile(p)
 

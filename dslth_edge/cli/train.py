@@ -96,6 +96,8 @@ def train(as_json: bool, log_every: int | None, log_format: str, **kw: Any) -> N
             gateway = f" (trained on this host for {res.for_device})" if res.for_device else ""
             console.print(f"done: {res.rounds_done} rounds in {res.seconds:.1f} s, test accuracy [bold]{acc}[/] at "
                           f"keep {res.keep:.3f}; mask in {res.node_dir}/mask.npz{gateway}", highlight=False, soft_wrap=True)
+            if res.round_time:
+                console.print(res.round_time, markup=False, highlight=False, soft_wrap=True)
     if res.stopped:
         sys.exit(EXIT_INTERRUPTED)
 

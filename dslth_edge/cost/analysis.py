@@ -35,6 +35,7 @@ from dataclasses import dataclass
 from typing import Any
 
 from dslth_edge.cost.macs import trace_macs
+from dslth_edge.cost.ops import OpCost
 from dslth_edge.errors import UsageError
 from dslth_edge.util.tflite import open_interpreter, tflite_runtime
 
@@ -48,26 +49,6 @@ __all__ = [
     "analyze_torch_module",
     "litert_ops_details",
 ]
-
-
-@dataclass(frozen=True)
-class OpCost:
-    """Cost of one operator for one inference at the analysed batch size."""
-
-    name: str
-    op_type: str  # the format's own op name: "Conv", "CONV_2D", "Linear", ...
-    macs: int  # multiply-accumulates; 0 for operators without a weight
-    bytes: int  # input + output tensor bytes (weights included)
-    params: int  # stored weight / bias elements this operator consumes
-    dtype: str  # compute dtype: "fp32" or "int8"
-    out_channels: int = 0  # MAC ops: output channels / features (the SIMD lane axis of CPU kernels)
-    in_channels: int = 0  # MAC ops: reduction channels per group (Cin / groups, or K of a matmul)
-    graph_input: bool = False  # MAC ops: reads the network input directly (its channels are not blocked)
-
-    @property
-    def weight_layer(self) -> bool:
-        """True for the operators a profile's per-op overhead is charged to."""
-        return self.macs > 0
 
 
 @dataclass(frozen=True)

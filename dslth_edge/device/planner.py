@@ -6,11 +6,13 @@ down to a floor, 0.02 by default) for which four predicted quantities fit the
 profile's budgets:
 
 ``latency``
-    the profiler's per-layer latency model (:func:`dslth_edge.profiler.predictor.predict`):
-    ``sum_l padded_macs_l / effective_macs_per_s(dtype) + per_op_overhead`` per weight
-    layer, where ``padded_macs`` rounds a layer's output channels up to the profile's
+    the one latency model (:func:`dslth_edge.cost.latency.predict`) with the profile:
+    its calibration of the runtime the export runs on when the profile carries one
+    (``profile --calibrate``), else its cited ``[compute]`` figures
+    (``sum_l padded_macs_l / effective_macs_per_s(dtype) + per_op_overhead`` per weight
+    layer), where ``padded_macs`` rounds a layer's output channels up to the profile's
     ``channel_multiple``. The same function judges an exported file (the verdict), so
-    the plan and the verdict cannot disagree on a predicted latency.
+    the plan and the verdict read the same numbers.
 ``storage``
     exported weight bytes ``sum_l params_l(k) * bytes_per_value(dtype)``
 ``ram``
@@ -44,15 +46,15 @@ point, and the binding budget is the one that rules out the next grid step up.
 from __future__ import annotations
 
 import math
-from dataclasses import asdict, dataclass
+from dataclasses import asdict, dataclass, replace
 from typing import Any, Sequence
 
 from dslth_edge.cost.layers import LayerCost
 from dslth_edge.errors import ProfileError
+from dslth_edge.cost.checks import Check, format_quantity
+from dslth_edge.cost.latency import op_costs_from_layer_costs, predict
 from dslth_edge.cost.units import BYTES_PER_VALUE
 from dslth_edge.device.profiles import DTYPES, Profile
-from dslth_edge.profiler.predictor import DeviceModel, op_costs_from_layer_costs
-from dslth_edge.profiler.predictor import predict as predict_latency
 
 __all__ = [
     "GRANULARITIES",
@@ -63,13 +65,12 @@ __all__ = [
     "DEFAULT_FLOOR",
     "PlanError",
     "LayerKeep",
-    "Prediction",
-    "Check",
+    "KeepCosts",
     "Plan",
     "binary_entropy",
     "planned_channels",
     "layer_keeps",
-    "predict",
+    "costs_at_keep",
     "check_budgets",
     "plan",
     "format_quantity",
@@ -132,8 +133,8 @@ class LayerKeep:
 
 
 @dataclass(frozen=True)
-class Prediction:
-    """Predicted costs of a model at one keep ratio."""
+class KeepCosts:
+    """Predicted costs of a model at one keep ratio (latency from :func:`dslth_edge.cost.latency.predict`)."""
 
     keep: float
     latency_ms: float
@@ -149,30 +150,6 @@ class Prediction:
             "ram": self.ram_bytes,
             "traffic": self.frame_bytes,
         }[constraint]
-
-
-@dataclass(frozen=True)
-class Check:
-    """One constraint at the chosen keep ratio, and at the next grid step up."""
-
-    name: str  # "latency" | "storage" | "ram" | "traffic"
-    unit: str  # "ms" or "B"
-    predicted: float
-    budget: float
-    ok: bool
-    next_predicted: float | None = None  # at keep + step; None when keep is 1.0
-    next_ok: bool | None = None
-
-    @property
-    def usage(self) -> float:
-        """predicted / budget (1.0 = exactly at the budget)."""
-        return self.predicted / self.budget
-
-    def describe(self) -> str:
-        return (
-            f"{format_quantity(self.predicted, self.unit)} predicted vs "
-            f"{format_quantity(self.budget, self.unit, budget=True)} budget"
-        )
 
 
 @dataclass(frozen=True)
@@ -236,7 +213,11 @@ class Plan:
 
     def to_dict(self) -> dict[str, Any]:
         data = asdict(self)
-        data["checks"] = [dict(c, usage=c["predicted"] / c["budget"]) for c in data["checks"]]
+        data["checks"] = [
+            {"name": c.name, "unit": c.unit, "predicted": c.value, "budget": c.budget, "ok": c.ok,
+             "next_predicted": c.next_value, "next_ok": c.next_ok, "usage": c.usage, "basis": c.basis}
+            for c in self.checks
+        ]
         data["layers"] = [dict(layer) for layer in data["layers"]]
         data["notes"] = list(self.notes)
         data["keep_ratios"] = self.keep_ratios
@@ -244,18 +225,6 @@ class Plan:
         data["explanation"] = self.explain()
         data["training"] = None if self.training is None else self.training.to_dict()
         return data
-
-
-def format_quantity(value: float, unit: str, *, budget: bool = False) -> str:
-    """Human form of a latency (ms) or a byte count (B -> KiB / MiB / GiB)."""
-    if unit == "ms":
-        return f"{value:g} ms" if budget else f"{value:.4g} ms"
-    if unit == "B":
-        for scale, name in ((1 << 30, "GiB"), (1 << 20, "MiB"), (1 << 10, "KiB")):
-            if value >= scale:
-                return f"{value / scale:.4g} {name}"
-        return f"{value:.0f} B"
-    return f"{value:.4g} {unit}"
 
 
 # --------------------------------------------------------------------------- model
@@ -317,7 +286,7 @@ def layer_keeps(
     return tuple(layers)
 
 
-def predict(
+def costs_at_keep(
     costs: Sequence[LayerCost],
     profile: Profile,
     keep: float,
@@ -325,10 +294,11 @@ def predict(
     granularity: str = "channel",
     dtype: str | None = None,
     density: float | None = None,
-) -> Prediction:
+) -> KeepCosts:
     """Predicted latency, weight bytes, RAM bytes and frame bytes at keep ratio ``keep``.
 
-    The latency is the profiler's (channel padding included) on the exported widths.
+    The latency is the one latency model's (:func:`dslth_edge.cost.latency.predict`, channel
+    padding included) on the exported widths, for the profile's export format.
     """
     dtype = dtype or profile.export.dtype
     _validate(granularity, dtype)
@@ -336,7 +306,7 @@ def predict(
                          density=density)
     bpv = BYTES_PER_VALUE[dtype]
     ops = op_costs_from_layer_costs(costs, [layer.keep_out for layer in layers], dtype=dtype)
-    latency_ms = predict_latency(ops, DeviceModel.from_profile(profile), dtype=dtype).total_ms
+    latency_ms = predict(ops, profile, dtype=dtype, fmt=profile.export.format).total_ms
     weight_bytes = sum(layer.params for layer in layers) * bpv
     peak_act = max(
         (c.in_elems * layer.keep_in + c.out_elems * layer.keep_out) * bpv
@@ -344,7 +314,7 @@ def predict(
     )
     mask_bits = sum(c.params * binary_entropy(layer.mask_density) for c, layer in zip(costs, layers))
     frame_bytes = mask_bits / 8.0 + FRAME_HEADER_BYTES + LAYER_HEADER_BYTES * len(layers)
-    return Prediction(
+    return KeepCosts(
         keep=keep,
         latency_ms=latency_ms,
         weight_bytes=weight_bytes,
@@ -363,14 +333,15 @@ def _budgets(profile: Profile) -> dict[str, float]:
     }
 
 
-def check_budgets(prediction: Prediction, profile: Profile) -> tuple[Check, ...]:
+def check_budgets(prediction: KeepCosts, profile: Profile) -> tuple[Check, ...]:
     """Each constraint's predicted value against the profile's budget."""
     budgets = _budgets(profile)
     checks = []
     for name in CONSTRAINTS:
         value = prediction.value(name)
         budget = budgets[name]
-        checks.append(Check(name, _UNITS[name], value, budget, value <= budget * (1 + _REL_TOL)))
+        checks.append(Check(name, _UNITS[name], value, budget, value <= budget * (1 + _REL_TOL),
+                            basis=f"predicted for {profile.name}"))
     return tuple(checks)
 
 
@@ -430,17 +401,14 @@ def plan(
     checks: tuple[Check, ...] = ()
     for i in range(n, lowest - 1, -1):
         keep = i / n
-        prediction = predict(costs, profile, keep, granularity=granularity, dtype=dtype, density=density)
+        prediction = costs_at_keep(costs, profile, keep, granularity=granularity, dtype=dtype, density=density)
         checks = check_budgets(prediction, profile)
         if all(c.ok for c in checks):
             binding = "none"
             if above is not None:
                 failing = [c for c in above if not c.ok]
-                binding = max(failing, key=lambda c: c.usage).name
-                checks = tuple(
-                    Check(c.name, c.unit, c.predicted, c.budget, c.ok, a.predicted, a.ok)
-                    for c, a in zip(checks, above)
-                )
+                binding = max(failing, key=lambda c: c.usage or 0.0).name
+                checks = tuple(replace(c, next_value=a.value, next_ok=a.ok) for c, a in zip(checks, above))
             return Plan(
                 profile=profile.name,
                 keep_ratio=keep,
@@ -460,7 +428,7 @@ def plan(
         above = checks
 
     bad = [c for c in checks if not c.ok]
-    binding = max(bad, key=lambda c: c.usage).name
+    binding = max(bad, key=lambda c: c.usage or 0.0).name
     failing = "; ".join(f"{c.name}: {c.describe()}" for c in bad)
     raise PlanError(
         f"profile {profile.name!r} cannot meet its budget even at the floor keep "

@@ -28,6 +28,7 @@ try:  # Python >= 3.11
 except ModuleNotFoundError:  # pragma: no cover - Python 3.10
     import tomli as tomllib  # type: ignore[no-redef]
 
+from dslth_edge.cost.calibration import LatencyCalibration, load_calibration
 from dslth_edge.cost.units import BYTES_PER_VALUE, MIB  # re-exported: the profile's units
 from dslth_edge.errors import ProfileError
 
@@ -299,12 +300,23 @@ class Profile:
     export: Export
     sources: tuple[Source, ...]
     training: Training | None = None  # [training]: optional; trainable built-ins all have one
+    # ``calibration = "FILE"``: what `profile --calibrate` measured on the device; None: the
+    # latency figures are the cited [compute] ones (see :attr:`latency_basis`)
+    calibration: LatencyCalibration | None = None
 
     def to_dict(self) -> dict[str, Any]:
-        """Every field as plain JSON-ready data (tables as dicts, sources as a list)."""
-        data = dataclasses.asdict(self)
+        """Every field as plain JSON-ready data (tables as dicts, sources as a list, the
+        calibration as its file's path)."""
+        cal = self.calibration
+        data = dataclasses.asdict(dataclasses.replace(self, calibration=None))
         data["sources"] = [dict(s) for s in data["sources"]]
+        data["calibration"] = None if cal is None else cal.source_path
         return data
+
+    @property
+    def latency_basis(self) -> str:
+        """"measured" when a calibration file backs the latency figures, else "cited"."""
+        return "cited" if self.calibration is None else "measured"
 
     def effective_gmacs(self, dtype: str) -> float:
         """Effective GMAC/s for ``dtype`` ("fp32" or "int8")."""
@@ -424,12 +436,12 @@ def parse_profile(
     """
     where = source_path
     top_fields = {f.key: f for f in SCHEMA[""]}
-    allowed = list(top_fields) + [t for t in SCHEMA if t] + ["sources"]
+    allowed = list(top_fields) + [t for t in SCHEMA if t] + ["sources", "calibration"]
     for key in data:
         if key not in allowed:
             raise ProfileError(f"{where}: unknown key '{key}' (expected one of: {', '.join(allowed)})")
     for key in allowed:
-        if key not in data and key not in OPTIONAL_TABLES:
+        if key not in data and key not in OPTIONAL_TABLES and key != "calibration":
             if key in top_fields:
                 what = top_fields[key].expectation()
             elif key == "sources":
@@ -485,6 +497,8 @@ def parse_profile(
             training.ram_mib,
         )
 
+    calibration = _calibration(where, data.get("calibration"), source_path)
+
     return Profile(
         name=name,
         source_path=source_path,
@@ -500,7 +514,23 @@ def parse_profile(
         export=values["export"],
         sources=sources,
         training=training,
+        calibration=calibration,
     )
+
+
+def _calibration(where: str, value: Any, source_path: str) -> LatencyCalibration | None:
+    """The calibration file a profile names (a path relative to the profile's folder), parsed."""
+    if value is None:
+        return None
+    if not isinstance(value, str) or not value:
+        raise _fail(where, "calibration", "a path to a calibration file (from `dslth-edge profile --calibrate`)", value)
+    path = Path(value).expanduser()
+    if not path.is_absolute() and source_path != "<memory>":
+        path = Path(source_path).parent / path
+    try:
+        return load_calibration(path)
+    except ProfileError as exc:
+        raise ProfileError(f"{where}: calibration: {exc}") from None
 
 
 def _parse_bytes(raw: bytes, *, name: str, source_path: str, builtin: bool) -> Profile:

@@ -63,6 +63,7 @@ import platform
 from dataclasses import dataclass
 from typing import Any, Sequence
 
+from dslth_edge.cost.latency import predict_round
 from dslth_edge.device.planner import Check, Plan, format_quantity
 from dslth_edge.cost.units import MIB
 from dslth_edge.device.profiles import Profile
@@ -408,9 +409,11 @@ def plan_training(
     num_classes: int,
     profile: Profile,
     setup: TrainingSetup | None = None,
+    frame_bytes: float = 0.0,
 ) -> TrainingPlan:
     """The largest micro-batch (≤ the batch) whose predicted peak RSS fits the training budget,
-    and the training time per round against the round period."""
+    and the training time per round (plus the uplink of a ``frame_bytes`` mask frame) against
+    the round period."""
     setup = setup or TrainingSetup(sample_bytes=math.prod(input_shape))
     trace = trace_model(model_name, tuple(input_shape), num_classes)
     budget = profile.training_ram_budget_bytes
@@ -442,9 +445,12 @@ def plan_training(
 
     macs_per_step = training_macs_per_sample_from(trace) * setup.batch_size
     macs_round = float(macs_per_step * setup.local_steps)
-    gmacs = profile.effective_macs_per_s("fp32")
-    overhead_s = profile.compute.per_op_overhead_us * 1e-6 * 3 * trace.layers * max(chunks, 1) * setup.local_steps
-    t_round = macs_round / gmacs + overhead_s
+    # the one latency model: the profile's calibrated training fit, else its cited fp32 rate
+    rp = predict_round(profile, forward_macs=trace.forward_macs, layers=trace.layers, batch=setup.batch_size,
+                       chunks=max(chunks, 1), local_steps=setup.local_steps, frame_bytes=frame_bytes)
+    t_round = rp.seconds
+    notes.append(f"time per round from the profile's {'calibration (torch training steps measured on the device)' if rp.basis == 'measured' else 'cited [compute] fp32 rate'}"
+                 + (f", {rp.uplink_s:.3g} s of it the uplink of a {rp.frame_bytes:.0f} B frame" if rp.uplink_s else ""))
     period = profile.network.round_period_s
     if t_round > period:
         per_step = t_round / setup.local_steps
@@ -487,4 +493,5 @@ def attach_training(
     """``result`` with its ``training`` field filled (the planner leaves it None)."""
     from dataclasses import replace
 
-    return replace(result, training=plan_training(model_name, input_shape, num_classes, profile, setup))
+    frame = result.check("traffic").value or 0.0  # the mask frame the node publishes per round
+    return replace(result, training=plan_training(model_name, input_shape, num_classes, profile, setup, frame))

@@ -22,6 +22,7 @@ from dslth_edge.data import load_dataset, partition
 from dslth_edge.errors import OverBudgetError, UsageError
 from dslth_edge.learn.models import ModelSpec
 from dslth_edge.fleet.node import Node, NodeConfig, RoundResult
+from dslth_edge.cost.latency import RoundTimer
 from dslth_edge.device.keep import plan_node
 from dslth_edge.device.footprint import peak_rss_bytes, return_freed_memory
 from dslth_edge.device.profiles import Profile, load_profile
@@ -141,6 +142,8 @@ class TrainResult:
     micro_batch: int = 0  # 0: whole batches; else gradients accumulate over micro-batches of this size
     replans: int = 0  # times the memory guard lowered the micro-batch (measured peak over the plan)
     security: dict[str, Any] | None = None  # a fleet node's security mode (fleet.summary.security_record)
+    predicted_seconds_per_round: float | None = None  # the training plan's time per round (cost.latency)
+    round_time: str | None = None  # predicted vs measured seconds per round, after the first rounds
 
     def to_dict(self) -> dict[str, Any]:
         return asdict(self)
@@ -244,6 +247,7 @@ def train(
     accuracy = None
     budget = profile.training_ram_budget_bytes
     warn = on_warning or (lambda msg: warnings.warn(msg, RuntimeWarning, stacklevel=3))
+    timer = RoundTimer(training.time_per_round_s)
 
     def result(stopped: bool) -> TrainResult:
         seconds = time.perf_counter() - t0
@@ -257,6 +261,7 @@ def train(
             training_ram_budget_bytes=budget,
             predicted_peak_bytes=training.predicted_ram, micro_batch=node.algo.micro_batch,
             replans=sum(1 for m in guard.history if m) if guard is not None else 0,
+            predicted_seconds_per_round=training.time_per_round_s, round_time=timer.line,
         )
 
     if on_start is not None:
@@ -265,6 +270,7 @@ def train(
         last = node.run_round()
         if last.acc is not None:
             accuracy = last.acc
+        timer.observe(last.t_round_s, evaluated=last.acc is not None)
         if guard is not None:
             try:
                 replan = guard.after_round(last.peak_rss_bytes)

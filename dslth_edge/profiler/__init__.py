@@ -1,4 +1,7 @@
-"""Latency / memory / size profiling of exported models, and a per-layer latency predictor.
+"""Latency / memory / size profiling of exported models, and calibrating the latency model.
+
+The latency model itself (and the calibration file's data model) is the cost room's:
+:mod:`dslth_edge.cost.latency`, :mod:`dslth_edge.cost.calibration`.
 
 Nothing here imports torch at import time: a device with only onnxruntime, or only
 ai-edge-litert / tflite-runtime, and numpy profiles its own .onnx / .tflite files.
@@ -11,9 +14,9 @@ stats      percentiles (numpy's 'linear'), LatencyStats
 host       the measuring machine; whether a profile describes it
 backends   onnxruntime, LiteRT and torch runners (explicit thread counts), per-op profilers
 measure    profile_model(): init, first inference, warm-up, timed runs, memory
-predictor  the per-layer latency model of a device
-calibrate  measure this machine, fit the latency model
-host_profile  write a calibration as a profile TOML
+calibrate  measure this machine per runtime (onnxruntime, LiteRT fp32 / int8, torch
+           training), fit the latency model, write the calibration file
+host_profile  write a calibration as a profile TOML that names its calibration file
 verdict    measured / predicted figures against a profile's budgets
 report     rich tables, the --json document, the PNG histogram
 ========== ============================================================================
@@ -32,10 +35,9 @@ from dslth_edge.profiler.host_profile import default_host_profile_path, write_ho
 from dslth_edge.profiler.host import HostInfo, host_info, is_this_machine
 from dslth_edge.profiler.measure import MemoryFigures, ProfileOptions, ProfileResult, profile_model
 from dslth_edge.util.rss import RssTracker, current_rss_bytes, peak_rss_bytes, reset_peak_rss
-from dslth_edge.profiler.predictor import DeviceModel, LayerEstimate, Prediction, op_costs_from_layer_costs, padded_macs, predict
 from dslth_edge.profiler.report import SCHEMA_ID, report_to_dict, result_to_dict, write_histogram
 from dslth_edge.profiler.stats import PERCENTILES, LatencyStats, percentile, summarize
-from dslth_edge.profiler.verdict import Check, Verdict, judge
+from dslth_edge.profiler.verdict import Verdict, judge
 
 __all__ = [
     # measuring
@@ -65,19 +67,12 @@ __all__ = [
     "analyze_tflite",
     "analyze_torch_module",
     "model_format",
-    # prediction and calibration
-    "DeviceModel",
-    "LayerEstimate",
-    "Prediction",
-    "predict",
-    "padded_macs",
-    "op_costs_from_layer_costs",
+    # calibration
     "Calibration",
     "calibrate",
     "write_host_profile",
     "default_host_profile_path",
     # verdict and output
-    "Check",
     "Verdict",
     "judge",
     "HostInfo",

@@ -5,11 +5,13 @@ The file copies the structure (and budgets, network, export) of the template pro
 and ``[memory]`` from /proc. Its ``device`` string carries ``[host NAME]`` so verdicts
 know the figures are this machine's own (:func:`~dslth_edge.profiler.host.is_this_machine`).
 
-The profile schema has no memory-bandwidth or per-inference key yet, so the schema
-form of the fit is written and the full form goes into a comment; once
-``compute.mem_bandwidth_gbps`` and ``compute.per_inference_overhead_us`` exist the full
-form is written instead. The int8 rate is not measured: it is the fp32 rate times the
-template's int8/fp32 ratio, and the file says so.
+The measured latency model of every runtime (onnxruntime, LiteRT fp32 / int8, torch
+training) goes into a calibration file beside the profile (``host-calibration.json`` for
+``host.toml``), which the profile names (``calibration = "host-calibration.json"``): the
+planner and the verdict predict from it. ``[compute]`` keeps the schema's cited form for
+readers of the figures: the schema form of the onnxruntime fit, the full form in a
+comment; its int8 rate is the fp32 rate times the template's int8/fp32 ratio (the
+calibration file has the measured int8 runtime), and the file says so.
 """
 
 from __future__ import annotations
@@ -26,7 +28,8 @@ from dslth_edge.profiler.calibrate import Calibration
 from dslth_edge.profiler.host import host_info, host_marker
 from dslth_edge.util.atomic import atomic_write_text
 
-__all__ = ["TEMPLATE_PROFILE", "default_host_profile_path", "host_profile_toml", "write_host_profile"]
+__all__ = ["TEMPLATE_PROFILE", "default_host_profile_path", "calibration_path_for", "host_profile_toml",
+           "write_host_profile", "write_calibration"]
 
 TEMPLATE_PROFILE = "x86-host"
 
@@ -47,7 +50,13 @@ def _toml_value(v: Any) -> str:
     return json.dumps(str(v), ensure_ascii=False)  # a JSON string is a valid TOML basic string
 
 
-def host_profile_toml(cal: Calibration, *, template: str = TEMPLATE_PROFILE) -> str:
+def calibration_path_for(profile_path: str | os.PathLike[str]) -> Path:
+    """The calibration file written beside a host profile: ``host.toml`` -> ``host-calibration.json``."""
+    p = Path(profile_path)
+    return p.with_name(f"{p.stem}-calibration.json")
+
+
+def host_profile_toml(cal: Calibration, *, template: str = TEMPLATE_PROFILE, calibration_file: str | None = None) -> str:
     """The text of a host profile: the template's structure with this machine's measured fields."""
     from dslth_edge.device.profiles import SCHEMA, load_profile
 
@@ -101,7 +110,8 @@ def host_profile_toml(cal: Calibration, *, template: str = TEMPLATE_PROFILE) -> 
         "compute": [
             f"{fit.form} fit over {len(cal.points)} networks ({cal.passes} passes), "
             f"median |error| {100 * fit.median_rel_error:.1f}%",
-            f"effective_int8_gmacs is not measured: fp32 x {int8_ratio:g} as in {template}.toml",
+            f"effective_int8_gmacs: fp32 x {int8_ratio:g} as in {template}.toml (cited form only; "
+            "the calibration file holds every measured runtime)",
         ]
     }
     if not use_full:
@@ -120,6 +130,9 @@ def host_profile_toml(cal: Calibration, *, template: str = TEMPLATE_PROFILE) -> 
     ]
     for key in ("device", "can_train"):
         lines.append(f"{key} = {_toml_value(data[key])}")
+    if calibration_file is not None:
+        lines.append("# the measured latency model per runtime (planner and verdict predict from it)")
+        lines.append(f"calibration = {_toml_value(calibration_file)}")
     for table in ("cpu", "memory", "compute", "budget", "network", "export"):
         lines += ["", f"[{table}]"]
         lines += [f"# {c}" for c in comments.get(table, [])]
@@ -140,13 +153,28 @@ def host_profile_toml(cal: Calibration, *, template: str = TEMPLATE_PROFILE) -> 
     return "\n".join(lines)
 
 
-def write_host_profile(cal: Calibration, path: str | os.PathLike[str] | None = None) -> Path:
-    """Write the host profile atomically (temp file + rename); returns its path.
+def write_calibration(cal: Calibration, path: str | os.PathLike[str]) -> Path:
+    """Write the calibration file (validated by its parser before it replaces anything)."""
+    from dslth_edge.cost.calibration import load_calibration
 
-    The text is validated with the profile loader before it replaces anything.
+    if cal.file is None:
+        raise ValueError("this calibration has no calibration file (built without calibrate())")
+    return atomic_write_text(Path(path).expanduser(), cal.file.to_json(), check=load_calibration)
+
+
+def write_host_profile(cal: Calibration, path: str | os.PathLike[str] | None = None) -> Path:
+    """Write the host profile, and its calibration file beside it, atomically; returns the profile's path.
+
+    Both are validated with their loaders before they replace anything.
     """
     from dslth_edge.device.profiles import load_profile
 
     target = Path(path) if path is not None else default_host_profile_path()
+    target = target.expanduser()
+    cal_name = None
+    if cal.file is not None:
+        cal_name = write_calibration(cal, calibration_path_for(target)).name
+    text = host_profile_toml(cal, calibration_file=cal_name)
     # a profile that does not load is never installed: the loader checks the temporary file
-    return atomic_write_text(target.expanduser(), host_profile_toml(cal), check=load_profile)
+    # (a relative calibration name resolves against the temp file's folder: the same folder)
+    return atomic_write_text(target, text, check=load_profile)

@@ -11,8 +11,11 @@ Three checks, each labelled with where its figure comes from:
     the model file's size against ``budget.model_storage_mib``.
 
 When the profile is not this machine (see :func:`~dslth_edge.profiler.host.is_this_machine`)
-the predictor adds the latency expected on the named device, and that prediction,
-not this machine's p95, decides the latency part of the overall verdict.
+the latency model (:func:`dslth_edge.cost.latency.predict`, the one the planner uses)
+adds the latency expected on the named device -- from the profile's calibration of the
+file's runtime when it carries one, else from its cited figures, and the check says
+which -- and that prediction, not this machine's p95, decides the latency part of the
+overall verdict.
 
 Microcontroller profiles (runtime TensorFlow Lite Micro) are judged by microcontroller
 figures: memory is the TFLite Micro tensor arena, measured with the tflite-micro
@@ -27,9 +30,10 @@ from __future__ import annotations
 from dataclasses import asdict, dataclass
 from typing import TYPE_CHECKING, Any
 
+from dslth_edge.cost.checks import Check
+from dslth_edge.cost.latency import Prediction, predict
 from dslth_edge.cost.units import MIB
 from dslth_edge.profiler.host import is_this_machine
-from dslth_edge.profiler.predictor import Prediction, predict
 
 if TYPE_CHECKING:  # pragma: no cover
     from dslth_edge.device.profiles import Profile
@@ -38,23 +42,6 @@ if TYPE_CHECKING:  # pragma: no cover
 
 __all__ = ["Check", "Verdict", "judge"]
 
-
-
-@dataclass(frozen=True)
-class Check:
-    """One figure against one budget."""
-
-    name: str  # "latency" | "predicted latency" | "memory" | "storage"
-    value: float | None  # None: the figure could not be measured
-    budget: float
-    unit: str  # "ms" | "bytes"
-    basis: str  # where the figure comes from, e.g. "p95 measured on this machine (host x)"
-    ok: bool | None  # None: unknown
-    decides: bool  # whether it counts in the overall verdict
-
-    @property
-    def usage(self) -> float | None:
-        return None if self.value is None else self.value / self.budget
 
 
 @dataclass(frozen=True)
@@ -85,9 +72,18 @@ class Verdict:
             "this_machine": self.this_machine,
             "measured_on": self.measured_on,
             "ok": self.ok,
-            "checks": [dict(asdict(c), usage=c.usage) for c in self.checks],
+            "checks": [_check_dict(c) for c in self.checks],
             "prediction": None if self.prediction is None else self.prediction.to_dict(),
         }
+
+
+def _check_dict(c: Check) -> dict[str, Any]:
+    """A check as the ``checks`` entries of docs/profile-json.md."""
+    d = asdict(c)
+    for planner_only in ("next_value", "next_ok"):
+        d.pop(planner_only)
+    d["usage"] = c.usage
+    return d
 
 
 def _tflm_arena(result: ProfileResult) -> tuple[float | None, str]:
@@ -119,52 +115,48 @@ def judge(result: ProfileResult, profile: Profile) -> Verdict:
     p95 = result.latency.p95
     latency_budget = profile.budget.latency_ms
     checks = [
-        Check("host latency" if mcu else "latency", p95, latency_budget, "ms", f"p95 {where}", p95 <= latency_budget,
-              decides=here),
+        Check("host latency" if mcu else "latency", "ms", p95, latency_budget, p95 <= latency_budget,
+              basis=f"p95 {where}", decides=here),
     ]
     prediction = None
-    if here and result.model.ops:
-        # informational: how well this machine's own calibration predicts what was measured
-        prediction = predict(list(result.model.ops), profile)
-        checks.append(Check(
-            "predicted latency", prediction.total_ms, latency_budget, "ms",
-            f"predicted from {profile.name}'s calibration (a check of the predictor, not counted)",
-            prediction.total_ms <= latency_budget, decides=False,
-        ))
-    elif result.model.ops:
-        prediction = predict(list(result.model.ops), profile)
+    fmt = result.model.format if result.model.format in ("onnx", "tflite") else None
+    if result.model.ops:
+        prediction = predict(list(result.model.ops), profile, fmt=fmt)
         pred_ms = prediction.total_ms
-        checks.append(Check(
-            "predicted latency", pred_ms, latency_budget, "ms",
-            f"predicted for {profile.name} ({prediction.dtype}, per-layer model of its [compute] figures)",
-            pred_ms <= latency_budget, decides=True,
-        ))
+        if here:
+            # informational: how well this machine's own calibration predicts what was measured
+            basis = f"predicted from {prediction.describe()} (a check of the predictor, not counted)"
+        else:
+            basis = f"predicted for {profile.name} from {prediction.describe()}"
+        checks.append(Check("predicted latency", "ms", pred_ms, latency_budget, pred_ms <= latency_budget,
+                            basis=basis, decides=not here))
     else:
         checks.append(Check(
-            "predicted latency", None, latency_budget, "ms",
-            f"no prediction for {profile.name}: the model's per-op costs are n/a ({result.model.note})",
-            None, decides=not here,
+            "predicted latency", "ms", None, latency_budget, None,
+            basis=f"no prediction for {profile.name}: the model's per-op costs are n/a ({result.model.note})",
+            decides=not here,
         ))
     ram = result.memory.overall_peak_growth_bytes
     ram_budget = profile.budget.model_ram_mib * MIB
     if mcu:
         arena, basis = _tflm_arena(result)
-        checks.append(Check("memory", arena, ram_budget, "bytes", basis, None if arena is None else arena <= ram_budget,
-                            decides=True))
+        checks.append(Check("memory", "bytes", arena, ram_budget, None if arena is None else arena <= ram_budget,
+                            basis=basis, decides=True))
         checks.append(Check(
-            "host memory", None if ram is None else float(ram), ram_budget, "bytes",
-            f"peak RSS growth of {result.backend.name} {where} (the host's runtime, not TFLite Micro)",
-            None if ram is None else ram <= ram_budget, decides=False,
+            "host memory", "bytes", None if ram is None else float(ram), ram_budget,
+            None if ram is None else ram <= ram_budget,
+            basis=f"peak RSS growth of {result.backend.name} {where} (the host's runtime, not TFLite Micro)",
+            decides=False,
         ))
     else:
         checks.append(Check(
-            "memory", None if ram is None else float(ram), ram_budget, "bytes",
-            f"peak RSS growth {where}", None if ram is None else ram <= ram_budget, decides=True,
+            "memory", "bytes", None if ram is None else float(ram), ram_budget, None if ram is None else ram <= ram_budget,
+            basis=f"peak RSS growth {where}", decides=True,
         ))
     size_budget = profile.budget.model_storage_mib * MIB
     checks.append(Check(
-        "storage", float(result.model.size_bytes), size_budget, "bytes",
-        "model file size", result.model.size_bytes <= size_budget, decides=True,
+        "storage", "bytes", float(result.model.size_bytes), size_budget, result.model.size_bytes <= size_budget,
+        basis="model file size", decides=True,
     ))
     return Verdict(
         profile=profile.name,

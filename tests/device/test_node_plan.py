@@ -16,7 +16,7 @@ from dslth_edge.exporters.shrink import shrink, shrunk_info
 from dslth_edge.learn.masking import masked_layers, set_masks
 from dslth_edge.learn.models import ModelSpec, build_model
 from dslth_edge.cost.analysis import analyze_torch_module
-from dslth_edge.profiler.predictor import predict as predict_latency
+from dslth_edge.cost.latency import predict as predict_latency
 
 SHAPE = (1, 28, 28)
 RESNET_SHAPE = (3, 32, 32)

@@ -22,7 +22,7 @@ from dslth_edge.device.planner import (
     binary_entropy,
     check_budgets,
     plan,
-    predict,
+    costs_at_keep,
 )
 from dslth_edge.device.profiles import MIB, Profile, load_profile, parse_profile
 
@@ -209,7 +209,7 @@ def test_unstructured_export_stays_dense():
     assert (result.keep_ratio, result.binding) == (1.0, "none")
     assert any("dense" in note for note in result.notes)
     # latency of the dense export whatever k is: 6e6 MAC / 1e9 + 3 x 50 us
-    assert predict(three_layers(), profile, 0.3, granularity="unstructured").latency_ms == pytest.approx(6.15)
+    assert costs_at_keep(three_layers(), profile, 0.3, granularity="unstructured").latency_ms == pytest.approx(6.15)
     with pytest.raises(PlanError) as info:
         plan(three_layers(), synthetic_profile(latency_ms=5.0), granularity="unstructured")
     message = str(info.value)
@@ -218,7 +218,7 @@ def test_unstructured_export_stays_dense():
     assert "nearest feasible: --granularity channel (keep 0.87)" in message  # 6k ms + 0.15 <= 5 at the grid
     assert "\n" not in message and info.value.binding == "latency"
     # every layer (the classifier too) carries k of its weights in unstructured mode
-    pred = predict(three_layers(), synthetic_profile(), 0.25, granularity="unstructured")
+    pred = costs_at_keep(three_layers(), synthetic_profile(), 0.25, granularity="unstructured")
     assert [layer.mask_density for layer in pred.layers] == [0.25, 0.25, 0.25]
     assert pred.frame_bytes == pytest.approx(600 * binary_entropy(0.25) / 8 + 64 + 48)
 
@@ -344,7 +344,7 @@ def test_result_is_the_largest_feasible_grid_point(costs, profile):
     feasible = [
         i / 100
         for i in range(2, 101)
-        if all(c.ok for c in check_budgets(predict(costs, profile, i / 100), profile))
+        if all(c.ok for c in check_budgets(costs_at_keep(costs, profile, i / 100), profile))
     ]
     if not feasible:
         with pytest.raises(PlanError):

@@ -117,7 +117,7 @@ def test_paper_cnn_heterogeneous_fleet_mcu_models_fit(tmp_path: Path) -> None:
     from dslth_edge.device.profiles import BYTES_PER_VALUE, load_profile
     from dslth_edge.exporters.shrink import count_params, shrink, shrunk_info
     from dslth_edge.cost.analysis import analyze_torch_module
-    from dslth_edge.profiler.predictor import predict
+    from dslth_edge.cost.latency import predict
     from dslth_edge.runs.runinfo import load_run
 
     ds = make_synthetic(shape=PAPER_SHAPE, num_classes=4, train_size=96, test_size=24, noise=2.0)

@@ -137,9 +137,13 @@ def test_help_shows_both_forms() -> None:
 
 def test_calibrate_writes_a_loadable_host_profile(small_onnx: Path, tmp_path: Path) -> None:
     out_file = tmp_path / "host.toml"
-    doc = json.loads(invoke("calibrate", "--passes", "1", "--out", str(out_file), "--json"))
+    doc = json.loads(invoke("--calibrate", "--passes", "1", "--runtimes", "onnxruntime/fp32", "--no-training",
+                            "--out", str(out_file), "--json"))
     assert doc["profile_path"] == str(out_file) and len(doc["points"]) >= 20
+    assert list(doc["runtimes"]) == ["onnxruntime/fp32"] and doc["training"] is None
+    assert doc["calibration_path"] == str(tmp_path / "host-calibration.json")
     prof = load_profile(str(out_file))
+    assert prof.latency_basis == "measured" and list(prof.calibration.runtimes) == ["onnxruntime/fp32"]
     assert prof.compute.effective_fp32_gmacs == pytest.approx(doc["fit"]["effective_fp32_gmacs"], rel=1e-3)
     assert prof.compute.channel_multiple == doc["fit"]["channel_multiple"]
     out = invoke(str(small_onnx), *FAST, "--profile", str(out_file))

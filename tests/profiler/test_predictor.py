@@ -10,13 +10,13 @@ from pathlib import Path
 
 import pytest
 
-from dslth_edge.cost.analysis import OpCost
+from dslth_edge.cost.ops import OpCost
 from dslth_edge.profiler.calibrate import (
     CalibrationPoint,
     fit_calibration,
     fit_latency_model,
 )
-from dslth_edge.profiler.predictor import DeviceModel, op_costs_from_layer_costs, padded_macs, predict
+from dslth_edge.cost.latency import DeviceModel, op_costs_from_layer_costs, padded_macs, predict
 from dslth_edge.device.profiles import load_profile
 
 
@@ -84,3 +84,36 @@ def test_layer_costs_agree_with_the_shrunk_onnx_graph(tmp_path: Path) -> None:
     assert [op.macs for op in ops] == [op.macs for op in graph.ops if op.macs]
     assert [op.out_channels for op in ops] == [op.out_channels for op in graph.ops if op.macs]
 
+
+
+def test_runtime_fit_recovers_known_coefficients() -> None:
+    """fit_runtime finds the calibrated model's coefficients and channel multiple from exact points."""
+    from dslth_edge.cost.calibration import RuntimeFit
+    from dslth_edge.profiler.calibrate import TrainingPoint, fit_runtime, fit_training
+
+    coef = {"conv_mac_s": 2e-11, "conv_window_s": 3e-10, "fc_mac_s": 8e-11, "weight_op_s": 3e-6, "other_op_s": 1e-6,
+            "other_byte_s": 2e-11, "inference_s": 9e-6}
+    truth = RuntimeFit("onnxruntime", "1", "fp32", 1, 8, coef, 1, 1, 0.0)
+    points = []
+    for i, (macs, cout, cin, n, fc, other) in enumerate([
+        (1e5, 3, 1, 1, 0, 0), (4e6, 16, 8, 1, 1, 2), (2e7, 60, 32, 2, 0, 1), (5e5, 8, 4, 4, 2, 3), (9e6, 100, 64, 3, 1, 0),
+        (3e4, 2, 2, 6, 0, 6), (6e7, 128, 96, 2, 2, 2), (2e6, 12, 3, 1, 1, 1), (7e5, 40, 40, 2, 0, 4), (1e6, 5, 5, 3, 3, 0),
+    ]):
+        ops = [OpCost(f"c{j}", "Conv", int(macs / n), 0, 0, "fp32", cout, cin) for j in range(n)]
+        ops += [OpCost(f"f{j}", "Gemm", 40_000 * (j + 1), 0, 0, "fp32", 10 + j, 4000) for j in range(fc)]
+        ops += [OpCost(f"o{j}", "MaxPool", 0, 5000 * (j + i + 1), 0, "fp32") for j in range(other)]
+        points.append(CalibrationPoint(f"p{i}", tuple(ops), predict(ops, truth).total_s))
+    fit = fit_runtime(points, runtime="onnxruntime", version="1", dtype="fp32", threads=1, passes=1)
+    assert fit.channel_multiple == 8 and fit.median_rel_error < 1e-6
+    for k, v in coef.items():
+        assert fit.coefficients[k] == pytest.approx(v, rel=1e-4)
+
+    tcoef = {"train_mac_s": 1e-9, "layer_pass_s": 2e-4, "step_s": 1e-3, "sample_s": 3e-5}
+    steps = [TrainingPoint(f"t{i}", m, l, b, 0.0) for i, (m, l, b) in enumerate(
+        [(1e6, 3, 16), (1e6, 3, 64), (5e7, 8, 16), (5e7, 8, 64), (2e5, 5, 16), (2e5, 5, 64)])]
+    steps = [TrainingPoint(p.name, p.forward_macs, p.layers, p.batch,
+                           sum(tcoef[k] * v for k, v in p.features().items())) for p in steps]
+    tfit = fit_training(steps, version="x", threads=1, passes=1)
+    assert tfit.median_rel_error < 1e-6
+    for k, v in tcoef.items():
+        assert tfit.coefficients[k] == pytest.approx(v, rel=1e-4)
