@@ -119,13 +119,14 @@ class MemoryGuard:
         return 0 if self.micro_batch >= self.setup.batch_size else self.micro_batch
 
     def after_round(self, measured_peak: float | None) -> Replan | None:
-        """Check a round's measured peak RSS; None while the plan holds.
+        """Check a round's measured peak RSS; None while the plan holds (and the budget with it).
 
-        Over the plan: a :class:`Replan` (the largest micro-batch whose corrected prediction
-        fits the budget; the peak is reset so the next round measures it). Raises
-        :class:`OverBudgetError` (exit 3) naming the budget when micro-batch 1 does not fit.
+        Over the plan, or over the budget (a plan that found nothing to fit): a
+        :class:`Replan` (the largest micro-batch whose corrected prediction fits the budget;
+        the peak is reset so the next round measures it). Raises :class:`OverBudgetError`
+        (exit 3) naming the budget when micro-batch 1 does not fit.
         """
-        if measured_peak is None or measured_peak <= self.planned:
+        if measured_peak is None or measured_peak <= min(self.planned, self.budget):
             return None
         if self.replans and not self.resettable:
             return None  # the lifetime peak still shows the old setting

@@ -12,7 +12,10 @@ Its run directory follows :mod:`dslth_edge.runs.guard` (a resumed node must have
 saved run's settings). A node that hears no neighbour for ``stale_after`` rounds says so
 once (a warning on the ``dslth_edge`` logger); one that finishes without having heard any
 neighbour in any round raises :class:`~dslth_edge.errors.IsolatedError` (exit 4) naming
-the fleet, the broker and the neighbours it waited for, unless ``allow_solo``.
+the fleet, the broker and the neighbours it waited for, unless ``allow_solo``. On the
+device's own process (``train --fleet``: ``memory_guard``) a
+:class:`~dslth_edge.device.memory_guard.MemoryGuard` holds the training RAM to the
+profile's budget after every round (a smaller micro-batch, or exit 3).
 """
 
 from __future__ import annotations

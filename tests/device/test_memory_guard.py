@@ -84,6 +84,17 @@ def test_nothing_fits_stops_with_exit_3_naming_the_budget(resets) -> None:
     assert info.value.exit_code == 3 and "micro-batch 1 would need" in str(info.value)
 
 
+def test_a_plan_over_the_budget_is_checked_against_the_measurement(resets) -> None:
+    """Nothing fitted the plan (micro-batch 1 predicted over the budget): the measurement decides."""
+    g = _guard(1, base_mib=390.0)  # the base alone is over the 384 MiB budget
+    assert g.planned > g.budget
+    with pytest.raises(OverBudgetError, match="budget 384 MiB"):
+        g.after_round(g.budget + 1 * MIB)  # under the plan, over the budget: still nothing fits
+    h = _guard(4, base_mib=390.0)
+    r = h.after_round(h.predict(4) - 100 * MIB)  # the plan overestimated: 4 fits after all
+    assert r is None or (r.micro_batch == 4 and not r.changed)
+
+
 def test_train_replans_on_an_injected_overshoot(tmp_path, monkeypatch, resets) -> None:
     """The solo driver applies the guard: round 1's (injected) peak is over the plan, the node
     re-plans to a smaller micro-batch, says so once, and the next rounds train with it."""
