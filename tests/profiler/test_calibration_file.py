@@ -29,7 +29,7 @@ from dslth_edge.cost.ops import OpCost
 from dslth_edge.device.planner import plan
 from dslth_edge.device.profiles import load_profile
 from dslth_edge.errors import ProfileError
-from dslth_edge.learn.costs import LayerCost
+from dslth_edge.cost.layers import LayerCost
 
 COEF = {"conv_mac_s": 1e-10, "conv_window_s": 2e-9, "fc_mac_s": 3e-10, "weight_op_s": 5e-6, "other_op_s": 1e-6,
         "other_byte_s": 1e-10, "inference_s": 2e-5}
