@@ -6,13 +6,18 @@ network; too short drops masks (the run is no longer equal to the simulator's), 
 long lets a dead neighbour stall the fleet until it is marked stale. The adaptive
 policy watches how long complete rounds actually waited and allows a multiple of the
 recent worst case, bounded below (scheduler noise) and above (the configured maximum).
+A node on MQTT wraps it in :class:`LiveDeadline`: a neighbour that is online is waited
+for as long as reason allows (known extra work and its process's load included), and
+only an absent one gets the adaptive deadline, so a healthy fleet is never cut.
 """
 
 from __future__ import annotations
 
+import time
 from collections import deque
+from collections.abc import Callable
 
-__all__ = ["AdaptiveDeadline", "FixedDeadline", "StartupDeadline"]
+__all__ = ["AdaptiveDeadline", "FixedDeadline", "LiveDeadline", "StartupDeadline", "heavy_round"]
 
 
 class FixedDeadline:
@@ -79,3 +84,102 @@ class StartupDeadline:
             self._first = False
             return
         self.inner.observe(wait_s, complete=complete)
+
+
+def heavy_round(round: int, *, rounds: int, eval_every: int, checkpoint_every: int) -> bool:  # noqa: A002
+    """Whether the neighbours' frames of ``round`` follow known extra work.
+
+    Every node of a fleet shares the plan's schedule: after round ``k - 1`` a node
+    evaluates when ``k`` is a multiple of ``eval_every`` and checkpoints when it is a
+    multiple of ``checkpoint_every``, so its frame of round ``k`` comes late by that
+    work. In the last round the nodes that finished first evaluate on their whole test
+    split, checkpoint and write their masks, and in a ``fleet run`` worker that work
+    shares the CPU with the neighbours still training their last step.
+    """
+    if round <= 0:
+        return False
+    return (round == rounds - 1 or (eval_every > 0 and round % eval_every == 0)
+            or (checkpoint_every > 0 and round % checkpoint_every == 0))
+
+
+class LiveDeadline:
+    """Wait for live neighbours as long as reason allows; adapt to the recent past only for absent ones.
+
+    A deadline exists to stop a dead or hung neighbour from stalling the fleet, not to
+    race a live one: cutting a neighbour that is merely busy (evaluating, checkpointing,
+    sharing a ``fleet run`` worker with hundreds of other nodes) silently departs from
+    the simulator. So at the start of each round:
+
+    * every neighbour waited for is online (its MQTT session is up, no last will): the
+      round may wait the *patience*: ``max_s``, or ``factor`` x the longest round this
+      node has run recently (its own round time carries its process's contention, which
+      the neighbours' rounds share), whichever is longer; in a round after known extra
+      work (:func:`heavy_round`) ``factor`` x the longest wait of such rounds too;
+    * some neighbour waited for is not online (vanished, or not yet back): the
+      ``inner`` policy's deadline (adaptive: a multiple of recent complete waits).
+
+    Only a neighbour slower than that patience, or gone, is missed; :meth:`settle`
+    counts the misses per round. With ``patient=False`` (a fixed deadline the operator
+    chose) the inner deadline always applies and only the counting remains. ``clock`` is injectable so that tests need no sleeps.
+    """
+
+    def __init__(self, inner: "FixedDeadline | AdaptiveDeadline", *, current_round: Callable[[], int],
+                 expected: Callable[[], set[int]], online: Callable[[], set[int]], heavy: Callable[[int], bool],
+                 patient: bool = True, max_s: float = 60.0, factor: float = 3.0, window: int = 20,
+                 clock: Callable[[], float] = time.monotonic) -> None:
+        if max_s <= 0 or factor < 1:
+            raise ValueError("need max_s > 0 and factor >= 1")
+        self.inner, self.current_round, self.expected, self.online, self.heavy = (
+            inner, current_round, expected, online, heavy)
+        self.patient, self.max_s, self.factor, self.clock = patient, max_s, factor, clock
+        self._rounds: deque[float] = deque(maxlen=window)  # this node's recent round durations
+        self._heavy_waits: deque[float] = deque(maxlen=window)
+        self._round = -1  # the round next_s() was last asked about
+        self._started: float | None = None
+        self._waiting: frozenset[int] = frozenset()
+        self._all_online = False
+        self._open = False  # a round began and was not settled yet
+        self.misses = 0  # neighbour-rounds missed so far (a neighbour waited for, not heard)
+        self.last_s = 0.0  # the last deadline handed out
+
+    def patience_s(self, round: int) -> float:  # noqa: A002
+        """How long a round may wait for neighbours that are all online."""
+        s = max(self.max_s, self.factor * max(self._rounds, default=0.0))
+        if self.heavy(round) and self._heavy_waits:
+            s = max(s, self.factor * max(self._heavy_waits))
+        return s
+
+    def begin(self, round: int) -> None:  # noqa: A002
+        """Round ``round`` starts its collection: note who it waits for (and time the last round)."""
+        now = self.clock()
+        if self._started is not None and round == self._round + 1:
+            self._rounds.append(now - self._started)
+        self._round, self._started = round, now
+        self._waiting = frozenset(self.expected())
+        self._all_online = self._waiting <= self.online()
+        self._open = True
+
+    def next_s(self) -> float:
+        """The deadline of the round the node is about to collect."""
+        self.begin(self.current_round())
+        inner = self.inner.next_s()
+        patient = self.patient and self._all_online
+        self.last_s = max(inner, self.patience_s(self._round)) if patient else inner
+        return self.last_s
+
+    def observe(self, wait_s: float, *, complete: bool) -> None:
+        """Learn from a round's wait (the inner policy from complete ones; heavy rounds apart)."""
+        if complete and self.heavy(self._round):
+            self._heavy_waits.append(wait_s)
+        else:
+            self.inner.observe(wait_s, complete=complete)
+
+    def settle(self, heard: set[int]) -> list[int]:
+        """The neighbours waited for in the last round but not ``heard``: its deadline misses
+        (none for a round that waited for nobody, e.g. one without gossip)."""
+        if not self._open:
+            return []
+        self._open = False
+        missed = sorted(self._waiting - heard)
+        self.misses += len(missed)
+        return missed

@@ -20,13 +20,14 @@ from __future__ import annotations
 import json
 import logging
 import os
+import time
 from collections.abc import Callable
 from dataclasses import dataclass, replace
 from urllib.parse import urlsplit
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
-from dslth_edge.fleet.deadline import AdaptiveDeadline, FixedDeadline, StartupDeadline
+from dslth_edge.fleet.deadline import AdaptiveDeadline, FixedDeadline, LiveDeadline, StartupDeadline, heavy_round
 from dslth_edge.errors import CheckpointError, IsolatedError, UsageError
 from dslth_edge.fleet.node import Node, RoundResult
 from dslth_edge.runs.guard import check_rounds, check_same_settings, open_node_dir, run_mode
@@ -34,15 +35,19 @@ from dslth_edge.runs.rundir import load_mask, read_metrics, write_json
 from dslth_edge.transport.identity import choose_identity
 from dslth_edge.transport.messages import Hello
 from dslth_edge.transport.mqtt import MqttTransport
-from dslth_edge.transport.mqtt_options import MqttOptions, read_secret
+from dslth_edge.transport.mqtt_options import ENV_FLEET_KEY, MqttOptions, read_secret
+from dslth_edge.transport.report import NodeReport, ReportThrottle
 from dslth_edge.wire import CODEC_NAMES, default_max_frame_bytes
 
 if TYPE_CHECKING:
     from dslth_edge.fleet.plan import FleetPlan
 
-__all__ = ["ENV_FLEET_KEY", "NodeRunOptions", "fleet_key", "run_fleet_node", "start_node", "IsolationWatch"]
+__all__ = ["ENV_FLEET_KEY", "MISSES_FILE", "NodeRunOptions", "fleet_key", "run_fleet_node", "start_node",
+           "IsolationWatch", "node_deadline", "read_misses", "RoundLedger"]
 
-ENV_FLEET_KEY = "DSLTH_FLEET_KEY"
+#: per node directory: one JSON line per round in which a neighbour waited for was not heard
+MISSES_FILE = "deadline_misses.jsonl"
+
 
 log = logging.getLogger(__name__)
 
@@ -66,6 +71,7 @@ class NodeRunOptions:
     roster: str | None = None  # fleet roster (Ed25519 identities); see `dslth-edge keys init`
     node_key: str | None = None  # this node's private key (default: node-<id>.key next to the roster)
     run_epoch: int | None = None  # None: the roster's epoch (0 without a roster)
+    report_gap_s: float = 2.0  # at most one progress report (fleet watch) per this many seconds
 
     @property
     def mode(self) -> str:
@@ -156,6 +162,80 @@ class IsolationWatch:
             "(--allow-solo accepts a run alone)")
 
 
+def node_deadline(node: Node, transport: MqttTransport, opts: NodeRunOptions) -> LiveDeadline:
+    """The node's round deadline: the fixed one given, else adaptive for absent neighbours and
+    patient with online ones (:class:`~dslth_edge.fleet.deadline.LiveDeadline`)."""
+    cfg, exchange = node.config, node.exchange
+
+    def expected() -> set[int]:  # the neighbours the round will wait for (as Node._collect computes them)
+        out_of_step = getattr(exchange, "out_of_step", None)
+        return (set(node.neighbours) - set(node.stale_neighbours()) - transport.unavailable()
+                - (set(out_of_step(node.round)) if out_of_step else set()))
+
+    fixed = opts.round_deadline_s is not None
+    inner = FixedDeadline(opts.round_deadline_s) if fixed else AdaptiveDeadline(max_s=opts.deadline_max_s)  # type: ignore[arg-type]
+    return LiveDeadline(inner, current_round=lambda: node.round, expected=expected,
+                        online=transport.online_neighbours, patient=not fixed, max_s=opts.deadline_max_s,
+                        heavy=lambda k: heavy_round(k, rounds=cfg.rounds, eval_every=cfg.eval_every,
+                                                    checkpoint_every=cfg.checkpoint_every))
+
+
+def read_misses(node_dir: str | Path, rounds: int | None = None) -> dict[int, list[int]]:
+    """round -> neighbours missed, from a node directory's deadline_misses.jsonl (rounds < ``rounds``)."""
+    path = Path(node_dir) / MISSES_FILE
+    out: dict[int, list[int]] = {}
+    for row in read_metrics(path):  # the same tolerant JSON Lines reader
+        k = row.get("round")
+        if isinstance(k, int) and (rounds is None or k < rounds) and isinstance(row.get("missed"), list):
+            out[k] = [j for j in row["missed"] if isinstance(j, int)]  # a resumed round: the last line wins
+    return out
+
+
+class RoundLedger:
+    """After each round: the deadline misses (logged, written beside metrics.jsonl) and the
+    node's progress report for ``fleet watch`` (rate-limited, sealed)."""
+
+    def __init__(self, node: Node, transport: MqttTransport, policy: LiveDeadline, opts: NodeRunOptions) -> None:
+        assert node.paths is not None
+        self.node, self.transport, self.policy = node, transport, policy
+        self.path = node.paths.root / MISSES_FILE
+        rows = read_metrics(node.paths.metrics)
+        self.bytes_sent = sum(int(r.get("bytes_sent", 0)) for r in rows)
+        self.acc = next((r["acc"] for r in reversed(rows) if r.get("acc") is not None), None)
+        policy.misses = sum(len(m) for m in read_misses(node.paths.root, node.round).values())
+        self.throttle = ReportThrottle(opts.report_gap_s)
+
+    def after(self, result: RoundResult) -> list[int]:
+        """Account for a finished round; returns the neighbours it missed."""
+        heard = {j for j in self.node.neighbours if self.node.last_heard.get(j) == result.round}
+        missed = self.policy.settle(heard)
+        if missed:
+            log.warning("node %d round %d: the deadline (%.1f s) passed without neighbour(s) %s",
+                        self.node.config.node_id, result.round, self.policy.last_s, ", ".join(map(str, missed)))
+            with open(self.path, "a") as fh:
+                fh.write(json.dumps({"round": result.round, "missed": missed, "deadline_s": round(self.policy.last_s, 3)})
+                         + "\n")
+        self.bytes_sent += result.bytes_sent
+        if result.acc is not None:
+            self.acc = result.acc
+        done = self.node.round >= self.node.config.rounds
+        self.report("done" if done else "running", force=done)
+        return missed
+
+    def report(self, state: str, *, force: bool = False) -> None:
+        """Publish the node's progress report (retained) unless one went out less than a gap ago."""
+        if not self.throttle.due(force=force):
+            return
+        acc = self.acc if self.acc is not None and 0.0 <= self.acc <= 1.0 else None  # NaN: no test samples
+        rep = NodeReport(node=self.node.config.node_id, round=self.node.round, rounds=self.node.config.rounds,
+                         state=state, acc=acc, bytes_sent=self.bytes_sent, misses=self.policy.misses,
+                         profile=(self.node.config.profile or None) and str(self.node.config.profile)[:64],
+                         time=round(time.time(), 3))
+        identity = self.transport.identity
+        data = rep.to_bytes()
+        self.transport.publish_report(identity.seal("report", rep.round, data) if identity is not None else data)
+
+
 def run_fleet_node(
     plan: "FleetPlan",
     node_id: int,
@@ -212,25 +292,33 @@ def run_fleet_node(
     try:
         if resume:
             exchange.reconnected()  # our old deltas' bases are gone from the neighbours' stores
-        policy = (AdaptiveDeadline(max_s=opts.deadline_max_s) if opts.round_deadline_s is None
-                  else FixedDeadline(opts.round_deadline_s))
+        policy = node_deadline(node, transport, opts)
         missing = transport.wait_for_peers(opts.start_timeout_s)
-        # every neighbour is up, but on a fresh start each begins round 0 only once *its*
-        # neighbours are (up to start_timeout_s): round 0 waits for that, not one deadline.
-        # A resumed node's neighbours are normally mid-run already: no such wait.
+        if missing:
+            log.warning("node %d starts alone: no hello from neighbour(s) %s within %.0f s (%s); it takes their "
+                        "frames once they appear", node_id, ", ".join(map(str, sorted(missing))),
+                        opts.start_timeout_s, watch.waited_for())
+        # On a fresh start every neighbour begins its round 0 only once *its* neighbours are up
+        # (up to start_timeout_s): round 0 waits for every neighbour the topology names that
+        # long, whichever hellos the broker happened to deliver first. A resumed node's
+        # neighbours are normally mid-run already: no such wait.
         first_s = opts.start_timeout_s if node.round == 0 and not missing else 0.0
         node.deadline_policy = StartupDeadline(policy, first_s)
+        ledger = RoundLedger(node, transport, policy, opts)
+        ledger.report("running" if node.round else "starting", force=True)
         if on_start is not None:
             on_start(node)
         while node.round < node.config.rounds:
             for j in transport.take_returned():  # a returning neighbour holds none of our bases
                 exchange.peer_returned(j, node.round)  # (at most one key frame per gap and neighbour)
             result = node.run_round()
+            ledger.after(result)
             watch.observe(result)
             if on_round is not None:
                 on_round(result)
             if stop_requested() and node.round < node.config.rounds:
                 node.save()
+                ledger.report("stopped", force=True)
                 break
     finally:
         transport.close()
