@@ -173,7 +173,8 @@ def node_deadline(node: Node, transport: MqttTransport, opts: NodeRunOptions) ->
                 - (set(out_of_step(node.round)) if out_of_step else set()))
 
     fixed = opts.round_deadline_s is not None
-    inner = FixedDeadline(opts.round_deadline_s) if fixed else AdaptiveDeadline(max_s=opts.deadline_max_s)  # type: ignore[arg-type]
+    inner = FixedDeadline(opts.round_deadline_s) if fixed else AdaptiveDeadline(
+        max_s=opts.deadline_max_s, min_s=min(2.0, opts.deadline_max_s))
     return LiveDeadline(inner, current_round=lambda: node.round, expected=expected,
                         online=transport.online_neighbours, patient=not fixed, max_s=opts.deadline_max_s,
                         heavy=lambda k: heavy_round(k, rounds=cfg.rounds, eval_every=cfg.eval_every,
