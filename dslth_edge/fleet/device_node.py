@@ -20,6 +20,7 @@ from __future__ import annotations
 import json
 import logging
 import os
+import threading
 import time
 from collections.abc import Callable
 from dataclasses import dataclass, replace
@@ -42,8 +43,13 @@ from dslth_edge.wire import CODEC_NAMES, default_max_frame_bytes
 if TYPE_CHECKING:
     from dslth_edge.fleet.plan import FleetPlan
 
-__all__ = ["ENV_FLEET_KEY", "MISSES_FILE", "NodeRunOptions", "fleet_key", "run_fleet_node", "start_node",
+__all__ = ["BUILD_SLOTS", "ENV_FLEET_KEY", "MISSES_FILE", "NodeRunOptions", "fleet_key", "run_fleet_node", "start_node",
            "IsolationWatch", "node_deadline", "read_misses", "RoundLedger"]
+
+#: nodes of one process that build their model and data at once: a ``fleet run`` worker starts
+#: hundreds of nodes, and hundreds of threads building at once only starve the MQTT network
+#: threads of the nodes already connected (their keep-alive lapses) without building faster
+BUILD_SLOTS = threading.BoundedSemaphore(max(1, os.cpu_count() or 1))
 
 #: per node directory: one JSON line per round in which a neighbour waited for was not heard
 MISSES_FILE = "deadline_misses.jsonl"
@@ -262,7 +268,8 @@ def run_fleet_node(
         import torch
 
         torch.set_num_threads(opts.torch_threads)
-    node = make_node(plan, node_id, None, run_dir)
+    with BUILD_SLOTS:
+        node = make_node(plan, node_id, None, run_dir)
     node.config = replace(node.config, stale_after=opts.stale_after, checkpoint_every=max(1, opts.checkpoint_every),
                           round_deadline_s=opts.round_deadline_s or opts.deadline_max_s)
     exchange: Any = node.exchange
@@ -275,7 +282,8 @@ def run_fleet_node(
     log.debug("node %d security: %s", node_id, identity.describe())  # stated in the startup line (cli.train)
     assert node.paths is not None
     resume = open_node_dir(node.paths.root, opts.mode)
-    start_node(node, resume)
+    with BUILD_SLOTS:
+        start_node(node, resume)
     heard_before = any(int(r.get("neighbours_heard", 0)) > 0 for r in read_metrics(node.paths.metrics))
     watch = IsolationWatch(node, plan.options.fleet_id, opts.mqtt.url, node.config.stale_after, heard_before)
     if node.round >= node.config.rounds:  # a finished run resumed (restart loop): nothing to do on the network
