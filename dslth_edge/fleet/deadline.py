@@ -120,7 +120,8 @@ class LiveDeadline:
 
     Only a neighbour slower than that patience, or gone, is missed; :meth:`settle`
     counts the misses per round. With ``patient=False`` (a fixed deadline the operator
-    chose) the inner deadline always applies and only the counting remains. ``clock`` is injectable so that tests need no sleeps.
+    chose) the inner deadline always applies and only the counting remains. ``clock``
+    is injectable so that tests need no sleeps.
     """
 
     def __init__(self, inner: "FixedDeadline | AdaptiveDeadline", *, current_round: Callable[[], int],
@@ -139,6 +140,8 @@ class LiveDeadline:
         self._waiting: frozenset[int] = frozenset()
         self._all_online = False
         self._open = False  # a round began and was not settled yet
+        self._complete = False  # the current round heard every neighbour it waited for
+        self.last_missed: list[int] = []  # the misses of round :attr:`round`, once settled
         self.misses = 0  # neighbour-rounds missed so far (a neighbour waited for, not heard)
         self.last_s = 0.0  # the last deadline handed out
 
@@ -152,9 +155,11 @@ class LiveDeadline:
     def begin(self, round: int) -> None:  # noqa: A002
         """Round ``round`` starts its collection: note who it waits for (and time the last round)."""
         now = self.clock()
-        if self._started is not None and round == self._round + 1:
+        if self._started is not None and round == self._round + 1 and self._complete:
+            # only complete rounds: a round that waited out a hung neighbour must not raise the
+            # patience for the next one (it would grow 3x a round until the neighbour is stale)
             self._rounds.append(now - self._started)
-        self._round, self._started = round, now
+        self._round, self._started, self._complete = round, now, False
         self._waiting = frozenset(self.expected())
         self._all_online = self._waiting <= self.online()
         self._open = True
@@ -169,17 +174,23 @@ class LiveDeadline:
 
     def observe(self, wait_s: float, *, complete: bool) -> None:
         """Learn from a round's wait (the inner policy from complete ones; heavy rounds apart)."""
+        self._complete = complete
         if complete and self.heavy(self._round):
             self._heavy_waits.append(wait_s)
         else:
             self.inner.observe(wait_s, complete=complete)
 
+    @property
+    def round(self) -> int:
+        """The round the last deadline was handed out for (-1: none yet)."""
+        return self._round
+
     def settle(self, heard: set[int]) -> list[int]:
-        """The neighbours waited for in the last round but not ``heard``: its deadline misses
-        (none for a round that waited for nobody, e.g. one without gossip)."""
+        """The neighbours waited for in round :attr:`round` but not ``heard``: its deadline misses,
+        counted once (asking again returns the same list)."""
         if not self._open:
-            return []
+            return list(self.last_missed)
         self._open = False
-        missed = sorted(self._waiting - heard)
-        self.misses += len(missed)
-        return missed
+        self.last_missed = sorted(self._waiting - heard)
+        self.misses += len(self.last_missed)
+        return list(self.last_missed)

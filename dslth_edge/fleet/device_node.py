@@ -215,7 +215,8 @@ class RoundLedger:
     def after(self, result: RoundResult) -> list[int]:
         """Account for a finished round; returns the neighbours it missed."""
         heard = {j for j in self.node.neighbours if self.node.last_heard.get(j) == result.round}
-        missed = self.policy.settle(heard)
+        # a round without gossip (dpsgd-ft's last ones) waited for nobody: nothing to settle
+        missed = self.policy.settle(heard) if self.policy.round == result.round else []
         if missed:
             log.warning("node %d round %d: the deadline (%.1f s) passed without neighbour(s) %s",
                         self.node.config.node_id, result.round, self.policy.last_s, ", ".join(map(str, missed)))

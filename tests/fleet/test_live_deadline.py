@@ -59,7 +59,7 @@ def test_absent_neighbour_gets_the_adaptive_deadline_and_a_miss() -> None:
     assert policy.next_s() == 2.0
     policy.observe(2.0, complete=False)
     assert policy.settle({1}) == [2] and policy.misses == 1
-    assert policy.settle({1}) == []  # settled once per round
+    assert policy.settle({1}) == [2] and policy.misses == 1  # counted once per round
 
 
 def test_patience_grows_with_the_nodes_own_rounds() -> None:
@@ -70,7 +70,15 @@ def test_patience_grows_with_the_nodes_own_rounds() -> None:
         state["round"] = k
         policy.next_s()
         clock.t += 40.0
+        policy.observe(1.0, complete=True)
     assert policy.patience_s(4) == 120.0
+    state["round"] = 4  # a hung (online) neighbour: this round waits the patience out …
+    policy.next_s()
+    clock.t += 120.0
+    policy.observe(120.0, complete=False)
+    state["round"] = 5
+    policy.next_s()
+    assert policy.patience_s(5) == 120.0  # … and does not raise the next round's patience
 
 
 def test_heavy_round_waits_are_learned_apart() -> None:
