@@ -562,12 +562,16 @@ class MqttTransport:
     def wait_for_peers(self, timeout: float) -> set[int]:
         """Wait until every neighbour said hello and is online (or ``timeout``); return the missing ones."""
         end = time.monotonic() + timeout
+        pause = 0.05
         while True:
             with self._lock:
                 missing = {j for j in self.neighbours if j not in self.online or j not in self.peers}
             if not missing or time.monotonic() >= end:
                 return missing
-            time.sleep(0.05)
+            time.sleep(min(pause, max(0.0, end - time.monotonic())))
+            # backing off: 500 nodes of a worker polling 20 times a second each starve the
+            # network threads that must deliver those very hellos (and answer keep-alives)
+            pause = min(0.5, pause * 1.5)
 
     @property
     def connected(self) -> bool:
