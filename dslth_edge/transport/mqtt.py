@@ -258,7 +258,10 @@ class MqttTransport:
             return
         # subscriptions first: a persistent session keeps them, but a restarted broker without
         # persistence (amqtt) does not
-        subs = [(topic(self.fleet, j, "+"), 1) for j in self.neighbours]
+        # one exact filter per kind, no wildcard: RabbitMQ's MQTT plugin (3.10) delivers retained
+        # messages (the hello and status a start-up waits for) only to exact subscriptions, and
+        # the neighbours' `report` topics (for `fleet watch`) are not ours to receive
+        subs = [(topic(self.fleet, j, kind), 1) for j in self.neighbours for kind in KINDS]
         # our own hello and ctl: another process announcing itself under our id
         subs += [(topic(self.fleet, self.node_id, "hello"), 1), (topic(self.fleet, self.node_id, "ctl"), 1)]
         _, self._sub_mid = client.subscribe(subs)
