@@ -309,10 +309,10 @@ def run_fleet_node(
                         "frames once they appear", node_id, ", ".join(map(str, sorted(missing))),
                         opts.start_timeout_s, watch.waited_for())
         # On a fresh start every neighbour begins its round 0 only once *its* neighbours are up
-        # (up to start_timeout_s): round 0 waits for every neighbour the topology names that
-        # long, whichever hellos the broker happened to deliver first. A resumed node's
-        # neighbours are normally mid-run already: no such wait.
-        first_s = opts.start_timeout_s if node.round == 0 and not missing else 0.0
+        # (up to start_timeout_s), then computes it: round 0 waits for every neighbour the
+        # topology names that long plus a round's bound, whichever hellos the broker happened
+        # to deliver first. A resumed node's neighbours are normally mid-run: no such wait.
+        first_s = opts.start_timeout_s + opts.deadline_max_s if node.round == 0 and not missing else 0.0
         node.deadline_policy = StartupDeadline(policy, first_s)
         ledger = RoundLedger(node, transport, policy, opts)
         ledger.report("running" if node.round else "starting", force=True)
