@@ -98,6 +98,7 @@ def run(tmp: Path, port: int, protocol: str, rounds: int) -> dict:
 def main() -> None:
     ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     ap.add_argument("--rounds", type=int, default=4)
+    ap.add_argument("--protocols", default="auto,3.1.1", help="--mqtt-protocol values to run, comma-separated")
     ap.add_argument("--keep", action="store_true", help="keep the temporary directory")
     args = ap.parse_args()
     if not os.path.exists(SERVER):
@@ -106,7 +107,7 @@ def main() -> None:
     proc, port, env = start_rabbitmq(tmp)
     try:
         ver = version(env)
-        for protocol in ("auto", "3.1.1"):
+        for protocol in args.protocols.split(","):
             print(json.dumps({"broker": f"RabbitMQ {ver} (rabbitmq_mqtt)", **run(tmp, port, protocol, args.rounds)}),
                   flush=True)
     finally:
