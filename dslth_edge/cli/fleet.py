@@ -104,8 +104,10 @@ def run(as_json: bool, no_plots: bool, profiles: str, workers: int | None, threa
 @click.option("--fleet", "fleet_id", required=True, help="Fleet name (the nodes' --fleet / --fleet-id).")
 @click.option("--once", is_flag=True, help="Print the fleet once and exit.")
 @click.option("--json", "as_json", is_flag=True, help="JSON Lines: one object per node (with --once: one snapshot).")
-@click.option("--interval", default=2.0, show_default=True, type=click.FloatRange(min=0.2), help="Seconds between refreshes.")
-@click.option("--count", default=None, type=click.IntRange(min=1), help="Stop after this many refreshes (default: Ctrl-C).")
+@click.option("--interval", default=2.0, show_default=True, type=click.FloatRange(min=0.2),
+              help="Seconds between refreshes.")
+@click.option("--count", default=None, type=click.IntRange(min=1),
+              help="Stop after this many refreshes (default: Ctrl-C).")
 @click.option("--roster", default=None, help="Fleet roster: verify Ed25519-signed hellos and reports.")
 @click.option("--fleet-key-file", default=None, help="Fleet HMAC key: verify HMAC-sealed hellos and reports "
               "(default $DSLTH_FLEET_KEY).")

@@ -221,8 +221,8 @@ class RoundLedger:
             log.warning("node %d round %d: the deadline (%.1f s) passed without neighbour(s) %s",
                         self.node.config.node_id, result.round, self.policy.last_s, ", ".join(map(str, missed)))
             with open(self.path, "a") as fh:
-                fh.write(json.dumps({"round": result.round, "missed": missed, "deadline_s": round(self.policy.last_s, 3)})
-                         + "\n")
+                row = {"round": result.round, "missed": missed, "deadline_s": round(self.policy.last_s, 3)}
+                fh.write(json.dumps(row) + "\n")
         self.bytes_sent += result.bytes_sent
         if result.acc is not None:
             self.acc = result.acc

@@ -18,7 +18,6 @@ import math
 import time
 from collections.abc import Callable
 from dataclasses import asdict, dataclass
-from typing import Any
 
 from dslth_edge.transport.messages import strict_int
 
@@ -73,7 +72,8 @@ def parse_report(payload: bytes) -> NodeReport:
         raise ValueError(f"report state must be one of {', '.join(_STATES)}")
     return NodeReport(node=strict_int(raw.get("node"), "node"), round=strict_int(raw.get("round"), "round"),
                       rounds=strict_int(raw.get("rounds"), "rounds"), state=state,
-                      acc=None if acc is None else float(acc), bytes_sent=strict_int(raw.get("bytes_sent"), "bytes_sent", hi=1 << 62),
+                      acc=None if acc is None else float(acc),
+                      bytes_sent=strict_int(raw.get("bytes_sent"), "bytes_sent", hi=1 << 62),
                       misses=strict_int(raw.get("misses"), "misses"), profile=profile, time=float(when))
 
 
