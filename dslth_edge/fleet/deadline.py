@@ -85,6 +85,11 @@ class StartupDeadline:
             return
         self.inner.observe(wait_s, complete=complete)
 
+    def settle(self, heard: set[int]) -> list[int]:
+        """The inner policy's deadline misses of the last round (none when it does not count them)."""
+        settle = getattr(self.inner, "settle", None)
+        return settle(heard) if settle is not None else []
+
 
 def heavy_round(round: int, *, rounds: int, eval_every: int, checkpoint_every: int) -> bool:  # noqa: A002
     """Whether the neighbours' frames of ``round`` follow known extra work.

@@ -100,3 +100,13 @@ def test_fixed_deadline_is_kept_and_misses_counted() -> None:
                           online=lambda: {1}, heavy=lambda k: True, patient=False, clock=Clock())
     assert StartupDeadline(policy, 0.0).next_s() == 5.0
     assert policy.settle(set()) == [1] and policy.misses == 1
+
+
+def test_startup_wrapper_passes_misses_through() -> None:
+    """What Node._collect can ask whichever policy it holds (the fleet wraps LiveDeadline in StartupDeadline)."""
+    clock, state = Clock(), {"round": 0}
+    live = _policy(set(), clock, state)  # nobody online
+    wrapped = StartupDeadline(live, 120.0)
+    assert wrapped.next_s() == 120.0
+    assert wrapped.settle({1}) == [2] and live.misses == 1
+    assert StartupDeadline(AdaptiveDeadline(), 0.0).settle(set()) == []
