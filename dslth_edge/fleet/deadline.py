@@ -82,6 +82,9 @@ class StartupDeadline:
     def observe(self, wait_s: float, *, complete: bool) -> None:
         if self._first:
             self._first = False
+            note = getattr(self.inner, "note_wait", None)
+            if note is not None:  # not learned from, but the round's own work is still timed
+                note(wait_s)
             return
         self.inner.observe(wait_s, complete=complete)
 
@@ -116,9 +119,10 @@ class LiveDeadline:
     the simulator. So at the start of each round:
 
     * every neighbour waited for is online (its MQTT session is up, no last will): the
-      round may wait the *patience*: ``max_s``, or ``factor`` x the longest round this
-      node has run recently (its own round time carries its process's contention, which
-      the neighbours' rounds share), whichever is longer; in a round after known extra
+      round may wait the *patience*: ``max_s``, or ``factor`` x the longest complete
+      round this node has run recently, or ``factor`` x its longest recent own work (a
+      round less its wait, timed from round 0 on: it carries its process's contention,
+      which the neighbours' rounds share), whichever is longest; in a round after known extra
       work (:func:`heavy_round`) ``factor`` x the longest wait of such rounds too;
     * some neighbour waited for is not online (vanished, or not yet back): the
       ``inner`` policy's deadline (adaptive: a multiple of recent complete waits).
@@ -138,7 +142,9 @@ class LiveDeadline:
         self.inner, self.current_round, self.expected, self.online, self.heavy = (
             inner, current_round, expected, online, heavy)
         self.patient, self.max_s, self.factor, self.clock = patient, max_s, factor, clock
-        self._rounds: deque[float] = deque(maxlen=window)  # this node's recent round durations
+        self._rounds: deque[float] = deque(maxlen=window)  # this node's recent complete round durations
+        self._work: deque[float] = deque(maxlen=window)  # its recent rounds less their waits: its own work
+        self._last_wait = 0.0
         self._heavy_waits: deque[float] = deque(maxlen=window)
         self._round = -1  # the round next_s() was last asked about
         self._started: float | None = None
@@ -152,7 +158,7 @@ class LiveDeadline:
 
     def patience_s(self, round: int) -> float:  # noqa: A002
         """How long a round may wait for neighbours that are all online."""
-        s = max(self.max_s, self.factor * max(self._rounds, default=0.0))
+        s = max(self.max_s, self.factor * max(self._rounds, default=0.0), self.factor * max(self._work, default=0.0))
         if self.heavy(round) and self._heavy_waits:
             s = max(s, self.factor * max(self._heavy_waits))
         return s
@@ -160,11 +166,15 @@ class LiveDeadline:
     def begin(self, round: int) -> None:  # noqa: A002
         """Round ``round`` starts its collection: note who it waits for (and time the last round)."""
         now = self.clock()
-        if self._started is not None and round == self._round + 1 and self._complete:
-            # only complete rounds: a round that waited out a hung neighbour must not raise the
-            # patience for the next one (it would grow 3x a round until the neighbour is stale)
-            self._rounds.append(now - self._started)
-        self._round, self._started, self._complete = round, now, False
+        if self._started is not None and round == self._round + 1:
+            # the node's own work (finishing the last round, computing this one) under its
+            # process's load, from round 0 on: the neighbours' rounds take as long
+            self._work.append(max(0.0, now - self._started - self._last_wait))
+            if self._complete:
+                # only complete rounds: a round that waited out a hung neighbour must not raise the
+                # patience for the next one (it would grow 3x a round until the neighbour is stale)
+                self._rounds.append(now - self._started)
+        self._round, self._started, self._complete, self._last_wait = round, now, False, 0.0
         self._waiting = frozenset(self.expected())
         self._all_online = self._waiting <= self.online()
         self._open = True
@@ -179,11 +189,15 @@ class LiveDeadline:
 
     def observe(self, wait_s: float, *, complete: bool) -> None:
         """Learn from a round's wait (the inner policy from complete ones; heavy rounds apart)."""
-        self._complete = complete
+        self._complete, self._last_wait = complete, wait_s
         if complete and self.heavy(self._round):
             self._heavy_waits.append(wait_s)
         else:
             self.inner.observe(wait_s, complete=complete)
+
+    def note_wait(self, wait_s: float) -> None:
+        """A round's wait that is not learned from (the start-up's): only its own work is timed."""
+        self._last_wait = wait_s
 
     @property
     def round(self) -> int:
