@@ -182,7 +182,11 @@ def node_deadline(node: Node, transport: MqttTransport, opts: NodeRunOptions) ->
     inner = FixedDeadline(opts.round_deadline_s) if fixed else AdaptiveDeadline(
         max_s=opts.deadline_max_s, min_s=min(2.0, opts.deadline_max_s))
     return LiveDeadline(inner, current_round=lambda: node.round, expected=expected,
-                        online=transport.online_neighbours, patient=not fixed, max_s=opts.deadline_max_s,
+                        online=transport.online_neighbours, patient=not fixed,
+                        # start-up skew travels: a neighbour that waited for a late starter in its
+                        # round 0 is late in its round 1, its neighbour in round 2 … (one hop a
+                        # round), so an online neighbour is given at least the start-up's allowance
+                        max_s=max(opts.deadline_max_s, opts.start_timeout_s),
                         heavy=lambda k: heavy_round(k, rounds=cfg.rounds, eval_every=cfg.eval_every,
                                                     checkpoint_every=cfg.checkpoint_every))
 
