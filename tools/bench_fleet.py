@@ -11,6 +11,13 @@
   published (ingress) and the frame bytes delivered to subscribers (egress). Target
   <= 1.05x.
 * scale: N MCU-CNN nodes in W processes; rounds per minute. Target: N >= 100.
+* fleet (issue 27): for each of --sizes (default 100, 500, 1000) MCU-CNN nodes, ring,
+  ``fleet run`` over Mosquitto with the adaptive deadline, and ``simulate`` with the same
+  options (cached under --cache): rounds per minute, seconds per round after start-up,
+  start-up time (launch until every node finished round 0), peak RSS per worker, deadline
+  misses, and how many final masks equal the simulator's. Run it niced on a shared machine:
+
+    nice -n 10 python tools/bench_fleet.py fleet --sizes 100,500 --rounds 5 --cache /tmp/bench-fleet-sim
 
 Prints one JSON object per run. Figures depend on the machine: say how many cores.
 """
@@ -115,9 +122,82 @@ def run(args: argparse.Namespace) -> dict:
     return out
 
 
+def _simulated(opts: FleetOptions, cache: Path) -> Path:
+    """The simulator's run directory for ``opts`` (cached: simulate once per configuration)."""
+    from dataclasses import asdict, replace
+    import hashlib
+
+    from dslth_edge.fleet.simulator import simulate
+
+    key = hashlib.sha256(json.dumps({k: v for k, v in asdict(opts).items() if k != "out"}, sort_keys=True,
+                                    default=str).encode()).hexdigest()[:16]
+    out = cache / f"sim-{opts.nodes}-{key}"
+    if not all((out / f"node-{i}" / "mask.npz").is_file() for i in range(opts.nodes)):
+        t0 = time.perf_counter()
+        simulate(replace(opts, out=str(out), fleet_id="sim"), write_plots=False)
+        print(json.dumps({"simulated": opts.nodes, "seconds": round(time.perf_counter() - t0, 1)}), flush=True)
+    return out
+
+
+def fleet_at_scale(args: argparse.Namespace, nodes: int) -> dict:
+    """One ``fleet run`` of ``nodes`` over a private Mosquitto, against the simulator's masks."""
+    import threading
+
+    import numpy as np
+
+    from dslth_edge.fleet.device_node import read_misses
+    from dslth_edge.runs.rundir import load_mask
+
+    tmp = Path(tempfile.mkdtemp(prefix="bench-fleet-"))
+    opts = FleetOptions(nodes=nodes, topology=args.topology, dataset=args.dataset, model=args.model, keep=args.keep,
+                        partition="classes:2", rounds=args.rounds, eval_every=0, eval_samples=200,
+                        out=str(tmp / "run"), fleet_id="bench")
+    sim_dir = _simulated(opts, Path(args.cache))
+    broker = _broker("mosquitto", tmp)
+    run_dir = tmp / "run"
+    first_round: dict[str, float] = {}
+    done = threading.Event()
+
+    def watch_start(t0: float) -> None:  # launch until every node finished round 0
+        while not done.is_set():
+            if all((run_dir / f"node-{i}" / "metrics.jsonl").is_file() for i in range(nodes)):
+                first_round["s"] = time.perf_counter() - t0
+                return
+            time.sleep(0.5)
+
+    t0 = time.perf_counter()
+    threading.Thread(target=watch_start, args=(t0,), daemon=True).start()
+    try:
+        summary = run_fleet(opts, FleetRunOptions(broker_url=broker.url, workers=args.workers,
+                                                  node=NodeRunOptions(deadline_max_s=args.deadline_max)),
+                            write_plots=False)
+    finally:
+        done.set()
+        broker.stop()
+    seconds = summary["seconds"]
+    startup = first_round.get("s", float("nan"))
+    peak = [max((r.get("peak_rss_bytes") or 0 for i in range(w, nodes, args.workers)
+                 for r in read_metrics(run_dir / f"node-{i}" / "metrics.jsonl")), default=0)
+            for w in range(args.workers)]
+    equal = 0
+    for i in range(nodes):
+        a, b = load_mask(run_dir / f"node-{i}" / "mask.npz").masks, load_mask(sim_dir / f"node-{i}" / "mask.npz").masks
+        equal += all(np.array_equal(x, y) for x, y in zip(a, b))
+    misses = sum(len(m) for i in range(nodes) for m in read_misses(run_dir / f"node-{i}").values())
+    return {"what": "fleet", "nodes": nodes, "rounds": args.rounds, "workers": args.workers, "cpus": os.cpu_count(),
+            "model": args.model, "seconds": round(seconds, 1), "rounds_per_minute": round(60 * args.rounds / seconds, 2),
+            "s_per_round_after_startup": round((seconds - startup) / max(args.rounds - 1, 1), 1),
+            "startup_s": round(startup, 1), "peak_rss_mib_per_worker": [round(p / 2**20) for p in peak],
+            "deadline_misses": misses, "masks_equal_simulator": f"{equal}/{nodes}"}
+
+
 def main() -> None:
     ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
-    ap.add_argument("what", choices=["overhead", "bytes", "scale"])
+    ap.add_argument("what", choices=["overhead", "bytes", "scale", "fleet"])
+    ap.add_argument("--sizes", default="100,500,1000", help="fleet: node counts, comma-separated")
+    ap.add_argument("--cache", default=str(Path(tempfile.gettempdir()) / "bench-fleet-sim"),
+                    help="fleet: where the simulator's runs are kept")
+    ap.add_argument("--deadline-max", type=float, default=60.0, help="fleet: the adaptive deadline's bound (s)")
     ap.add_argument("--nodes", type=int, default=20)
     ap.add_argument("--model", default="paper-cnn")
     ap.add_argument("--dataset", default="synthetic")
@@ -128,6 +208,20 @@ def main() -> None:
     ap.add_argument("--deadline", type=float, default=120.0)
     ap.add_argument("--broker", choices=["mosquitto", "embedded"], default="mosquitto")
     args = ap.parse_args()
+    if args.what == "fleet":
+        if args.model == "paper-cnn":
+            args.model = "mcu-cnn"
+        rows = []
+        for n in (int(x) for x in args.sizes.split(",")):
+            rows.append(fleet_at_scale(args, n))
+            print(json.dumps(rows[-1]), flush=True)
+        print("| nodes | rounds/min | s/round | start-up s | peak RSS/worker MiB | deadline misses | masks = simulate |")
+        print("| ---: | ---: | ---: | ---: | --- | ---: | ---: |")
+        for r in rows:
+            print(f"| {r['nodes']} | {r['rounds_per_minute']} | {r['s_per_round_after_startup']} | {r['startup_s']} | "
+                  f"{', '.join(map(str, r['peak_rss_mib_per_worker']))} | {r['deadline_misses']} | "
+                  f"{r['masks_equal_simulator']} |")
+        return
     print(json.dumps(run(args)), flush=True)
 
 

@@ -97,3 +97,53 @@ def run(as_json: bool, no_plots: bool, profiles: str, workers: int | None, threa
                    f"the fleet's summary is written by the slice that finishes last (run dir {summary['run_dir']})")
         return
     table.print_summary(summary)
+
+
+@fleet.command("watch")
+@click.option("--broker", required=True, help="Broker URL, mqtt:// or mqtts://.")
+@click.option("--fleet", "fleet_id", required=True, help="Fleet name (the nodes' --fleet / --fleet-id).")
+@click.option("--once", is_flag=True, help="Print the fleet once and exit.")
+@click.option("--json", "as_json", is_flag=True, help="JSON Lines: one object per node (with --once: one snapshot).")
+@click.option("--interval", default=2.0, show_default=True, type=click.FloatRange(min=0.2),
+              help="Seconds between refreshes.")
+@click.option("--count", default=None, type=click.IntRange(min=1),
+              help="Stop after this many refreshes (default: Ctrl-C).")
+@click.option("--roster", default=None, help="Fleet roster: verify Ed25519-signed hellos and reports.")
+@click.option("--fleet-key-file", default=None, help="Fleet HMAC key: verify HMAC-sealed hellos and reports "
+              "(default $DSLTH_FLEET_KEY).")
+@click.option("--ca", "ca_file", default=None, help="CA certificate for mqtts://.")
+@click.option("--tls-insecure", "insecure", is_flag=True, help="Skip the broker host-name check (test set-ups only).")
+@click.option("--username", default=None, help="MQTT user (default $DSLTH_MQTT_USERNAME).")
+@click.option("--password-file", default=None, help="File holding the MQTT password (default $DSLTH_MQTT_PASSWORD).")
+def watch(broker: str, fleet_id: str, once: bool, as_json: bool, interval: float, count: int | None, roster: str | None,
+          fleet_key_file: str | None, ca_file: str | None, insecure: bool, username: str | None,
+          password_file: str | None) -> None:
+    """A live view of a whole fleet from its broker alone (no torch, no run directory).
+
+    Per node: id, profile, online/offline, round, last accuracy, bytes sent, deadline
+    misses, security mode; from the retained hello, status and progress report each node
+    publishes. Reports are verified with --roster or --fleet-key-file; an unsigned,
+    unverifiable or malformed one is shown as such and its figures are not used.
+
+    \b
+    Example:
+      dslth-edge fleet watch --broker mqtt://broker.local --fleet lab --once --json
+    """
+    import sys
+
+    from dslth_edge.errors import UsageError
+    from dslth_edge.fleet.watch import FleetWatch, watch_lines
+    from dslth_edge.transport.mqtt_options import ENV_FLEET_KEY, ENV_PASSWORD, MqttOptions, read_secret
+
+    key = read_secret(env=ENV_FLEET_KEY, file=fleet_key_file)
+    if key == "":
+        raise UsageError("the fleet key is empty")
+    mqtt = MqttOptions(url=broker, ca_file=ca_file, insecure=insecure, username=username,
+                       password=read_secret(env=ENV_PASSWORD, file=password_file))
+    with FleetWatch(mqtt, fleet_id, roster=roster, key=key.encode() if key else None) as fw:
+        fw.settle()
+        try:
+            watch_lines(fw, sys.stdout, as_json=as_json, once=once, interval_s=interval, count=count,
+                        broker=str(mqtt.address()))
+        except KeyboardInterrupt:
+            pass

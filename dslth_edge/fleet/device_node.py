@@ -23,13 +23,14 @@ from __future__ import annotations
 import json
 import logging
 import os
+import time
 from collections.abc import Callable
-from contextlib import AbstractContextManager
+from contextlib import AbstractContextManager, nullcontext
 from dataclasses import dataclass, replace
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
-from dslth_edge.fleet.deadline import AdaptiveDeadline, FixedDeadline, StartupDeadline
+from dslth_edge.fleet.deadline import AdaptiveDeadline, FixedDeadline, LiveDeadline, StartupDeadline, heavy_round
 from dslth_edge.device.memory_guard import MemoryGuard, measure_runtime_base
 from dslth_edge.device.profiles import load_profile
 from dslth_edge.device.training import node_training_setup, trace_model
@@ -41,15 +42,21 @@ from dslth_edge.runs.rundir import NodePaths, load_checkpoint, load_mask, read_m
 from dslth_edge.transport.identity import choose_identity, load_fleet_key
 from dslth_edge.transport.messages import Hello
 from dslth_edge.transport.mqtt import MqttTransport
-from dslth_edge.transport.mqtt_options import MqttOptions, redact_url
+from dslth_edge.transport.mqtt_options import ENV_FLEET_KEY, MqttOptions, redact_url
+from dslth_edge.transport.report import NodeReport, ReportThrottle
 from dslth_edge.wire import CODEC_NAMES
 
 if TYPE_CHECKING:
+    from dslth_edge.fleet.node import NodeConfig
     from dslth_edge.fleet.plan import FleetPlan
 
-__all__ = ["ENV_FLEET_KEY", "NodeRunOptions", "fleet_key", "run_fleet_node", "start_node", "IsolationWatch"]
+__all__ = ["ENV_FLEET_KEY", "MISSES_FILE", "NodeRunOptions", "fleet_key", "run_fleet_node", "start_node",
+           "IsolationWatch", "node_deadline", "read_misses", "RoundLedger"]
 
-ENV_FLEET_KEY = "DSLTH_FLEET_KEY"
+
+#: per node directory: one JSON line per round in which a neighbour waited for was not heard
+MISSES_FILE = "deadline_misses.jsonl"
+
 
 log = logging.getLogger(__name__)
 
@@ -77,6 +84,7 @@ class NodeRunOptions:
     # the device's own process (train --fleet): hold the training RAM to the profile's budget
     # (device.memory_guard); a fleet-run worker hosts many nodes in one process and does not
     memory_guard: bool = False
+    report_gap_s: float = 2.0  # at most one progress report (fleet watch) per this many seconds
 
     @property
     def mode(self) -> str:
@@ -182,6 +190,90 @@ def _memory_guard(plan: "FleetPlan", node_id: int, node: Node) -> MemoryGuard | 
     return MemoryGuard(trace_model(model, ds.input_shape, ds.num_classes), setup, profile, node.algo.micro_batch)
 
 
+def node_deadline(config: "NodeConfig", get_node: Callable[[], Node], transport: MqttTransport,
+                  opts: NodeRunOptions) -> LiveDeadline:
+    """The node's round deadline: the fixed one given, else adaptive for absent neighbours and
+    patient with online ones (:class:`~dslth_edge.fleet.deadline.LiveDeadline`).
+
+    The deadline goes into the node's constructor, so it reads the node's round and its
+    stale neighbours through ``get_node`` when a round runs, never before the node exists.
+    """
+
+    def expected() -> set[int]:  # the neighbours the round will wait for (as Node._collect computes them)
+        node = get_node()
+        return (set(node.neighbours) - set(node.stale_neighbours()) - transport.unavailable()
+                - set(node.exchange.out_of_step(node.round)))
+
+    fixed = opts.round_deadline_s is not None
+    inner = FixedDeadline(opts.round_deadline_s) if fixed else AdaptiveDeadline(
+        max_s=opts.deadline_max_s, min_s=min(2.0, opts.deadline_max_s))
+    return LiveDeadline(inner, current_round=lambda: get_node().round, expected=expected,
+                        online=transport.online_neighbours, patient=not fixed,
+                        # start-up skew travels: a neighbour that waited for a late starter in its
+                        # round 0 is late in its round 1, its neighbour in round 2 … (one hop a
+                        # round), so an online neighbour is given at least the start-up's allowance
+                        max_s=max(opts.deadline_max_s, opts.start_timeout_s),
+                        heavy=lambda k: heavy_round(k, rounds=config.rounds, eval_every=config.eval_every,
+                                                    checkpoint_every=config.checkpoint_every))
+
+
+def read_misses(node_dir: str | Path, rounds: int | None = None) -> dict[int, list[int]]:
+    """round -> neighbours missed, from a node directory's deadline_misses.jsonl (rounds < ``rounds``)."""
+    path = Path(node_dir) / MISSES_FILE
+    out: dict[int, list[int]] = {}
+    for row in read_metrics(path):  # the same tolerant JSON Lines reader
+        k = row.get("round")
+        if isinstance(k, int) and (rounds is None or k < rounds) and isinstance(row.get("missed"), list):
+            out[k] = [j for j in row["missed"] if isinstance(j, int)]  # a resumed round: the last line wins
+    return out
+
+
+class RoundLedger:
+    """After each round: the deadline misses (logged, written beside metrics.jsonl) and the
+    node's progress report for ``fleet watch`` (rate-limited, sealed)."""
+
+    def __init__(self, node: Node, transport: MqttTransport, policy: LiveDeadline, opts: NodeRunOptions) -> None:
+        assert node.paths is not None
+        self.node, self.transport, self.policy = node, transport, policy
+        self.path = node.paths.root / MISSES_FILE
+        rows = read_metrics(node.paths.metrics)
+        self.bytes_sent = sum(int(r.get("bytes_sent", 0)) for r in rows)
+        self.acc = next((r["acc"] for r in reversed(rows) if r.get("acc") is not None), None)
+        policy.misses = sum(len(m) for m in read_misses(node.paths.root, node.round).values())
+        self.throttle = ReportThrottle(opts.report_gap_s)
+
+    def after(self, result: RoundResult) -> list[int]:
+        """Account for a finished round; returns the neighbours it missed."""
+        heard = {j for j in self.node.neighbours if self.node.last_heard.get(j) == result.round}
+        # a round without gossip (dpsgd-ft's last ones) waited for nobody: nothing to settle
+        missed = self.policy.settle(heard) if self.policy.round == result.round else []
+        if missed:
+            log.warning("node %d round %d: the deadline (%.1f s) passed without neighbour(s) %s",
+                        self.node.config.node_id, result.round, self.policy.last_s, ", ".join(map(str, missed)))
+            with open(self.path, "a") as fh:
+                row = {"round": result.round, "missed": missed, "deadline_s": round(self.policy.last_s, 3)}
+                fh.write(json.dumps(row) + "\n")
+        self.bytes_sent += result.bytes_sent
+        if result.acc is not None:
+            self.acc = result.acc
+        done = self.node.round >= self.node.config.rounds
+        self.report("done" if done else "running", force=done)
+        return missed
+
+    def report(self, state: str, *, force: bool = False) -> None:
+        """Publish the node's progress report (retained) unless one went out less than a gap ago."""
+        if not self.throttle.due(force=force):
+            return
+        acc = self.acc if self.acc is not None and 0.0 <= self.acc <= 1.0 else None  # NaN: no test samples
+        rep = NodeReport(node=self.node.config.node_id, round=self.node.round, rounds=self.node.config.rounds,
+                         state=state, acc=acc, bytes_sent=self.bytes_sent, misses=self.policy.misses,
+                         profile=(self.node.config.profile or None) and str(self.node.config.profile)[:64],
+                         time=round(time.time(), 3))
+        identity = self.transport.identity
+        data = rep.to_bytes()
+        self.transport.publish_report(identity.seal("report", rep.round, data) if identity is not None else data)
+
+
 def run_fleet_node(
     plan: "FleetPlan",
     node_id: int,
@@ -199,8 +291,8 @@ def run_fleet_node(
     or refuses the credentials, :class:`~dslth_edge.errors.CheckpointError` on a bad resume
     or a directory that holds another run, :class:`~dslth_edge.errors.IsolatedError` when
     the node finished without hearing any neighbour (unless ``opts.allow_solo``).
-    ``step_slots`` bound the training passes of the nodes this process hosts
-    (:func:`~dslth_edge.fleet.node.step_slots`; None: no bound).
+    ``step_slots`` bound the training passes, and the model and data builds, of the nodes
+    this process hosts (:func:`~dslth_edge.fleet.node.step_slots`; None: no bound).
     """
     from dslth_edge.fleet.plan import make_node, node_parts
 
@@ -220,7 +312,10 @@ def run_fleet_node(
     # the security mode goes into config.json (and from there into summaries and --json output)
     config = replace(config, extra={**config.extra, "security": security_record(identity, opts.mqtt)})
     log.debug("node %d security: %s", node_id, identity.describe())  # stated in the startup line (cli.train)
-    parts = node_parts(plan, node_id, config=config, identity=identity)
+    # the nodes a worker hosts build their models and data one per core at a time, as they train
+    slots = step_slots if step_slots is not None else nullcontext()
+    with slots:
+        parts = node_parts(plan, node_id, config=config, identity=identity)
     paths = NodePaths.of(run_dir, node_id)
     resume = open_node_dir(paths.root, opts.mode)
     exchange, algorithm = parts.exchange, parts.algorithm
@@ -230,12 +325,14 @@ def run_fleet_node(
     transport = MqttTransport(opts.mqtt, fleet=plan.options.fleet_id, node_id=node_id, neighbours=parts.neighbours,
                               hello=hello, max_frame_bytes=exchange.max_payload_bytes() + identity.overhead,
                               fresh=not resume, identity=identity)
-    policy = (AdaptiveDeadline(max_s=opts.deadline_max_s) if opts.round_deadline_s is None
-              else FixedDeadline(opts.round_deadline_s))
-    startup = StartupDeadline(policy, 0.0)
+    built: list[Node] = []  # the node, once made: its deadline reads its round and stale neighbours
+    policy = node_deadline(config, lambda: built[0], transport, opts)
+    startup = StartupDeadline(policy, 0.0)  # round 0's allowance is set once the neighbours' hellos are in
     node = make_node(plan, node_id, transport, run_dir, parts=parts, deadline_policy=startup, step_slots=step_slots)
+    built.append(node)
     guard = _memory_guard(plan, node_id, node) if opts.memory_guard else None
-    start_node(node, resume)
+    with slots:
+        start_node(node, resume)
     heard_before = any(int(r.get("neighbours_heard", 0)) > 0 for r in read_metrics(paths.metrics))
     watch = IsolationWatch(node, plan.options.fleet_id, opts.mqtt.url, config.stale_after, heard_before)
     if node.round >= config.rounds:  # a finished run resumed (restart loop): nothing to do on the network
@@ -246,16 +343,24 @@ def run_fleet_node(
         if resume:
             exchange.reconnected()  # our old deltas' bases are gone from the neighbours' stores
         missing = transport.wait_for_peers(opts.start_timeout_s)
-        # every neighbour is up, but on a fresh start each begins round 0 only once *its*
-        # neighbours are (up to start_timeout_s): round 0 waits for that, not one deadline.
-        # A resumed node's neighbours are normally mid-run already: no such wait.
-        startup.first_s = opts.start_timeout_s if node.round == 0 and not missing else 0.0
+        if missing:
+            log.warning("node %d starts alone: no hello from neighbour(s) %s within %.0f s (%s); it takes their "
+                        "frames once they appear", node_id, ", ".join(map(str, sorted(missing))),
+                        opts.start_timeout_s, watch.waited_for())
+        # On a fresh start every neighbour begins its round 0 only once *its* neighbours are up
+        # (up to start_timeout_s), then computes it: round 0 waits for every neighbour the
+        # topology names that long plus a round's bound, whichever hellos the broker happened
+        # to deliver first. A resumed node's neighbours are normally mid-run: no such wait.
+        startup.first_s = opts.start_timeout_s + opts.deadline_max_s if node.round == 0 and not missing else 0.0
+        ledger = RoundLedger(node, transport, policy, opts)
+        ledger.report("running" if node.round else "starting", force=True)
         if on_start is not None:
             on_start(node)
         while node.round < node.config.rounds:
             for j in transport.take_returned():  # a returning neighbour holds none of our bases
                 exchange.peer_returned(j, node.round)  # (at most one key frame per gap and neighbour)
             result = node.run_round()
+            ledger.after(result)
             watch.observe(result)
             if guard is not None:
                 try:
@@ -270,6 +375,7 @@ def run_fleet_node(
                 on_round(result)
             if stop_requested() and node.round < node.config.rounds:
                 node.save()
+                ledger.report("stopped", force=True)
                 break
     finally:
         transport.close()

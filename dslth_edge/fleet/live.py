@@ -1,4 +1,4 @@
-"""The live table of ``fleet run``: one row per node (round, accuracy, bytes, stale, rejected).
+"""The live table of ``fleet run``: one row per node (round, accuracy, bytes, stale, rejected, deadline misses).
 
 Without a terminal (systemd, nohup, CI) or with ``fmt="json"`` it prints one line every
 ``every`` rounds instead (the slowest node's round, mean accuracy, bytes, nodes done).
@@ -89,13 +89,13 @@ class LiveTable:
         if self._live is None:
             return
         table = Table(title=self._header, title_justify="left")
-        for col in ("node", "round", "acc %", "loss", "sent KiB", "recv KiB", "stale", "rejected"):
+        for col in ("node", "round", "acc %", "loss", "sent KiB", "recv KiB", "stale", "rejected", "missed"):
             table.add_column(col, justify="right")
         shown = statuses if len(statuses) <= self.max_rows else statuses[: self.max_rows]
         for st in shown:
             table.add_row(str(st.node), f"{st.round}/{self.rounds}", "-" if st.acc is None else f"{100 * st.acc:.2f}",
                           "-" if st.loss is None else f"{st.loss:.3f}", _kb(st.bytes_sent), _kb(st.bytes_received),
-                          str(st.stale), str(st.rejected))
+                          str(st.stale), str(st.rejected), str(getattr(st, "deadline_misses", 0)))
         if len(statuses) > len(shown):
             done = sum(1 for s in statuses if s.round >= self.rounds)
             table.caption = f"{len(statuses) - len(shown)} more nodes; {done}/{len(statuses)} finished"
@@ -112,5 +112,7 @@ class LiveTable:
             table.add_row(str(n["node"]), str(n["profile"]), f"{n['keep']:.3f}", acc, _kb(n["bytes_sent"]))
         out.print(table)
         mean = "-" if f["acc_mean"] is None else f"{100 * f['acc_mean']:.2f} ± {100 * f['acc_std']:.2f} %"
-        out.print(f"personalized accuracy {mean}; {f['bytes_per_round'] / 1024:.1f} KiB per round; "
+        misses = summary.get("deadline_misses")
+        missed = "" if misses is None else f"{misses} deadline miss{'es' if misses != 1 else ''}; "
+        out.print(f"personalized accuracy {mean}; {f['bytes_per_round'] / 1024:.1f} KiB per round; {missed}"
                   f"summary in {summary['run_dir']}/summary.md")

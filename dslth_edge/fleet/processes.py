@@ -31,14 +31,15 @@ from typing import Any
 from dslth_edge.errors import (EXIT_BUG, EXIT_ISOLATED, EXIT_NETWORK, EXIT_USAGE, CheckpointError, DslthError,
                                IsolatedError, TransportError, UsageError)
 from dslth_edge.device.footprint import return_freed_memory
-from dslth_edge.fleet.device_node import NodeRunOptions, fleet_key, run_fleet_node
+from dslth_edge.fleet.device_node import NodeRunOptions, fleet_key, MISSES_FILE, read_misses, run_fleet_node
 from dslth_edge.fleet.node import step_slots
 from dslth_edge.runs.guard import open_node_dir, open_run_dir
 from dslth_edge.runs.rundir import NodePaths, read_metrics
 from dslth_edge.transport.identity import choose_identity, launcher_epoch
 from dslth_edge.transport.mqtt_options import ENV_PASSWORD, MqttOptions
 
-__all__ = ["FleetRunOptions", "NodeStatus", "run_fleet", "worker_main", "node_status", "parse_node_slice"]
+__all__ = ["FleetRunOptions", "NodeStatus", "StatusReader", "add_deadline_misses", "run_fleet", "worker_main", "node_status",
+           "parse_node_slice"]
 
 
 def parse_node_slice(text: str, nodes: int) -> tuple[int, ...]:
@@ -80,11 +81,14 @@ class NodeStatus:
     bytes_received: int = 0
     stale: int = 0
     rejected: int = 0
+    deadline_misses: int = 0  # neighbour-rounds waited for and not heard (deadline_misses.jsonl)
 
 
 def node_status(run_dir: Path, node: int) -> NodeStatus:
-    rows = read_metrics(NodePaths.of(run_dir, node).metrics)
+    paths = NodePaths.of(run_dir, node)
+    rows = read_metrics(paths.metrics)
     st = NodeStatus(node, round=len(rows))
+    st.deadline_misses = sum(len(m) for m in read_misses(paths.root, len(rows)).values())
     for r in rows:
         st.bytes_sent += int(r.get("bytes_sent", 0))
         st.bytes_received += int(r.get("bytes_received", 0))
@@ -94,6 +98,37 @@ def node_status(run_dir: Path, node: int) -> NodeStatus:
     if rows:
         st.loss, st.stale = rows[-1].get("loss"), int(rows[-1].get("stale", 0))
     return st
+
+
+class StatusReader:
+    """The live table's node statuses, re-reading a node's files only when they changed.
+
+    The launcher polls every node's metrics while its workers compute on the same cores:
+    with hundreds of nodes, re-parsing every metrics.jsonl twice a second costs real CPU.
+    """
+
+    def __init__(self, run_dir: Path, nodes: int) -> None:
+        self.run_dir, self.nodes = run_dir, nodes
+        self._cache: dict[int, tuple[tuple[int, int], NodeStatus]] = {}
+
+    def read(self) -> list[NodeStatus]:
+        out = []
+        for i in range(self.nodes):
+            paths = NodePaths.of(self.run_dir, i)
+            stamp = (_size(paths.metrics), _size(paths.root / MISSES_FILE))
+            hit = self._cache.get(i)
+            if hit is None or hit[0] != stamp:
+                hit = (stamp, node_status(self.run_dir, i))
+                self._cache[i] = hit
+            out.append(hit[1])
+        return out
+
+
+def _size(path: Path) -> int:
+    try:
+        return path.stat().st_size
+    except OSError:
+        return -1
 
 
 def _history(run_dir: Path, nodes: int, rounds: int) -> list[list[dict[str, Any]]]:
@@ -153,7 +188,8 @@ def run_fleet(
         url = broker.url
     # the directory is ready (an overwrite cleared it): the nodes start fresh or resume, never clear;
     # the URL's credentials leave it here: the spec files, summary and logs show the bare URL
-    mqtt_opts = MqttOptions(**{**asdict(opts.node.mqtt), "url": url}).split_credentials()
+    mqtt_opts = MqttOptions(**{**asdict(opts.node.mqtt), "url": url,
+                               "keepalive_s": _keepalive_s(opts.node.mqtt.keepalive_s, len(ids), workers)}).split_credentials()
     url = mqtt_opts.url
     node_opts = NodeRunOptions(**{**asdict(opts.node), "overwrite": False,
                                   "run_epoch": launcher_epoch(opts.node.roster, opts.node.run_epoch),
@@ -184,15 +220,17 @@ def run_fleet(
             procs.append(subprocess.Popen([sys.executable, "-m", "dslth_edge.fleet.processes", str(spec)],
                                           stdout=log, stderr=subprocess.STDOUT, env=env))
         t0 = time.perf_counter()
+        reader = StatusReader(run_dir, fleet.nodes)
+        tick_s = max(0.5, fleet.nodes / 400)  # a 1,000-node table every 2.5 s: the workers need the CPU
         while any(p.poll() is None for p in procs):
             if on_tick is not None:
-                on_tick([node_status(run_dir, i) for i in range(fleet.nodes)])
+                on_tick(reader.read())
             if opts.timeout_s is not None and time.perf_counter() - t0 > opts.timeout_s:
                 raise TransportError(f"fleet did not finish within {opts.timeout_s:.0f} s")
-            time.sleep(0.5)
+            time.sleep(tick_s)
         seconds = time.perf_counter() - t0
         if on_tick is not None:
-            on_tick([node_status(run_dir, i) for i in range(fleet.nodes)])
+            on_tick(reader.read())
         failed = [w for w, p in enumerate(procs) if p.returncode != 0]
         if failed:
             tail = (run_dir / f"worker-{tag}{failed[0]}.log").read_text(errors="replace").strip().splitlines()[-1:] or ["?"]
@@ -224,8 +262,28 @@ def run_fleet(
     summary = build_summary(plan, stand_ins, history, run_dir, seconds=seconds)  # type: ignore[arg-type]
     summary["transport"] = {"broker": "embedded (amqtt)" if broker is not None else url, "workers": workers}
     summary["security"] = security
+    add_deadline_misses(summary, run_dir, fleet.nodes, fleet.rounds)
     write_summary(summary, run_dir, history, write_plots=write_plots)
     return summary
+
+
+def add_deadline_misses(summary: dict[str, Any], run_dir: Path, nodes: int, rounds: int) -> None:
+    """Per node and in total: neighbour-rounds a node waited for and did not hear (0 in a healthy fleet)."""
+    total = 0
+    for i in range(nodes):
+        missed = read_misses(NodePaths.of(run_dir, i).root, rounds)
+        n = sum(len(m) for m in missed.values())
+        summary["nodes"][i]["deadline_misses"] = n
+        total += n
+    summary["deadline_misses"] = total
+
+
+def _keepalive_s(given: int, nodes: int, workers: int) -> int:
+    """The MQTT keep-alive of a worker's nodes: longer when a worker hosts many. Its paho network
+    threads share one interpreter with hundreds of busy nodes and may answer a broker late;
+    a lapsed keep-alive disconnects them (425 times at 1,000 nodes on 2 workers, before this)."""
+    per_worker = -(-nodes // max(1, workers))
+    return max(given, min(60, 10 + per_worker // 10))
 
 
 def _worker_error(code: int, message: str) -> DslthError:

@@ -88,7 +88,7 @@ __all__ = [
 MODES = ("ed25519", "hmac", "crc")
 _MODE_IDS = {"crc": 0, "hmac": 1, "ed25519": 2}
 _TAG_BYTES = {"crc": 4, "hmac": 32, "ed25519": 64}
-SEAL_KINDS = {"mask": 0, "ctl": 1, "hello": 2}
+SEAL_KINDS = {"mask": 0, "ctl": 1, "hello": 2, "report": 3}  # report: a node's progress for `fleet watch`
 SEAL_MAGIC = b"DSLS"
 _VERSION = 2  # 2: the sender's incarnation in the header
 _HEADER = struct.Struct("<4sBBBB8sQQIII")
@@ -293,8 +293,8 @@ class Identity:
             raise UsageError(f"identity mode must be one of {', '.join(MODES)}, got {mode!r}")
         if not 0 <= epoch < _U64:
             raise UsageError(f"run epoch {epoch} does not fit in 64 bits")
-        if mode == "ed25519" and (roster is None or private_key is None):
-            raise UsageError("Ed25519 identity needs the roster and this node's key")
+        if mode == "ed25519" and roster is None:
+            raise UsageError("Ed25519 identity needs the roster (and this node's key to seal)")
         if mode == "hmac" and not hmac_key:
             raise UsageError("HMAC mode needs a non-empty fleet key")
         self.mode = mode
@@ -312,7 +312,7 @@ class Identity:
         self._hmac_key = hmac_key
         self._fleet_hash = fleet_hash(fleet)
         self.source = source
-        if mode == "ed25519":
+        if mode == "ed25519" and private_key is not None:  # without it: open only (Identity.verifier)
             assert roster is not None
             mine = roster.keys.get(node_id)
             if mine is None:
@@ -336,6 +336,14 @@ class Identity:
         return cls(mode="ed25519", fleet=fleet, node_id=node_id, epoch=roster.epoch if epoch is None else epoch,
                    roster=roster, private_key=load_private_key(key_path), source=str(roster_path),
                    fresh=not (fixed_epoch or roster.epoch_policy == "fixed"))
+
+    @classmethod
+    def verifier(cls, *, mode: str, fleet: str, epoch: int, roster_path: str | Path | None = None,
+                 key: bytes | None = None) -> "Identity":
+        """An identity that only opens (an observer such as ``fleet watch``): no node, no private key."""
+        roster = Roster.load(roster_path) if roster_path is not None else None
+        return cls(mode=mode, fleet=fleet, node_id=0, epoch=epoch, roster=roster, hmac_key=key,
+                   source=str(roster_path or ""))
 
     @classmethod
     def hmac(cls, *, fleet: str, node_id: int, key: bytes, epoch: int = 0, fixed_epoch: bool = False) -> "Identity":

@@ -79,6 +79,7 @@ from dslth_edge.transport.mqtt_client import (
     refuse_duplicate,
 )
 from dslth_edge.transport.mqtt_options import MqttOptions
+from dslth_edge.transport.report import REPORT_KIND
 from dslth_edge.wire import MAGIC as FRAME_MAGIC
 from dslth_edge.wire import Chunker, FrameError, Reassembler
 
@@ -92,6 +93,18 @@ _RESEND_GAP_S = 2.0  # a neighbour's return triggers a resend (and a key frame) 
 _PONG_GAP_S = 1.0
 _SEEN_PER_PEER = 4  # incarnations of one neighbour our hello lists (a replayed old one must not evict its live one)
 _RETIRED_PER_PEER = 64  # incarnations of one neighbour we left behind and never go back to
+
+#: broker URL -> whether it speaks MQTT 5, learned by this process's first probe
+_PROTOCOLS: dict[str, bool] = {}
+_PROTOCOLS_LOCK = threading.Lock()
+
+
+def _protocol_refusal(verdict: str) -> bool:
+    """Whether a failed MQTT 5 probe may be the broker refusing the protocol (worth a 3.1.1 try):
+    not when the broker is unreachable, the TLS handshake failed or the credentials were refused."""
+    if verdict == "unsupported":
+        return True
+    return not (verdict.startswith(("cannot reach", "TLS handshake")) or any(f in verdict for f in AUTH_FAILURES))
 
 
 @dataclass
@@ -210,27 +223,9 @@ class MqttTransport:
         proto = self.options.protocol
         if proto not in ("auto", "5", "3.1.1"):
             raise UsageError(f"MQTT protocol must be auto, 5 or 3.1.1, got {proto!r}")
-        use_v5 = proto in ("auto", "5")
-        # A probe is a clean connection: under our own client id it wipes the broker's session
-        # (subscriptions, frames queued while we were away). That is wanted for a fresh run
-        # only; a resumed node probes under another id and keeps its session.
-        probe_id = self.client_id if self.fresh else f"{self.client_id}-probe"
-        wiped = False
         refuse_duplicate(self.options, addr, fleet=self.fleet, node_id=self.node_id, client_id=self.client_id,
                          instance=self.instance)
-        if use_v5:
-            verdict = probe(self.options, addr, v5=True, client_id=probe_id, node_id=self.node_id)
-            if verdict == "unsupported" and proto == "auto":
-                use_v5 = False
-            elif verdict != "ok":
-                raise TransportError(verdict)
-            else:
-                wiped = self.fresh
-        if not use_v5 or (self.fresh and not wiped):
-            # 3.1.1 has no clean-start-then-persist: a clean connection clears the old session
-            verdict = probe(self.options, addr, v5=use_v5, client_id=probe_id, node_id=self.node_id)
-            if verdict != "ok":
-                raise TransportError(verdict)
+        use_v5, wiped = self._choose_protocol(addr, proto)
         self._v5 = use_v5
         client = make_client(self.options, addr, client_id=self.client_id, v5=use_v5, persistent=True,
                              will_topic=topic(self.fleet, self.node_id, "status"))
@@ -241,7 +236,8 @@ class MqttTransport:
         self._client = client
         try:
             self._client.connect_async(addr.host, addr.port, keepalive=self.options.keepalive_s,
-                                       clean_start=False if use_v5 else mqtt.MQTT_CLEAN_START_FIRST_ONLY,
+                                       clean_start=(mqtt.MQTT_CLEAN_START_FIRST_ONLY
+                                                    if not use_v5 or (self.fresh and not wiped) else False),
                                        properties=connect_properties(self.options) if use_v5 else None)
         except (OSError, ValueError) as exc:
             raise TransportError(f"cannot reach MQTT broker {addr}: {exc}") from exc
@@ -252,6 +248,46 @@ class MqttTransport:
                                  f"within {self.options.connect_timeout_s:.0f} s")
         return self
 
+    def _choose_protocol(self, addr: Any, proto: str) -> tuple[bool, bool]:
+        """(MQTT 5?, old session wiped?) for this broker, from short probe connections.
+
+        A probe is a clean connection: under our own client id it wipes the broker's
+        session (subscriptions, frames queued while we were away). That is wanted for a
+        fresh run only; a resumed node probes under another id and keeps its session.
+        ``auto`` falls back to 3.1.1 not only on "unsupported protocol version" but on any
+        refusal of the MQTT 5 CONNECT that 3.1.1 then passes: RabbitMQ's MQTT plugin (3.10)
+        answers an MQTT 5 CONNECT with "Unspecified error". What a broker speaks is
+        remembered per process (a ``fleet run`` worker hosts hundreds of nodes): a fresh
+        MQTT 5 node then starts its session clean instead of probing.
+        """
+        probe_id = self.client_id if self.fresh else f"{self.client_id}-probe"
+        url = str(addr)
+        with _PROTOCOLS_LOCK:
+            known = _PROTOCOLS.get(url)
+        if proto == "5" or (proto == "auto" and known is not False):
+            if known is True:
+                return True, False  # the session's first CONNECT starts clean (fresh) or resumes
+            verdict = probe(self.options, addr, v5=True, client_id=probe_id, node_id=self.node_id)
+            if verdict == "ok":
+                with _PROTOCOLS_LOCK:
+                    _PROTOCOLS[url] = True
+                return True, self.fresh
+            if proto == "5" or not _protocol_refusal(verdict):
+                raise TransportError(verdict)
+            v311 = probe(self.options, addr, v5=False, client_id=probe_id, node_id=self.node_id)
+            if v311 != "ok":
+                raise TransportError(verdict if verdict != "unsupported" else v311)
+            if verdict != "unsupported":
+                log.info("node %s: broker %s refused MQTT 5 (%s); using MQTT 3.1.1", self.node_id, addr, verdict)
+            with _PROTOCOLS_LOCK:
+                _PROTOCOLS[url] = False
+            return False, True
+        # 3.1.1 has no clean-start-then-persist: a clean connection clears the old session
+        verdict = probe(self.options, addr, v5=False, client_id=probe_id, node_id=self.node_id)
+        if verdict != "ok":
+            raise TransportError(verdict)
+        return False, True
+
     def _on_connect(self, client: mqtt.Client, userdata: Any, flags: Any, rc: Any, props: Any = None) -> None:
         if rc.is_failure:
             self._refused = f"MQTT broker {self.options.address()} refused node {self.node_id}: {rc}"
@@ -260,7 +296,10 @@ class MqttTransport:
             return
         # subscriptions first: a persistent session keeps them, but a restarted broker without
         # persistence (amqtt) does not
-        subs = [(topic(self.fleet, j, "+"), 1) for j in self.neighbours]
+        # one exact filter per kind, no wildcard: RabbitMQ's MQTT plugin (3.10) delivers retained
+        # messages (the hello and status a start-up waits for) only to exact subscriptions, and
+        # the neighbours' `report` topics (for `fleet watch`) are not ours to receive
+        subs = [(topic(self.fleet, j, kind), 1) for j in self.neighbours for kind in KINDS]
         # our own hello and ctl: another process announcing itself under our id
         subs += [(topic(self.fleet, self.node_id, "hello"), 1), (topic(self.fleet, self.node_id, "ctl"), 1)]
         _, self._sub_mid = client.subscribe(subs)
@@ -584,6 +623,13 @@ class MqttTransport:
         self.stats.bytes_out += sent
         return sent
 
+    def publish_report(self, payload: bytes) -> None:
+        """Our progress report for ``fleet watch`` (:mod:`~dslth_edge.transport.report`): retained,
+        QoS 1, best effort (a full outgoing queue drops it; the next one replaces it)."""
+        if self._client is None:
+            raise TransportError("publish before connect()")
+        self._client.publish(topic(self.fleet, self.node_id, REPORT_KIND), payload, qos=1, retain=True)
+
     # ------------------------------------------------------------------ fleet state
     def unavailable(self) -> set[int]:
         """Neighbours not worth waiting for: those with other fixed weights or protocol.
@@ -594,6 +640,11 @@ class MqttTransport:
         """
         with self._lock:
             return set(self.incompatible)
+
+    def online_neighbours(self) -> set[int]:
+        """Neighbours whose last status is "online" (their MQTT session is up)."""
+        with self._lock:
+            return set(self.online)
 
     def offline(self) -> set[int]:
         """Neighbours whose last status is "offline" (informational)."""
@@ -609,12 +660,16 @@ class MqttTransport:
     def wait_for_peers(self, timeout: float) -> set[int]:
         """Wait until every neighbour said hello and is online (or ``timeout``); return the missing ones."""
         end = time.monotonic() + timeout
+        pause = 0.05
         while True:
             with self._lock:
                 missing = {j for j in self.neighbours if j not in self.online or j not in self.peers}
             if not missing or time.monotonic() >= end:
                 return missing
-            time.sleep(0.05)
+            time.sleep(min(pause, max(0.0, end - time.monotonic())))
+            # backing off: 500 nodes of a worker polling 20 times a second each starve the
+            # network threads that must deliver those very hellos (and answer keep-alives)
+            pause = min(0.5, pause * 1.5)
 
     @property
     def connected(self) -> bool:

@@ -22,6 +22,7 @@ from dslth_edge.wire import DEFAULT_MAX_MESSAGE_BYTES
 __all__ = [
     "ENV_USERNAME",
     "ENV_PASSWORD",
+    "ENV_FLEET_KEY",
     "BrokerAddress",
     "MqttOptions",
     "parse_broker_url",
@@ -31,6 +32,7 @@ __all__ = [
 
 ENV_USERNAME = "DSLTH_MQTT_USERNAME"
 ENV_PASSWORD = "DSLTH_MQTT_PASSWORD"
+ENV_FLEET_KEY = "DSLTH_FLEET_KEY"  # the fleet's HMAC key (nodes seal with it, `fleet watch` verifies)
 
 
 @dataclass(frozen=True)
