@@ -23,7 +23,8 @@ import torch
 
 from dslth_edge.errors import UsageError
 from dslth_edge.learn.names import ALGORITHMS, STRUCTURED_ROUTES
-from dslth_edge.learn.masking import check_drop_threshold, drop_sparse_channels, topk_mask
+from dslth_edge.learn.masking import (DEFAULT_SCORE_INIT, DEFAULT_WEIGHT_INIT, check_drop_threshold, drop_sparse_channels,
+                                      topk_mask)
 
 __all__ = [
     "ALGORITHMS",
@@ -145,11 +146,16 @@ class PresetRun:
 
     rounds: int | None = None
     keep: str | None = None  # a keep spec (dslth_edge.learn.keep_spec): "0.5" or "conv=0.3,fc=0.9"
+    # initialisations (dslth_edge.learn.masking.INIT_SCHEMES) of the fixed weights and the scores
+    weight_init: str = DEFAULT_WEIGHT_INIT
+    score_init: str = DEFAULT_SCORE_INIT
 
 
 #: Run settings of each preset, used where the user gives none (--rounds, --keep).
 PRESET_RUNS: dict[str, PresetRun] = {
-    "paper": PresetRun(rounds=400, keep="conv=0.3,fc=0.9"),  # the authors' uniform keep ratios
+    # the authors' uniform keep ratios and initialisation: fixed weights and scores both
+    # U(±1/√fan_in), PyTorch's default (ZhuoJTian/MCE-PL models/layers_att3.py:86,123)
+    "paper": PresetRun(rounds=400, keep="conv=0.3,fc=0.9", weight_init="pytorch-default", score_init="pytorch-default"),
     "default": PresetRun(),  # rounds: the tool's default; keep: each profile's plan
     "reference": PresetRun(),
 }

@@ -64,7 +64,7 @@ def test_int8_padded(trained_run, exported_tflite) -> None:
 def test_padded_fp32_parity() -> None:
     """A zero-padded shrunk model converts with the same outputs as the masked model (module level)."""
     shape = (1, 28, 28)
-    model = build_model(ModelSpec("mcu-cnn", shape, 10, keep=1.0, granularity="channel", init="signed-constant")).eval()
+    model = build_model(ModelSpec("mcu-cnn", shape, 10, keep=1.0, granularity="channel", weight_init="signed-constant")).eval()
     set_masks(model, [topk_mask(layer.scores, 0.3, "channel") for _, layer in masked_layers(model)])
     shrunk = shrink(model, shape, channel_multiple=4)
     assert shrunk_info(shrunk).padding()  # 5/10/19 channels kept: all padded
@@ -80,7 +80,7 @@ def _padded_mcu(multiple: int) -> tuple[torch.nn.Module, tuple[int, int, int]]:
     from dslth_edge.exporters.shrink import fold_batchnorm
 
     shape = (1, 28, 28)
-    model = build_model(ModelSpec("mcu-cnn", shape, 10, keep=1.0, granularity="channel", init="signed-constant")).eval()
+    model = build_model(ModelSpec("mcu-cnn", shape, 10, keep=1.0, granularity="channel", weight_init="signed-constant")).eval()
     set_masks(model, [topk_mask(layer.scores, 0.3, "channel") for _, layer in masked_layers(model)])
     shrunk = shrink(model, shape, channel_multiple=multiple)
     assert shrunk_info(shrunk).padding() == {"block1.conv": 3, "block2.conv": 2, "block3.conv": 1}
@@ -107,7 +107,7 @@ def test_padded_int8_is_integer_only_and_faithful() -> None:
 def test_resnet_parity() -> None:
     """Residual adds convert too (module level, no run)."""
     shape = (3, 32, 32)
-    model = build_model(ModelSpec("resnet-8", shape, 10, keep=1.0, granularity="channel", init="signed-constant")).eval()
+    model = build_model(ModelSpec("resnet-8", shape, 10, keep=1.0, granularity="channel", weight_init="signed-constant")).eval()
     set_masks(model, [topk_mask(layer.scores, 0.3, "channel") for _, layer in masked_layers(model)])
     shrunk = shrink(model, shape)
     x = np.random.default_rng(0).standard_normal((100, *shape)).astype(np.float32)
