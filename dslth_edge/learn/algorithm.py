@@ -42,6 +42,7 @@ __all__ = [
     "neighbour_average",
     "drop_sparse_channels",
     "channel_cap",
+    "in_personal_phase",
 ]
 
 #: mce-pl: the paper's method; consensus: mce-pl without step (5); local: no communication;
@@ -75,7 +76,9 @@ class AlgorithmConfig:
     structured_route: str = "progressive"
     dense_lr: float = 0.01  # η for dpsgd/dpsgd-ft weight training (0.05 kills every ReLU of the paper CNN in ~10 steps)
     dense_momentum: float = 0.9
-    ft_rounds: int = 0  # dpsgd-ft: extra local rounds after the gossip rounds
+    # dpsgd-ft: its last ft_rounds rounds are local fine-tuning; mce-pl with ft_rounds > 0: the
+    # same personal phase on the scores (no exchange, no shift, no step (5)), see in_personal_phase
+    ft_rounds: int = 0
     micro_batch: int = 0  # 0: the whole batch in one pass; else gradients of ceil(batch / micro_batch) passes accumulate
     # dpsgd averaging: "metropolis" (Metropolis-Hastings weights, doubly stochastic on any
     # graph) or "uniform" (plain mean over self and the neighbours heard)
@@ -245,3 +248,16 @@ def channel_cap(full: int, target: int, rounds_done: int, rounds: int, until: fl
     span = max(1, math.ceil(until * rounds))
     frac = min(1.0, rounds_done / span)
     return max(target, full - int(math.floor((full - target) * frac + 1e-9)))
+
+
+def in_personal_phase(algo: AlgorithmConfig, round: int, rounds: int) -> bool:  # noqa: A002
+    """Whether round ``round`` (0-based) of ``rounds`` belongs to the final local phase.
+
+    dpsgd-ft's last ``ft_rounds`` rounds fine-tune each node's weights alone; mce-pl with
+    ``ft_rounds > 0`` gets the mask-level analogue (issue 26: the gap to dpsgd-ft): no
+    frames, m̄ left out (no shift (1), no step (5)), plain local SGD on the scores from the
+    collaborative mask reached so far. Nothing else has such a phase.
+    """
+    if algo.name not in ("dpsgd-ft", "mce-pl") or algo.ft_rounds <= 0:
+        return False
+    return round >= rounds - algo.ft_rounds
