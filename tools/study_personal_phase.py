@@ -67,6 +67,7 @@ def main(argv: list[str] | None = None) -> int:
     ap.add_argument("--eval-every", type=int, default=20)
     ap.add_argument("--paper-dir", default=str(PAPER))
     ap.add_argument("--out", default="runs/personal")
+    ap.add_argument("--no-dense", action="store_true", help="mce-pl with and without the phase only (no dpsgd-ft)")
     args = ap.parse_args(argv)
     torch.set_num_threads(1)
     apply_personal_phase()
@@ -79,6 +80,8 @@ def main(argv: list[str] | None = None) -> int:
     runs = {"mce-pl": replace(base, algorithm="mce-pl"),
             f"mce-pl + personal phase ({ft} rounds)": replace(base, algorithm="mce-pl", overrides={"ft_rounds": ft}),
             "dpsgd-ft": replace(base, algorithm="dpsgd-ft")}
+    if args.no_dense:
+        del runs["dpsgd-ft"]
     rows = []
     for seed in (int(s) for s in args.seeds.split(",")):
         for label, o in runs.items():
