@@ -190,8 +190,8 @@ def check_same_settings(saved: dict[str, Any], now: dict[str, Any], where: str |
     such as the data directory.
     """
     now = json.loads(json.dumps(now))
-    if isinstance(saved.get("model"), dict):
-        saved = {**saved, "model": upgrade_model_record(saved["model"])}
+    saved, now = ({**c, "model": upgrade_model_record(c["model"])} if isinstance(c.get("model"), dict) else c
+                  for c in (saved, now))
     diffs = []
     for setting, keys in RUN_SETTINGS.items():
         changed = [k for k in keys if _get(saved, k) != _get(now, k)]
