@@ -158,7 +158,14 @@ def _quantize(fmt: str, mode: str, float_bytes: bytes, shrunk: torch.nn.Module, 
         return quantize_tflite(float_bytes, mode, to_layout(calib, layout)), "aeq", {}
     if route == "pt2e":
         return tflite_int8_pt2e(shrunk, shape, calib, layout=layout), "pt2e", {}
-    aeq = quantize_tflite(float_bytes, mode, to_layout(calib, layout))
+    try:
+        aeq = quantize_tflite(float_bytes, mode, to_layout(calib, layout))
+    except ExportError as exc:
+        # ai-edge-quantizer cannot calibrate some lowered ops (authors-cnn's LocalResponseNorm
+        # becomes STABLEHLO_REDUCE_WINDOW); PT2E can, but leaves float islands around them
+        if route == "aeq" or integer_only:
+            raise ExportError(f"{exc}{' (TFLite Micro needs an integer-only graph: none can be made)' if integer_only else ''}") from exc
+        return tflite_int8_pt2e(shrunk, shape, calib, layout=layout), "pt2e", {"aeq_failed": str(exc)[:300]}
     if route == "aeq":
         return aeq, "aeq", {}
     with torch.no_grad():

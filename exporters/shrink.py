@@ -161,11 +161,13 @@ def _plain_layer(layer: MaskedLayer) -> nn.Module:
         new = nn.Conv2d(layer.in_channels, layer.out_channels, layer.kernel_size, stride=layer.stride,
                         padding=layer.padding, groups=layer.groups, bias=False)
     elif isinstance(layer, MaskedLinear):
-        new = nn.Linear(layer.in_features, layer.out_features, bias=False)
+        new = nn.Linear(layer.in_features, layer.out_features, bias=layer.bias is not None)
     else:  # pragma: no cover - only two masked layer types exist
         raise ExportError(f"cannot bake masked layer type {type(layer).__name__}")
     with torch.no_grad():
         new.weight.copy_(w)
+        if getattr(layer, "bias", None) is not None:  # a fixed bias (authors-cnn's FC layers), unmasked
+            new.bias.copy_(layer.bias)
     return new
 
 
@@ -310,8 +312,12 @@ def _output_layer(plain: nn.Module) -> nn.Module:
     return layers[-1]  # canonical (construction) order: the zoo's classifier comes last
 
 
-def _analyse(plain: nn.Module, input_shape: Sequence[int]) -> tuple[Any, list[_Group]]:
-    """Dependency graph of ``plain`` and every prunable group with its dead channels."""
+def _analyse(plain: nn.Module, input_shape: Sequence[int], fixed: frozenset[str] = frozenset()) -> tuple[Any, list[_Group]]:
+    """Dependency graph of ``plain`` and every prunable group with its dead channels.
+
+    ``fixed`` names layers whose output channels stay whatever the mask (the masked
+    layer's ``keeps_channels``: a LocalResponseNorm after it mixes neighbouring
+    channels, so removing one would change its neighbours' outputs)."""
     tp = _tp()
     example = torch.zeros(1, *input_shape)
     try:
@@ -344,7 +350,8 @@ def _analyse(plain: nn.Module, input_shape: Sequence[int]) -> tuple[Any, list[_G
             for i, r in zip(item.idxs, item.root_idxs):
                 if bool(reads[i]):
                     read[r] = True
-        # an unsupported group, or one nobody reads (only the model output), stays whole
+        # an unsupported or fixed group, or one nobody reads (only the model output), stays whole
+        supported = supported and not (fixed & {names[root], *producers})
         dead = [int(i) for i in torch.nonzero(~read).flatten()] if supported and has_consumer else []
         groups.append(_Group(root, names[root], size, dead, producers))
     _check_residual_coupling(plain, groups)
@@ -447,10 +454,11 @@ def shrink(model: nn.Module, input_shape: Sequence[int], *, channel_multiple: in
     if multiple < 1:
         raise ExportError(f"channel multiple must be >= 1, got {channel_multiple}")
     arch = arch_name(model)
+    fixed = frozenset(name for name, layer in masked_layers(model) if layer.keeps_channels)
     plain = to_plain(model)
     dense = {n: ((m.in_channels, m.out_channels) if isinstance(m, nn.Conv2d) else (m.in_features, m.out_features))
              for n, m in plain.named_modules() if isinstance(m, (nn.Conv2d, nn.Linear))}
-    dg, groups = _analyse(plain, shape)
+    dg, groups = _analyse(plain, shape, fixed)
     removals: list[tuple[_Group, list[int]]] = []  # (group, root indices to remove)
     padded: dict[str, tuple[int, ...]] = {}
     for g in groups:
@@ -620,7 +628,7 @@ def load_shrunk(path: str | Path) -> nn.Module:
             state = {k: torch.from_numpy(np.array(data[k])) for k in data.files}
         # the dense zoo model gives the module tree and forward; its layers are replaced below
         module = build_model(ModelSpec(info.arch, info.input_shape, info.num_classes, keep=1.0, dense=True,
-                                       init="signed-constant"))
+                                       weight_init="signed-constant"))
         for name, rec in doc["modules"].items():
             _set_submodule(module, name, _module_from_record(rec))
         module.load_state_dict(state, strict=True)

@@ -38,7 +38,7 @@ TARGET = 0.7
 
 def _variants(name: str, keep: float, multiple: int) -> dict[str, tuple[torch.nn.Module, int, dict[str, int]]]:
     shape = SHAPES[name]
-    model = build_model(ModelSpec(name, shape, 10, keep=1.0, granularity="channel", init="signed-constant")).eval()
+    model = build_model(ModelSpec(name, shape, 10, keep=1.0, granularity="channel", weight_init="signed-constant")).eval()
     set_masks(model, [topk_mask(layer.scores, keep, "channel") for _, layer in masked_layers(model)])
     out = {"masked-dense": (to_plain(model), count_macs(model, shape), {})}
     shrunk = shrink(model, shape)

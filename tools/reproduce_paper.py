@@ -23,6 +23,8 @@ rows (mce-pl, consensus, local) under both presets; dense baselines do not depen
     E2  communication: mce-pl, consensus, local, dpsgd, dpsgd-ft; accuracy vs bytes, bytes to target
     E3  heterogeneity: paper splits 3/4/5 classes; scarce data; ring vs paper graph vs full
     EW  width: mce-pl vs local on mcu-cnn and its 2x/4x-channel variants (--width-models)
+    EA  the authors' setting: mce-pl vs local on the paper CNN and the authors' network
+        (--authors-models), under the preset's initialisation (paper: the authors')
 """
 
 from __future__ import annotations
@@ -44,6 +46,7 @@ from dslth_edge.fleet.simulator import resume_round, simulate
 from dslth_edge.fleet.summary import bytes_to_reach
 from dslth_edge.learn.algorithm import preset_run
 from dslth_edge.learn.keep_spec import model_layer_kinds
+from dslth_edge.learn.names import INIT_SCHEMES
 from dslth_edge.wire.frame import CRC_BYTES, ENTRY_BYTES, HEADER_BYTES
 
 PAPER = Path(__file__).resolve().parents[1].parent / "shared" / "paper"
@@ -53,7 +56,8 @@ ALGOS = ("mce-pl", "consensus", "local", "dpsgd", "dpsgd-ft")
 MASK_ALGOS = ("mce-pl", "consensus", "local")
 SENDS_MASKS = ("mce-pl", "consensus")  # the runs whose traffic is mask frames
 TITLES = {"E1": "E1: mask training (mce-pl) vs weight training (dpsgd)", "E2": "E2: accuracy against traffic",
-          "E3": "E3: heterogeneity (classes per node, scarce data, topology)", "EW": "EW: width"}
+          "E3": "E3: heterogeneity (classes per node, scarce data, topology)", "EW": "EW: width",
+          "EA": "EA: the authors' setting (their init; paper CNN and their network)"}
 
 
 def runs_for(exp: str, bases: dict[str, FleetOptions], args: argparse.Namespace) -> list[tuple[str, str, FleetOptions]]:
@@ -62,7 +66,8 @@ def runs_for(exp: str, bases: dict[str, FleetOptions], args: argparse.Namespace)
     ``bases`` maps each preset to its base options; mask-learning rows get one run per
     preset (labelled with it when there are several), dense rows only the first preset's.
     """
-    paper4 = str(PAPER / "train_counts_4.txt")
+    paper = Path(args.paper_dir)
+    paper4 = str(paper / "train_counts_4.txt")
     first = next(iter(bases.values()))
     several = len(bases) > 1
     out: list[tuple[str, str, FleetOptions]] = []
@@ -88,11 +93,11 @@ def runs_for(exp: str, bases: dict[str, FleetOptions], args: argparse.Namespace)
         for k in (3, 4, 5):
             for algo in ("mce-pl", "local"):
                 for label, o in rows(algo):
-                    out.append((label, f"paper-{k}", replace(o, partition_file=str(PAPER / f"train_counts_{k}.txt"))))
+                    out.append((label, f"paper-{k}", replace(o, partition_file=str(paper / f"train_counts_{k}.txt"))))
         for algo in ("mce-pl", "local"):  # where the per-node cap binds (E2's scarce column)
             for label, o in rows(algo):
                 out.append((label, f"scarce {args.scarce}", replace(o, scarce=args.scarce, partition_file=paper4)))
-        for topo, name in (("ring", "ring"), (str(PAPER / "adjacency_20.txt"), "paper graph"), ("full", "full")):
+        for topo, name in (("ring", "ring"), (str(paper / "adjacency_20.txt"), "paper graph"), ("full", "full")):
             for label, o in rows("mce-pl"):
                 out.append((label, f"topology {name}", replace(o, topology=topo, partition_file=paper4)))
     elif exp == "EW":
@@ -101,8 +106,16 @@ def runs_for(exp: str, bases: dict[str, FleetOptions], args: argparse.Namespace)
             for algo in ("mce-pl", "local"):
                 for label, o in rows(algo):
                     out.append((label, f"model {model}", replace(o, model=model)))
+    elif exp == "EA":
+        # the authors' setting (issue 26): their network next to the paper CNN, mce-pl and local
+        for model in args.authors_models:
+            for algo in ("mce-pl", "local"):
+                if algo not in args.algorithms:
+                    continue
+                for label, o in rows(algo):
+                    out.append((label, f"model {model}", replace(o, model=model)))
     else:
-        raise SystemExit(f"unknown experiment {exp!r}: choose from E1, E2, E3, EW")
+        raise SystemExit(f"unknown experiment {exp!r}: choose from E1, E2, E3, EW, EA")
     return out
 
 
@@ -223,6 +236,9 @@ def main(argv: list[str] | None = None) -> int:
     ap.add_argument("--profiles", default="jetson-nano,raspberry-pi-4,nrf52840")
     ap.add_argument("--algorithms", default=",".join(ALGOS))
     ap.add_argument("--width-models", default="mcu-cnn,mcu-cnn-x2", help="EW only: the zoo models compared")
+    ap.add_argument("--authors-models", default="paper-cnn,authors-cnn", help="EA only: the zoo models compared")
+    ap.add_argument("--weight-init", default=None, choices=INIT_SCHEMES, help="fixed weights' init (default: the preset's)")
+    ap.add_argument("--score-init", default=None, choices=INIT_SCHEMES, help="initial scores' init (default: the preset's)")
     ap.add_argument("--target", type=float, default=None,
                     help="accuracy for 'bytes to reach' (default: 95%% of the best final accuracy in the setting)")
     ap.add_argument("--keep", default=None, help="keep for every run but E1's (a ratio or conv=R,fc=R; default: the preset's, "
@@ -231,6 +247,7 @@ def main(argv: list[str] | None = None) -> int:
                     help="rounds between periodic key frames (default: the library's; traffic only, the masks are the "
                          "same). Runs before it was an option used 10; another interval needs another --out")
     ap.add_argument("--out", default="runs/reproduce")
+    ap.add_argument("--paper-dir", default=str(PAPER), help="the paper's graph and splits (default: ../shared/paper)")
     ap.add_argument("--cached-only", action="store_true", help="render tables from finished runs only; run nothing")
     ap.add_argument("--threads", type=int, default=1,
                     help="torch threads (1: many small models in lock-step; more threads only spin on a shared machine)")
@@ -238,6 +255,7 @@ def main(argv: list[str] | None = None) -> int:
     torch.set_num_threads(args.threads)
     args.algorithms = tuple(a for a in args.algorithms.split(",") if a)
     args.width_models = tuple(m for m in args.width_models.split(",") if m)
+    args.authors_models = tuple(m for m in args.authors_models.split(",") if m)
     args.settings = tuple(s for s in args.settings.split(",") if s) if args.settings else ()
     presets = [p for p in args.presets.split(",") if p]
     rounds = args.rounds or preset_run(presets[0]).rounds or 400
@@ -245,10 +263,10 @@ def main(argv: list[str] | None = None) -> int:
     ds = load_dataset(dataset, args.data_dir)
     over = {k: v for k, v in {"batch_size": args.batch_size, "lr": args.lr, "momentum": args.momentum,
                               "beta": args.beta, "ft_lr": args.ft_lr}.items() if v is not None}
-    bases = {p: FleetOptions(nodes=args.nodes, topology=str(PAPER / "adjacency_20.txt"), dataset=dataset, data_dir=args.data_dir,
-                             partition_file=str(PAPER / "train_counts_4.txt"), profiles=tuple(args.profiles.split(",")),
+    bases = {p: FleetOptions(nodes=args.nodes, topology=str(Path(args.paper_dir) / "adjacency_20.txt"), dataset=dataset, data_dir=args.data_dir,
+                             partition_file=str(Path(args.paper_dir) / "train_counts_4.txt"), profiles=tuple(args.profiles.split(",")),
                              model=args.model, rounds=rounds, eval_every=args.eval_every, eval_samples=args.eval_samples,
-                             preset=p, overrides=over, keep=args.keep,
+                             preset=p, overrides=over, keep=args.keep, weight_init=args.weight_init, score_init=args.score_init,
                              **({} if args.key_interval is None else {"key_interval": args.key_interval}))
              for p in presets}
     t_start = time.monotonic()
@@ -389,11 +407,11 @@ def render(results: dict[str, Any], args: argparse.Namespace) -> str:
                 deltas = total - t["header"] - t["periodic_keys"]
                 lines.append(f"| {r['col']} | {r['row']} | {total:.4f} | {t['header']:.4f} | {t['periodic_keys']:.4f} | "
                              f"{deltas:.4f} | {t['no_periodic_keys']:.4f} |")
-        if exp == "E1":
+        if exp in ("E1", "EA"):
             lines += ["", "Convergence (mean accuracy % over nodes at evaluated rounds, mean over seeds):", ""]
             for r in rows:
                 pts = ", ".join(f"{k + 1}: {100 * a:.1f}" for k, a, _ in mean_curve(r))
-                lines.append(f"- {r['row']}: {pts}")
+                lines.append(f"- {r['row'] if exp == 'E1' else r['col'] + ', ' + r['row']}: {pts}")
         lines.append("")
     if results.get("unfinished"):
         lines += ["Unfinished (resume with the same command):", ""]

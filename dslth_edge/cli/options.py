@@ -26,7 +26,7 @@ from typing import Any
 import click
 
 from dslth_edge.errors import UsageError
-from dslth_edge.learn.names import ALGORITHMS, MODEL_NAMES, PRESET_NAMES, ROUTES
+from dslth_edge.learn.names import ALGORITHMS, INIT_SCHEMES, MODEL_NAMES, PRESET_NAMES, ROUTES
 from dslth_edge.wire.delta import KEY_INTERVAL
 
 __all__ = ["Opt", "opt", "apply", "pick", "NODE", "FLEET_SHAPE", "NETWORK", "OUTPUT", "SLICE", "KeepParam", "DATASETS",
@@ -108,6 +108,10 @@ NODE: tuple[Opt, ...] = (
         help="Rounds of silence before a neighbour leaves the average."),
     opt("--seed", default=0, type=int, help="The node's seed (partition, scores, batch order)."),
     opt("--weight-seed", default=None, type=int, help="Seed of the fleet's fixed weights (default: --seed)."),
+    opt("--weight-init", default=None, type=click.Choice(INIT_SCHEMES),
+        help="Fixed weights' initialisation (default: the preset's; paper: pytorch-default, U(±1/√fan_in))."),
+    opt("--score-init", default=None, type=click.Choice(INIT_SCHEMES),
+        help="Initial scores' initialisation (default: the preset's; paper: pytorch-default)."),
     opt("--eval-every", default=25, type=click.IntRange(min=0), help="Evaluate every N rounds (0: only at the end)."),
     opt("--checkpoint-every", default=25, type=click.IntRange(min=1), help="Checkpoint every N rounds."),
     opt("--out", default=None, help="Run directory (default: a new one under runs/)."),

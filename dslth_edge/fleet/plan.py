@@ -84,12 +84,18 @@ class FleetOptions:
     stale_after: int = 3  # rounds of silence before a neighbour leaves m̄
     checkpoint_every: int | None = None  # None: only at the end
     key_interval: int = KEY_INTERVAL  # rounds between a node's periodic key frames (lossless: traffic only)
+    weight_init: str | None = None  # fixed weights' init scheme (None: the preset's)
+    score_init: str | None = None  # initial scores' scheme (None: the preset's)
 
     def __post_init__(self) -> None:
         if self.key_interval < 1:
             raise UsageError(f"the key interval must be at least 1 round, got {self.key_interval}")
         if self.rounds is None:
             object.__setattr__(self, "rounds", preset_run(self.preset).rounds or 100)
+        # resolved here, so summary.json and the resume record name the schemes the run used
+        for key in ("weight_init", "score_init"):
+            if getattr(self, key) is None:
+                object.__setattr__(self, key, getattr(preset_run(self.preset), key))
 
     @property
     def keep_spec(self) -> str | float | None:
@@ -153,7 +159,8 @@ class FleetPlan:
         return NodeConfig(
             node_id=i,
             model=ModelSpec(o.model, ds.input_shape, ds.num_classes, keep=keep,
-                            granularity=granularity, weight_seed=o.seed if o.weight_seed is None else o.weight_seed),
+                            granularity=granularity, weight_seed=o.seed if o.weight_seed is None else o.weight_seed,
+                            weight_init=o.weight_init, score_init=o.score_init),  # type: ignore[arg-type]
             channels=None if np_ is None else np_.channels, channel_order="score" if np_ is None else np_.channel_order,
             algorithm=algo, rounds=o.rounds, fleet=o.fleet_id, seed=o.seed, profile=self.profiles[i],
             eval_every=o.eval_every, eval_samples=o.eval_samples, stale_after=o.stale_after,
@@ -264,12 +271,13 @@ def plan_fleet(opts: FleetOptions, dataset: Dataset | None = None) -> FleetPlan:
 
 
 #: FleetOptions fields added after runs were recorded, with the value those runs used
-_RECORDED_BEFORE = {"key_interval": 10}
+_RECORDED_BEFORE = {"key_interval": 10, "weight_init": "kaiming-normal", "score_init": "kaiming-uniform"}
 
 
 def recorded_options(record: dict[str, Any]) -> dict[str, Any]:
     """A FleetOptions record as read back from a run (summary.json, the resume record),
-    with the fields it predates filled in as the run used them (key frames every 10 rounds)."""
+    with the fields it predates filled in as the run used them (key frames every 10 rounds,
+    kaiming-normal weights and kaiming-uniform scores under every preset)."""
     return {**_RECORDED_BEFORE, **record}
 
 

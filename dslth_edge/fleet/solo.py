@@ -17,7 +17,7 @@ from dataclasses import asdict, dataclass, replace
 from pathlib import Path
 from typing import Any
 
-from dslth_edge.learn.algorithm import get_preset
+from dslth_edge.learn.algorithm import get_preset, preset_run
 from dslth_edge.data import load_dataset, partition
 from dslth_edge.errors import OverBudgetError, UsageError
 from dslth_edge.learn.models import ModelSpec
@@ -55,7 +55,8 @@ class TrainOptions:
     overwrite: bool = False  # clear the run in ``out`` first
     seed: int = 0
     weight_seed: int | None = None  # None: the same as ``seed``
-    init: str = "kaiming-normal"
+    weight_init: str | None = None  # None: the preset's (masking.INIT_SCHEMES)
+    score_init: str | None = None  # None: the preset's
     algorithm: str | None = None  # None: "local" alone, "mce-pl" in a fleet
     preset: str = "default"
     batch_size: int | None = None
@@ -232,7 +233,9 @@ def train(
     config = NodeConfig(
         node_id=0,
         model=ModelSpec(opts.model, input_shape, num_classes, keep=node_plan.model_keep,
-                        granularity=node_plan.granularity, weight_seed=weight_seed, init=opts.init),
+                        granularity=node_plan.granularity, weight_seed=weight_seed,
+                        weight_init=opts.weight_init or preset_run(opts.preset).weight_init,
+                        score_init=opts.score_init or preset_run(opts.preset).score_init),
         channels=node_plan.channels, channel_order=node_plan.channel_order, algorithm=algo, rounds=opts.rounds, fleet="solo", seed=opts.seed, profile=profile.name,
         eval_every=opts.eval_every, checkpoint_every=opts.checkpoint_every, weights_file=opts.weights_file,
         extra=extra,
@@ -314,7 +317,8 @@ def _train_in_fleet(
         partition_file=fl.partition_file, scarce=fl.scarce, test_size=fl.test_size, profiles=(opts.profile,),
         algorithm=opts.algorithm or "mce-pl", preset=opts.preset, model=opts.model, keep=opts.keep,
         granularity=opts.granularity, rounds=opts.rounds, eval_every=opts.eval_every, seed=opts.seed,
-        weight_seed=opts.weight_seed, out=str(run_dir), fleet_id=fl.fleet, overrides=opts.overrides(),
+        weight_seed=opts.weight_seed, weight_init=opts.weight_init, score_init=opts.score_init,
+        out=str(run_dir), fleet_id=fl.fleet, overrides=opts.overrides(),
         stale_after=fl.stale_after, key_interval=fl.key_interval,
     )
     plan = plan_fleet(fleet_opts)

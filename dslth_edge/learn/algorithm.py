@@ -23,7 +23,8 @@ import torch
 
 from dslth_edge.errors import UsageError
 from dslth_edge.learn.names import ALGORITHMS, STRUCTURED_ROUTES
-from dslth_edge.learn.masking import check_drop_threshold, drop_sparse_channels, topk_mask
+from dslth_edge.learn.masking import (DEFAULT_SCORE_INIT, DEFAULT_WEIGHT_INIT, check_drop_threshold, drop_sparse_channels,
+                                      topk_mask)
 
 __all__ = [
     "ALGORITHMS",
@@ -42,6 +43,7 @@ __all__ = [
     "neighbour_average",
     "drop_sparse_channels",
     "channel_cap",
+    "in_personal_phase",
 ]
 
 #: m̄ of round 0 (AlgorithmConfig.mbar_init)
@@ -78,7 +80,9 @@ class AlgorithmConfig:
     structured_route: str = "progressive"
     dense_lr: float = 0.01  # η for dpsgd/dpsgd-ft weight training (0.05 kills every ReLU of the paper CNN in ~10 steps)
     dense_momentum: float = 0.9
-    ft_rounds: int = 0  # dpsgd-ft: extra local rounds after the gossip rounds
+    # dpsgd-ft: its last ft_rounds rounds are local fine-tuning; mce-pl with ft_rounds > 0: the
+    # same personal phase on the scores (no exchange, no shift, no step (5)), see in_personal_phase
+    ft_rounds: int = 0
     micro_batch: int = 0  # 0: the whole batch in one pass; else gradients of ceil(batch / micro_batch) passes accumulate
     # dpsgd averaging: "metropolis" (Metropolis-Hastings weights, doubly stochastic on any
     # graph) or "uniform" (plain mean over self and the neighbours heard)
@@ -154,11 +158,16 @@ class PresetRun:
 
     rounds: int | None = None
     keep: str | None = None  # a keep spec (dslth_edge.learn.keep_spec): "0.5" or "conv=0.3,fc=0.9"
+    # initialisations (dslth_edge.learn.masking.INIT_SCHEMES) of the fixed weights and the scores
+    weight_init: str = DEFAULT_WEIGHT_INIT
+    score_init: str = DEFAULT_SCORE_INIT
 
 
 #: Run settings of each preset, used where the user gives none (--rounds, --keep).
 PRESET_RUNS: dict[str, PresetRun] = {
-    "paper": PresetRun(rounds=400, keep="conv=0.3,fc=0.9"),  # the authors' uniform keep ratios
+    # the authors' uniform keep ratios and initialisation: fixed weights and scores both
+    # U(±1/√fan_in), PyTorch's default (ZhuoJTian/MCE-PL models/layers_att3.py:86,123)
+    "paper": PresetRun(rounds=400, keep="conv=0.3,fc=0.9", weight_init="pytorch-default", score_init="pytorch-default"),
     "default": PresetRun(),  # rounds: the tool's default; keep: each profile's plan
     "reference": PresetRun(),
 }
@@ -248,3 +257,16 @@ def channel_cap(full: int, target: int, rounds_done: int, rounds: int, until: fl
     span = max(1, math.ceil(until * rounds))
     frac = min(1.0, rounds_done / span)
     return max(target, full - int(math.floor((full - target) * frac + 1e-9)))
+
+
+def in_personal_phase(algo: AlgorithmConfig, round: int, rounds: int) -> bool:  # noqa: A002
+    """Whether round ``round`` (0-based) of ``rounds`` belongs to the final local phase.
+
+    dpsgd-ft's last ``ft_rounds`` rounds fine-tune each node's weights alone; mce-pl with
+    ``ft_rounds > 0`` gets the mask-level analogue (issue 26: the gap to dpsgd-ft): no
+    frames, m̄ left out (no shift (1), no step (5)), plain local SGD on the scores from the
+    collaborative mask reached so far. Nothing else has such a phase.
+    """
+    if algo.name not in ("dpsgd-ft", "mce-pl") or algo.ft_rounds <= 0:
+        return False
+    return round >= rounds - algo.ft_rounds

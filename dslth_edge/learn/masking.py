@@ -21,17 +21,22 @@ import torch.nn.functional as F
 from torch import nn
 
 from dslth_edge.errors import UsageError, WeightsError
+from dslth_edge.learn.names import INIT_SCHEMES
 
 __all__ = [
     "GRANULARITIES",
     "CHANNEL_ORDERS",
     "INIT_SCHEMES",
+    "DEFAULT_WEIGHT_INIT",
+    "DEFAULT_SCORE_INIT",
     "MaskedLayer",
     "MaskedConv2d",
     "MaskedLinear",
     "ChannelGate",
     "seeded_uniform",
     "init_weights",
+    "init_scores",
+    "fixed_bias",
     "topk_mask",
     "keep_count",
     "drop_sparse_channels",
@@ -53,7 +58,9 @@ GRANULARITIES = ("unstructured", "channel")
 #: highest-indexed, an order every node shares, so the fleet's shrunk models are nested
 #: prefixes of the same channels (aligned route).
 CHANNEL_ORDERS = ("score", "index")
-INIT_SCHEMES = ("kaiming-normal", "kaiming-uniform", "signed-constant")
+#: What a model uses when nothing else is asked (docs/algorithm.md, "Initialisation").
+DEFAULT_WEIGHT_INIT = "kaiming-normal"
+DEFAULT_SCORE_INIT = "kaiming-uniform"
 _FINGERPRINT_TAG = b"dslth-weights-v1"
 
 
@@ -73,27 +80,31 @@ def seeded_uniform(seed: int, stream: int, n: int) -> np.ndarray:
     return (np.asarray(bits, dtype=np.uint64) >> np.uint64(11)).astype(np.float64) * 2.0**-53
 
 
-def init_weights(shape: tuple[int, ...], seed: int, stream: int, scheme: str = "kaiming-normal") -> torch.Tensor:
-    """Fixed weights of one layer; fan-in Kaiming scaling for ReLU networks (gain √2).
+def init_weights(shape: tuple[int, ...], seed: int, stream: int, scheme: str = DEFAULT_WEIGHT_INIT,
+                 *, fan_in: int | None = None, entropy: tuple[int, ...] = ()) -> torch.Tensor:
+    """Fixed weights of one layer, scaled by the fan-in (``prod(shape[1:])`` unless given).
 
     Every operation is a correctly rounded IEEE operation in a fixed order (no libm
     calls), so the float32 result is the same bit for bit everywhere:
-    - kaiming-uniform: U(-b, b), b = √(6 / fan_in)
+    - kaiming-uniform: U(-b, b), b = √(6 / fan_in) (He, gain √2: ReLU networks)
     - kaiming-normal:  std · (Σ_{j<12} u_j − 6), an Irwin–Hall approximation of N(0, 1)
       (variance exactly 1, tails cut at ±6σ), std = √(2 / fan_in)
     - signed-constant: ±std (edge-popup's best-performing choice)
+    - pytorch-default: U(-b, b), b = √(1 / fan_in), PyTorch's default Conv2d/Linear
+      weight (and bias) init, ``kaiming_uniform_(a=√5)``; √6× narrower than kaiming-uniform
+    ``entropy`` extends the (seed, stream) pair of the bit generator (a layer's bias).
     """
     if scheme not in INIT_SCHEMES:
         raise UsageError(f"unknown weight init {scheme!r}; choose one of {', '.join(INIT_SCHEMES)}")
     n = math.prod(shape)
-    fan_in = math.prod(shape[1:])
+    fan_in = math.prod(shape[1:]) if fan_in is None else int(fan_in)
     std = math.sqrt(2.0 / fan_in)
     if seed < 0 or stream < 0:
         raise UsageError(f"seeds must be non-negative, got seed={seed} stream={stream}")
     # Drawn in blocks of weights from one bit generator: the same raw stream (and so the
     # same values) as seeded_uniform(seed, stream, per * n) in one call, without its
     # float64 temporaries (12 uniforms per weight: 940 MB for the paper CNN's conv3).
-    bitgen = np.random.PCG64(np.random.SeedSequence([seed, stream]))
+    bitgen = np.random.PCG64(np.random.SeedSequence([seed, stream, *entropy]))
     per = 12 if scheme == "kaiming-normal" else 1
     out = np.empty(n, dtype=np.float32)
     for start in range(0, n, _INIT_BLOCK):
@@ -101,6 +112,8 @@ def init_weights(shape: tuple[int, ...], seed: int, stream: int, scheme: str = "
         u = (np.asarray(bitgen.random_raw(per * m), dtype=np.uint64) >> np.uint64(11)).astype(np.float64) * 2.0**-53
         if scheme == "kaiming-uniform":
             w = (2.0 * u - 1.0) * math.sqrt(6.0 / fan_in)
+        elif scheme == "pytorch-default":
+            w = (2.0 * u - 1.0) * math.sqrt(1.0 / fan_in)
         elif scheme == "kaiming-normal":
             u = u.reshape(m, 12)
             acc = u[:, 0].copy()
@@ -117,9 +130,27 @@ def init_weights(shape: tuple[int, ...], seed: int, stream: int, scheme: str = "
 _INIT_BLOCK = 1 << 15
 
 
-def _seeded_scores(shape: tuple[int, ...], seed: int, stream: int) -> torch.Tensor:
-    """Initial scores: kaiming-uniform like edge-popup, from a node's own seed."""
-    return init_weights(shape, seed, stream, "kaiming-uniform")
+def init_scores(shape: tuple[int, ...], seed: int, stream: int, scheme: str = DEFAULT_SCORE_INIT) -> torch.Tensor:
+    """Initial scores of one layer from a node's own seed: any of :data:`INIT_SCHEMES`.
+
+    kaiming-uniform (U(±√(6/fan_in))) is edge-popup's; the authors' code uses
+    pytorch-default (U(±1/√fan_in)). The scale matters under the paper's constant lr 10:
+    the step relative to the scores is √6× larger with kaiming-uniform scores.
+    """
+    return init_weights(shape, seed, stream, scheme)
+
+
+#: Extra entropy word of a layer's fixed bias (distinct from its weight stream).
+_BIAS_ENTROPY = (1,)
+
+
+def fixed_bias(out_features: int, fan_in: int, seed: int, stream: int) -> torch.Tensor:
+    """A layer's fixed bias, PyTorch's default U(±1/√fan_in), from the fleet's weight seed.
+
+    Same bit-exact generator as :func:`init_weights`, on the layer's stream extended
+    by one entropy word, so the weights stay what they are without a bias.
+    """
+    return init_weights((out_features,), seed, stream, "pytorch-default", fan_in=fan_in, entropy=_BIAS_ENTROPY)
 
 
 # --------------------------------------------------------------------------------------
@@ -311,6 +342,10 @@ class MaskedLayer(nn.Module):
         self.target_channels: int | None = None  # output channels the plan ends with (None: all)
         self.channel_order = "score"  # which live channels the cap drops first (CHANNEL_ORDERS)
         self.prunable_out = True  # False for the classifier: its output channels are the classes
+        # True where the model needs every output channel whatever the mask (a following
+        # LocalResponseNorm mixes neighbouring channels; a fixed bias keeps an empty row
+        # alive): never planned away, dropped or removed by shrink
+        self.keeps_channels = False
         self._input_layer: list[MaskedLayer] = []  # the producer of this layer's inputs (configure_structure)
         self.input_from: str | None = None
         # alive[c] = 1.0 iff output channel c keeps any weight; read by ChannelGate
@@ -392,10 +427,12 @@ class MaskedConv2d(MaskedLayer):
         seed: int = 0,
         stream: int = 0,
         score_seed: int = 0,
-        init: str = "kaiming-normal",
+        weight_init: str = DEFAULT_WEIGHT_INIT,
+        score_init: str = DEFAULT_SCORE_INIT,
     ) -> None:
         shape = (out_channels, in_channels // groups, kernel_size, kernel_size)
-        super().__init__(init_weights(shape, seed, stream, init), _seeded_scores(shape, score_seed, stream), keep, granularity)
+        super().__init__(init_weights(shape, seed, stream, weight_init), init_scores(shape, score_seed, stream, score_init),
+                         keep, granularity)
         self.in_channels, self.out_channels = in_channels, out_channels
         self.kernel_size, self.stride, self.padding, self.groups = kernel_size, stride, padding, groups
 
@@ -410,7 +447,14 @@ class MaskedConv2d(MaskedLayer):
 
 
 class MaskedLinear(MaskedLayer):
-    """Linear (no bias) whose weight is fixed and whose mask is learned."""
+    """Linear whose weight is fixed and whose mask is learned; no bias unless ``bias``.
+
+    ``bias=True`` adds a fixed, unmasked bias (:func:`fixed_bias`, from the weight seed):
+    the authors' network keeps its FC biases at their initial values. A fully pruned
+    row then still outputs its bias, so such a layer's rows are never removed by shrink.
+    """
+
+    bias: torch.Tensor | None
 
     def __init__(
         self,
@@ -422,17 +466,21 @@ class MaskedLinear(MaskedLayer):
         seed: int = 0,
         stream: int = 0,
         score_seed: int = 0,
-        init: str = "kaiming-normal",
+        weight_init: str = DEFAULT_WEIGHT_INIT,
+        score_init: str = DEFAULT_SCORE_INIT,
+        bias: bool = False,
     ) -> None:
         shape = (out_features, in_features)
-        super().__init__(init_weights(shape, seed, stream, init), _seeded_scores(shape, score_seed, stream), keep, granularity)
+        super().__init__(init_weights(shape, seed, stream, weight_init), init_scores(shape, score_seed, stream, score_init),
+                         keep, granularity)
+        self.register_buffer("bias", fixed_bias(out_features, in_features, seed, stream) if bias else None)
         self.in_features, self.out_features = in_features, out_features
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:  # (B, in) -> (B, out)
-        return F.linear(x, self.effective_weight())
+        return F.linear(x, self.effective_weight(), self.bias)
 
     def extra_repr(self) -> str:
-        return f"{self.in_features}, {self.out_features}, keep={self.keep}, {self.granularity}"
+        return f"{self.in_features}, {self.out_features}, keep={self.keep}, {self.granularity}, bias={self.bias is not None}"
 
 
 class ChannelGate(nn.Module):
@@ -476,6 +524,10 @@ def weights_fingerprint(model: nn.Module) -> bytes:
         h.update(struct.pack("<I", len(encoded)) + encoded)
         h.update(struct.pack("<I", w.ndim) + struct.pack(f"<{w.ndim}I", *w.shape))
         h.update(w.tobytes())
+        bias = getattr(layer, "bias", None)
+        if isinstance(bias, torch.Tensor):  # a fixed bias is part of w (absent: the hash is as before)
+            b = bias.detach().cpu().contiguous().numpy().astype("<f4", copy=False)
+            h.update(b"bias" + struct.pack("<I", b.size) + b.tobytes())
     return h.digest()
 
 
@@ -514,7 +566,7 @@ def configure_structure(model: nn.Module, channels: Sequence[int | None] | None 
         raise UsageError(f"model has {len(layers)} masked layers, got {len(channels)} channel counts")
     by_name = dict(layers)
     for i, (name, layer) in enumerate(layers):
-        layer.prunable_out = i != len(layers) - 1
+        layer.prunable_out = i != len(layers) - 1 and not layer.keeps_channels
         layer.drop_threshold = float(drop_threshold)
         layer.channel_order = channel_order
         layer._input_layer = [by_name[layer.input_from]] if layer.input_from in by_name else []
@@ -523,7 +575,8 @@ def configure_structure(model: nn.Module, channels: Sequence[int | None] | None 
         if target is not None and not 1 <= int(target) <= full:
             raise UsageError(f"layer {name!r} has {full} output channels, cannot end with {target}")
         if target is not None and not layer.prunable_out and int(target) != full:
-            raise UsageError(f"layer {name!r} is the classifier: its {full} output rows are the classes and stay")
+            what = "keeps all its output channels (LRN or a fixed bias)" if layer.keeps_channels else "is the classifier"
+            raise UsageError(f"layer {name!r} {what}: its {full} output rows stay")
         layer.target_channels = int(target) if target is not None and int(target) < full else None
 
 
@@ -596,6 +649,8 @@ def set_masks(model: nn.Module, masks: list[torch.Tensor] | None) -> None:
 def save_weights(model: nn.Module, path: str | Path) -> None:
     """Write the fixed weights as an .npz (plain arrays, no pickled code)."""
     arrays = {name: layer.weight.numpy() for name, layer in masked_layers(model)}
+    arrays.update({f"{name}.bias": layer.bias.numpy() for name, layer in masked_layers(model)
+                   if isinstance(getattr(layer, "bias", None), torch.Tensor)})  # fixed biases are part of w
     with open(path, "wb") as fh:
         np.savez(fh, **arrays)
 
@@ -617,3 +672,9 @@ def load_weights(model: nn.Module, path: str | Path) -> None:
         if tuple(w.shape) != tuple(layer.weight.shape):
             raise WeightsError(f"weights file {p}: layer {name!r} has shape {w.shape}, model expects {tuple(layer.weight.shape)}")
         layer.weight.copy_(torch.from_numpy(w.astype(np.float32)))
+        bias = getattr(layer, "bias", None)
+        if isinstance(bias, torch.Tensor):
+            b = arrays.get(f"{name}.bias")
+            if b is None or tuple(b.shape) != tuple(bias.shape):
+                raise WeightsError(f"weights file {p} has no fixed bias of shape {tuple(bias.shape)} for layer {name!r}")
+            bias.copy_(torch.from_numpy(b.astype(np.float32)))

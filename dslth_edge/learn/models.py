@@ -20,7 +20,8 @@ from dslth_edge.cost.layers import LayerCost
 from dslth_edge.cost.macs import trace_macs
 from dslth_edge.errors import UsageError
 from dslth_edge.learn.names import MODEL_NAMES
-from dslth_edge.learn.masking import ChannelGate, MaskedConv2d, MaskedLayer, MaskedLinear, init_weights, masked_layers
+from dslth_edge.learn.masking import (DEFAULT_SCORE_INIT, DEFAULT_WEIGHT_INIT, INIT_SCHEMES, ChannelGate, MaskedConv2d,
+                                      MaskedLayer, MaskedLinear, fixed_bias, init_weights, masked_layers)
 
 __all__ = ["MODEL_NAMES", "ModelSpec", "arch_name", "build_model", "layer_costs", "masked_layer_shapes"]
 
@@ -37,8 +38,14 @@ class ModelSpec:
     granularity: str = "unstructured"
     weight_seed: int = 0  # shared by the whole fleet: identical w everywhere
     score_seed: int = 0  # the node's own: initial scores
-    init: str = "kaiming-normal"
+    weight_init: str = DEFAULT_WEIGHT_INIT  # fixed weights' scheme (masking.INIT_SCHEMES)
+    score_init: str = DEFAULT_SCORE_INIT  # initial scores' scheme
     dense: bool = False
+
+    def __post_init__(self) -> None:
+        for what, scheme in (("weight", self.weight_init), ("score", self.score_init)):
+            if scheme not in INIT_SCHEMES:
+                raise UsageError(f"unknown {what} init {scheme!r}; choose one of {', '.join(INIT_SCHEMES)}")
 
 
 class _Factory:
@@ -61,27 +68,32 @@ class _Factory:
         if s.dense:
             layer: nn.Module = nn.Conv2d(cin, cout, k, stride=stride, padding=padding, bias=False)
             with torch.no_grad():
-                layer.weight.copy_(init_weights(tuple(layer.weight.shape), s.weight_seed, self.stream, s.init))
+                layer.weight.copy_(init_weights(tuple(layer.weight.shape), s.weight_seed, self.stream, s.weight_init))
         else:
             layer = MaskedConv2d(
                 cin, cout, k, stride=stride, padding=padding, keep=self._keep(), granularity=s.granularity,
-                seed=s.weight_seed, stream=self.stream, score_seed=s.score_seed, init=s.init,
+                seed=s.weight_seed, stream=self.stream, score_seed=s.score_seed, weight_init=s.weight_init,
+                score_init=s.score_init,
             )
         self.stream += 1
         return layer
 
-    def linear(self, fin: int, fout: int, *, classifier: bool = False) -> nn.Module:
+    def linear(self, fin: int, fout: int, *, classifier: bool = False, bias: bool = False) -> nn.Module:
         """A linear layer; the classifier's mask is always unstructured: its output
-        channels are the classes, and a pruned class row would be a class never predicted."""
+        channels are the classes, and a pruned class row would be a class never predicted.
+        ``bias``: a fixed bias (masked) or a trainable one with the same start (dense)."""
         s = self.spec
         if s.dense:
-            layer: nn.Module = nn.Linear(fin, fout, bias=False)
+            layer: nn.Module = nn.Linear(fin, fout, bias=bias)
             with torch.no_grad():
-                layer.weight.copy_(init_weights(tuple(layer.weight.shape), s.weight_seed, self.stream, s.init))
+                layer.weight.copy_(init_weights(tuple(layer.weight.shape), s.weight_seed, self.stream, s.weight_init))
+                if bias:
+                    layer.bias.copy_(fixed_bias(fout, fin, s.weight_seed, self.stream))
         else:
             layer = MaskedLinear(
                 fin, fout, keep=self._keep(), granularity="unstructured" if classifier else s.granularity,
-                seed=s.weight_seed, stream=self.stream, score_seed=s.score_seed, init=s.init,
+                seed=s.weight_seed, stream=self.stream, score_seed=s.score_seed, weight_init=s.weight_init,
+                score_init=s.score_init, bias=bias,
             )
         self.stream += 1
         return layer
@@ -121,6 +133,52 @@ class PaperCNN(nn.Module):
         x = self.pool(torch.relu(self.conv3(x)))  # (B, 256, H/8, W/8)
         x = torch.relu(self.fc1(x.flatten(1)))  # (B, 192)
         return self.fc2(x)
+
+
+class AuthorsCNN(nn.Module):
+    """The authors' network as their code builds it (ZhuoJTian/MCE-PL, models/alex_cifar_att2.py).
+
+    3 × (5×5 conv, padding 1, no bias → ELU → LocalResponseNorm(4, α, 0.75) → 3×3/2
+    max-pool; the last pool padded by 1) with 64/128/256 channels, fc 192 → ELU,
+    classifier → ELU (their output layer: the logits pass an ELU before the loss). FC
+    layers carry fixed biases (PyTorch's default U(±1/√fan_in)), never masked or trained.
+    3×32×32 CIFAR-10 gives their fc1 of 256·2·2 = 1024 inputs; 1×28×28 Fashion-MNIST
+    takes one input channel and the same layers, so the spatial size reaching fc1 is 1×1
+    (28 → 26 → 12 → 10 → 4 → 2 → 1) and fc1 has 256 inputs.
+
+    LRN normalises each channel by its neighbours' squares, so removing a channel would
+    change its neighbours' outputs: shrink keeps every conv channel (exporters/shrink.py),
+    and the fixed biases keep every fc1 row alive.
+    """
+
+    def __init__(self, f: _Factory, input_shape: tuple[int, int, int], num_classes: int) -> None:
+        super().__init__()
+        c, h, w = input_shape
+        self.conv1, self.conv2, self.conv3 = f.conv(c, 64, 5, padding=1), f.conv(64, 128, 5, padding=1), f.conv(128, 256, 5, padding=1)
+        self.norm1 = nn.LocalResponseNorm(4, 2e-5, 0.75)
+        self.norm2, self.norm3 = nn.LocalResponseNorm(4, 1e-4, 0.75), nn.LocalResponseNorm(4, 1e-4, 0.75)
+        self.pool1, self.pool2 = nn.MaxPool2d(3, 2), nn.MaxPool2d(3, 2)
+        self.pool3 = nn.MaxPool2d(3, 2, padding=1)
+        for _ in range(2):  # conv (k5, p1): −2; pool (3/2): floor((n − 3) / 2) + 1
+            h, w = (h - 2 - 3) // 2 + 1, (w - 2 - 3) // 2 + 1
+        h, w = (h - 2 - 1) // 2 + 1, (w - 2 - 1) // 2 + 1  # conv3, then the pool padded by 1
+        if h < 1 or w < 1:
+            raise UsageError(f"authors-cnn needs inputs of at least 21x21, got {input_shape[1]}x{input_shape[2]}")
+        self.fc1 = f.linear(256 * h * w, 192, bias=True)
+        self.fc2 = f.linear(192, num_classes, classifier=True, bias=True)
+        _link(self.conv1, None), _link(self.conv2, self.conv1), _link(self.conv3, self.conv2)
+        _link(self.fc1, self.conv3), _link(self.fc2, self.fc1)
+        for layer in (self.conv1, self.conv2, self.conv3, self.fc1):
+            if isinstance(layer, MaskedLayer):
+                layer.keeps_channels = True  # LRN after the convs, a fixed bias in fc1
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:  # (B, C, H, W) -> (B, classes)
+        elu = nn.functional.elu
+        x = self.pool1(self.norm1(elu(self.conv1(x))))  # (B, 64, (H−5)/2+1, …)
+        x = self.pool2(self.norm2(elu(self.conv2(x))))  # (B, 128, …)
+        x = self.pool3(self.norm3(elu(self.conv3(x))))  # (B, 256, 2, 2) for 32×32
+        x = elu(self.fc1(x.flatten(1)))  # (B, 192)
+        return elu(self.fc2(x))  # the authors' ELU on the logits: they are > −1
 
 
 class ConvBNGate(nn.Module):
@@ -198,6 +256,7 @@ class ResNet8(nn.Module):
 _ZOO_ATTR = "zoo_name"  # every zoo model carries its name (variants share a class)
 _ARCHS: dict[str, Callable[[_Factory, tuple[int, int, int], int], nn.Module]] = {
     "paper-cnn": PaperCNN,
+    "authors-cnn": AuthorsCNN,
     "mcu-cnn": McuCNN,
     "resnet-8": ResNet8,
     "mcu-cnn-x2": functools.partial(McuCNN, width=2),
@@ -257,6 +316,6 @@ def layer_costs(model: nn.Module, input_shape: tuple[int, int, int]) -> list[Lay
             name=name, kind=kind, in_channels=int(layer.weight.shape[1]) * getattr(layer, "groups", 1),
             out_channels=int(layer.weight.shape[0]), params=params, macs=t.macs,
             in_elems=math.prod(t.in_shape[1:]), out_elems=math.prod(t.out_shape[1:]),
-            input_from=layer.input_from, prunable_out=i != len(layers) - 1,
+            input_from=layer.input_from, prunable_out=i != len(layers) - 1 and not layer.keeps_channels,
         ))
     return costs

@@ -32,7 +32,7 @@ from dslth_edge.errors import CheckpointError, UsageError
 from dslth_edge.runs.rundir import NodePaths, remove_stale_temps
 
 __all__ = ["RUN_MODES", "run_mode", "holds_run", "clear_run_dir", "open_node_dir", "open_run_dir",
-           "check_same_settings", "check_rounds", "RUN_SETTINGS"]
+           "check_same_settings", "check_rounds", "RUN_SETTINGS", "upgrade_model_record"]
 
 log = logging.getLogger(__name__)
 
@@ -47,7 +47,8 @@ _RUN_GLOBS = ("node-*", "worker-*.json", "worker-*.log", "*.png")
 RUN_SETTINGS: dict[str, tuple[str, ...]] = {
     "dataset": ("extra.dataset",),
     "partition": ("extra.partition", "extra.num_nodes", "extra.partition_seed", "extra.scarce", "extra.test_size"),
-    "model": ("model.name", "model.input_shape", "model.num_classes", "model.keep", "model.granularity", "model.init",
+    "model": ("model.name", "model.input_shape", "model.num_classes", "model.keep", "model.granularity", "model.weight_init",
+              "model.score_init",
               "layers"),
     "profile": ("profile", "extra.for_device", "extra.plan"),  # the profile and the plan made from it
     "algorithm": ("algorithm",),
@@ -170,6 +171,17 @@ def _short(value: Any) -> str:
     return text if len(text) <= 60 else text[:57] + "..."
 
 
+def upgrade_model_record(model: dict[str, Any]) -> dict[str, Any]:
+    """A config.json ``model`` entry in today's form: runs written before the score init
+    was selectable name their weight scheme ``init`` and drew kaiming-uniform scores."""
+    if "init" not in model:
+        return model
+    out = {k: v for k, v in model.items() if k != "init"}
+    out.setdefault("weight_init", model["init"])
+    out.setdefault("score_init", "kaiming-uniform")
+    return out
+
+
 def check_same_settings(saved: dict[str, Any], now: dict[str, Any], where: str | Path) -> None:
     """Refuse to resume when any setting that shapes the run differs; every one is named.
 
@@ -181,6 +193,8 @@ def check_same_settings(saved: dict[str, Any], now: dict[str, Any], where: str |
         raise CheckpointError(f"cannot resume {where}: its config.json is malformed "
                               f"(a {type(saved).__name__}, not a JSON object)")
     now = json.loads(json.dumps(now))
+    saved, now = ({**c, "model": upgrade_model_record(c["model"])} if isinstance(c.get("model"), dict) else c
+                  for c in (saved, now))
     diffs = []
     for setting, keys in RUN_SETTINGS.items():
         changed = [k for k in keys if _get(saved, k) != _get(now, k)]

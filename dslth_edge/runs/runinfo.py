@@ -21,6 +21,7 @@ from torch import nn
 from dslth_edge.errors import CheckpointError, UsageError
 from dslth_edge.learn.masking import load_weights, masked_layers, set_masks, weights_fingerprint
 from dslth_edge.learn.models import ModelSpec, build_model
+from dslth_edge.runs.guard import upgrade_model_record
 from dslth_edge.runs.rundir import MaskFile, NodePaths, load_checkpoint, load_mask
 
 if TYPE_CHECKING:  # data.py is imported lazily: loading a model must not need the datasets
@@ -148,7 +149,7 @@ def resolve_node_dir(run: str | Path, node: int | None = None) -> tuple[Path, in
 def spec_from_dict(d: dict[str, Any]) -> ModelSpec:
     """A :class:`ModelSpec` from its JSON form (lists back to tuples)."""
     try:
-        d = dict(d)
+        d = upgrade_model_record(dict(d))
         d["input_shape"] = tuple(int(s) for s in d["input_shape"])
         if isinstance(d.get("keep"), list):
             d["keep"] = [float(k) for k in d["keep"]]

@@ -81,7 +81,7 @@ def test_int8_accuracy_drop(exported_onnx) -> None:
 def test_zoo_parity(name: str, shape: tuple[int, int, int], multiple: int) -> None:
     """Every zoo architecture, shrunk with channel masks (unpadded, and zero-padded to
     multiples of 8), converts with parity <= 1e-4 against the masked model."""
-    model = build_model(ModelSpec(name, shape, 10, keep=1.0, granularity="channel", init="signed-constant")).eval()
+    model = build_model(ModelSpec(name, shape, 10, keep=1.0, granularity="channel", weight_init="signed-constant")).eval()
     set_masks(model, [topk_mask(layer.scores, 0.3, "channel") for _, layer in masked_layers(model)])
     shrunk = shrink(model, shape, channel_multiple=multiple)
     data = onnx_bytes(shrunk, shape)
@@ -98,7 +98,7 @@ def test_padded_int8_onnx() -> None:
     from dslth_edge.exporters.shrink import fold_batchnorm, shrunk_info
 
     shape = (1, 28, 28)
-    model = build_model(ModelSpec("mcu-cnn", shape, 10, keep=1.0, granularity="channel", init="signed-constant")).eval()
+    model = build_model(ModelSpec("mcu-cnn", shape, 10, keep=1.0, granularity="channel", weight_init="signed-constant")).eval()
     set_masks(model, [topk_mask(layer.scores, 0.3, "channel") for _, layer in masked_layers(model)])
     module = fold_batchnorm(shrink(model, shape, channel_multiple=4))
     assert shrunk_info(module).padding()

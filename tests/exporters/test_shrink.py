@@ -400,3 +400,23 @@ def test_fold_batchnorm(zoo) -> None:
     assert shrunk_info(folded).arch == "mcu-cnn"
     assert _max_diff(model, folded, torch.randn(8, *shape)) <= TOL
     set_masks(model, None)
+
+
+def test_authors_cnn_keeps_its_channels_and_biases(tmp_path) -> None:
+    """authors-cnn: LRN mixes neighbouring conv channels and fc1's fixed bias keeps an
+    empty row alive, so shrink removes nothing there (removing an interior channel would
+    shift every LRN window after it); the result is exact and saves with its biases."""
+    shape = (1, 28, 28)
+    model = build_model(ModelSpec("authors-cnn", shape, 10, keep=0.3, weight_init="pytorch-default")).eval()
+    masks = [layer.current_mask().clone() for _, layer in masked_layers(model)]
+    masks[1][50:60] = False  # ten interior conv2 channels with no weight
+    masks[3][100:110] = False  # ten fc1 rows with no weight: they still output ELU(bias)
+    set_masks(model, masks)
+    shrunk = shrink(model, shape)
+    assert shrunk_info(shrunk).widths() == {"conv1": 64, "conv2": 128, "conv3": 256, "fc1": 192, "fc2": 10}
+    assert torch.equal(shrunk.fc1.bias, model.fc1.bias) and torch.equal(shrunk.fc2.bias, model.fc2.bias)
+    x = torch.randn(8, *shape, generator=torch.Generator().manual_seed(2))
+    assert _max_diff(model, shrunk, x) == 0.0
+    save_shrunk(shrunk, tmp_path, {"node": 0})
+    with torch.no_grad():
+        assert torch.equal(load_shrunk(tmp_path)(x), shrunk(x))

@@ -64,7 +64,7 @@ def test_int8_padded(trained_run, exported_tflite) -> None:
 def test_padded_fp32_parity() -> None:
     """A zero-padded shrunk model converts with the same outputs as the masked model (module level)."""
     shape = (1, 28, 28)
-    model = build_model(ModelSpec("mcu-cnn", shape, 10, keep=1.0, granularity="channel", init="signed-constant")).eval()
+    model = build_model(ModelSpec("mcu-cnn", shape, 10, keep=1.0, granularity="channel", weight_init="signed-constant")).eval()
     set_masks(model, [topk_mask(layer.scores, 0.3, "channel") for _, layer in masked_layers(model)])
     shrunk = shrink(model, shape, channel_multiple=4)
     assert shrunk_info(shrunk).padding()  # 5/10/19 channels kept: all padded
@@ -80,7 +80,7 @@ def _padded_mcu(multiple: int) -> tuple[torch.nn.Module, tuple[int, int, int]]:
     from dslth_edge.exporters.shrink import fold_batchnorm
 
     shape = (1, 28, 28)
-    model = build_model(ModelSpec("mcu-cnn", shape, 10, keep=1.0, granularity="channel", init="signed-constant")).eval()
+    model = build_model(ModelSpec("mcu-cnn", shape, 10, keep=1.0, granularity="channel", weight_init="signed-constant")).eval()
     set_masks(model, [topk_mask(layer.scores, 0.3, "channel") for _, layer in masked_layers(model)])
     shrunk = shrink(model, shape, channel_multiple=multiple)
     assert shrunk_info(shrunk).padding() == {"block1.conv": 3, "block2.conv": 2, "block3.conv": 1}
@@ -107,7 +107,7 @@ def test_padded_int8_is_integer_only_and_faithful() -> None:
 def test_resnet_parity() -> None:
     """Residual adds convert too (module level, no run)."""
     shape = (3, 32, 32)
-    model = build_model(ModelSpec("resnet-8", shape, 10, keep=1.0, granularity="channel", init="signed-constant")).eval()
+    model = build_model(ModelSpec("resnet-8", shape, 10, keep=1.0, granularity="channel", weight_init="signed-constant")).eval()
     set_masks(model, [topk_mask(layer.scores, 0.3, "channel") for _, layer in masked_layers(model)])
     shrunk = shrink(model, shape)
     x = np.random.default_rng(0).standard_normal((100, *shape)).astype(np.float32)
@@ -140,3 +140,37 @@ def test_litert_torch_private_flatbuffer_accessor_still_exists() -> None:
     assert "FULLY_CONNECTED" in model_ops(data).ops
     x = np.arange(8, dtype=np.float32).reshape(1, 2, 4)
     np.testing.assert_allclose(TfliteRunner(data).run(x), module(torch.from_numpy(x)).detach().numpy(), atol=1e-5)
+
+
+def test_authors_cnn_converts_and_its_int8_falls_back_to_pt2e() -> None:
+    """authors-cnn: fp32 ONNX and TFLite match the masked model; its LocalResponseNorm lowers to
+    STABLEHLO_REDUCE_WINDOW, which ai-edge-quantizer cannot calibrate, so int8 "auto" takes
+    PT2E (float islands left), and an integer-only int8 for TFLite Micro is refused, saying why."""
+    from dslth_edge.errors import ExportError
+    from dslth_edge.exporters.pipeline import _quantize
+    from dslth_edge.exporters.tflm import model_ops, op_resolver_h
+
+    shape = (1, 28, 28)
+    model = build_model(ModelSpec("authors-cnn", shape, 10, keep=0.3, weight_init="pytorch-default")).eval()
+    set_masks(model, [layer.current_mask() for _, layer in masked_layers(model)])
+    shrunk = shrink(model, shape)
+    rng = np.random.default_rng(0)
+    calib, x = (rng.standard_normal((n, *shape)).astype(np.float32) for n in (32, 40))
+    with torch.no_grad():
+        ref = model(torch.from_numpy(x)).numpy()
+    from dslth_edge.exporters.onnx import check_onnx, onnx_bytes
+    from dslth_edge.exporters.runtime import OnnxRunner
+
+    onnx_file = onnx_bytes(shrunk, shape)
+    check_onnx(onnx_file)
+    assert float(np.abs(OnnxRunner(onnx_file).run(x) - ref).max()) <= 1e-4
+    fp32 = tflite_bytes(shrunk, shape)
+    assert float(np.abs(TfliteRunner(fp32).run(x) - ref).max()) <= 1e-4
+    assert "STABLEHLO_REDUCE_WINDOW" in model_ops(fp32).unique
+    with pytest.raises(ExportError, match="no TFLite Micro resolver entry.*STABLEHLO_REDUCE_WINDOW"):
+        op_resolver_h(model_ops(fp32))
+    q, route, tried = _quantize("tflite", "int8", fp32, shrunk, shape, calib, x, "auto")
+    assert route == "pt2e" and "aeq_failed" in tried
+    assert float((TfliteRunner(q).run(x).argmax(1) == ref.argmax(1)).mean()) >= 0.9
+    with pytest.raises(ExportError, match="integer-only"):
+        _quantize("tflite", "int8", fp32, shrunk, shape, calib, x, "auto", integer_only=True)

@@ -7,10 +7,12 @@ import torch
 
 from dslth_edge.learn.algorithm import (
     PRESETS,
+    PRESET_RUNS,
     aggregated_scores,
     aggregation_shift,
     drop_sparse_channels,
     get_preset,
+    in_personal_phase,
     neighbour_average,
     personalized_finetune_,
     reference_bytes,
@@ -85,6 +87,36 @@ def test_presets() -> None:
         get_preset("nope")
     with pytest.raises(UsageError):
         get_preset("default", "fedavg")
+
+
+def test_the_paper_preset_uses_the_authors_initialisation(tmp_path) -> None:
+    """paper: weights and scores U(±1/√fan_in) (ZhuoJTian/MCE-PL layers_att3.py); default and
+    reference keep the earlier schemes; config.json names both for every node."""
+    import json
+
+    from dslth_edge.fleet.plan import FleetOptions, make_node, plan_fleet
+
+    assert (PRESET_RUNS["paper"].weight_init, PRESET_RUNS["paper"].score_init) == ("pytorch-default", "pytorch-default")
+    for name in ("default", "reference"):
+        assert (PRESET_RUNS[name].weight_init, PRESET_RUNS[name].score_init) == ("kaiming-normal", "kaiming-uniform")
+    base = dict(nodes=2, topology="ring", dataset="synthetic", model="mcu-cnn", rounds=1, eval_every=0, keep=0.5)
+    assert (FleetOptions(preset="paper", **base).weight_init, FleetOptions(preset="paper", **base).score_init) == (
+        "pytorch-default", "pytorch-default")
+    opts = FleetOptions(preset="paper", score_init="kaiming-uniform", **base)  # a given scheme wins over the preset's
+    node = make_node(plan_fleet(opts), 1, None, tmp_path)
+    node.start()
+    model = json.loads((tmp_path / "node-1" / "config.json").read_text())["model"]
+    assert (model["weight_init"], model["score_init"]) == ("pytorch-default", "kaiming-uniform")
+    bound = float(node.layers[0].weight[0].numel()) ** -0.5
+    assert float(node.layers[0].weight.abs().max()) <= bound < float(node.layers[0].scores.detach().abs().max())
+
+
+def test_personal_phase() -> None:
+    """dpsgd-ft's last ft_rounds rounds are local; mce-pl gets the same phase only when asked."""
+    assert [in_personal_phase(get_preset("default", "dpsgd-ft", ft_rounds=2), k, 10) for k in (7, 8, 9)] == [False, True, True]
+    assert not any(in_personal_phase(get_preset("default", "mce-pl"), k, 10) for k in range(10))
+    assert [in_personal_phase(get_preset("default", "mce-pl", ft_rounds=3), k, 10) for k in (6, 7)] == [False, True]
+    assert not in_personal_phase(get_preset("default", "local", ft_rounds=3), 9, 10)
 
 
 def test_reference_bytes() -> None:

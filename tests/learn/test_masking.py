@@ -14,8 +14,12 @@ from dslth_edge.errors import UsageError, WeightsError
 from dslth_edge.learn.masking import (
     MaskedConv2d,
     MaskedLinear,
+    DEFAULT_SCORE_INIT,
+    DEFAULT_WEIGHT_INIT,
     drop_sparse_channels,
+    fixed_bias,
     group_lasso,
+    init_scores,
     init_weights,
     keep_count,
     load_weights,
@@ -33,7 +37,12 @@ GOLDEN = {
     "kaiming-normal": "437994a60c6cf1c6f5c9e5f56b78060315c067f11f8f1884a0caee470fa86e40",
     "kaiming-uniform": "4067af9497e529cd8f38afccde12cf89cf43be42d906bdd1b046c9d581e724c0",
     "signed-constant": "3348188ef57971daaf36ed7cc37492fe19f120303f0ca471e8acefe3960b53d6",
+    # the authors' scale, U(±1/√fan_in) (issue 26): a new scheme, a new hash
+    "pytorch-default": "549f3dc28fa86e69e1662956e59b45fd11a2708c571e8b4094f98c6ed24d1d8d",
 }
+#: fixed_bias(192, 1024, 7, 3): authors-cnn's fixed FC biases
+BIAS_GOLDEN = "3df640519bf83dd71647d78930084ab8bf56b66ec8b0e706f4da965151fb2772"
+AUTHORS_CNN_FINGERPRINT = "740e0f3295bce702a6095c4f561eb5db9d268a6a9e11f8df513fb77288ab24b3"
 PAPER_CNN_FINGERPRINT = "2b171921ac32f8f81a0bd0f74a234b9b45ea518b7584d2ce775fab974930d639"
 
 
@@ -45,6 +54,48 @@ def test_fixed_weights_golden_hash(scheme: str) -> None:
 
 def test_paper_cnn_fingerprint_is_pinned() -> None:
     assert weights_fingerprint(build_model("paper-cnn", (1, 28, 28), 10)).hex() == PAPER_CNN_FINGERPRINT
+
+
+def test_fixed_bias_and_authors_cnn_fingerprint_are_pinned() -> None:
+    b = fixed_bias(192, 1024, 7, 3)
+    assert hashlib.sha256(b.numpy().astype("<f4").tobytes()).hexdigest() == BIAS_GOLDEN
+    model = build_model("authors-cnn", (3, 32, 32), 10, weight_init="pytorch-default")
+    assert weights_fingerprint(model).hex() == AUTHORS_CNN_FINGERPRINT
+    # the bias has its own stream: a layer's weights are the same with or without one
+    with_bias, without = MaskedLinear(1024, 192, seed=7, stream=3, bias=True), MaskedLinear(1024, 192, seed=7, stream=3)
+    assert torch.equal(with_bias.weight, without.weight) and not torch.equal(with_bias.bias[:8], with_bias.weight[0, :8])
+    assert weights_fingerprint(with_bias) != weights_fingerprint(without)  # a fixed bias is part of w
+
+
+def test_pytorch_default_is_the_authors_scale() -> None:
+    """U(±1/√fan_in): torch.nn.Conv2d's own init range (kaiming_uniform_(a=√5)), √6× narrower than kaiming-uniform."""
+    shape = (256, 128, 5, 5)
+    bound = (1 / (128 * 25)) ** 0.5
+    w = init_weights(shape, 0, 0, "pytorch-default")
+    ref = torch.nn.Conv2d(128, 256, 5).weight.detach()  # PyTorch's default, its own random draw
+    assert float(w.abs().max()) <= bound and float(ref.abs().max()) <= bound * (1 + 1e-6)
+    assert float(w.std()) == pytest.approx(float(ref.std()), rel=0.01)
+    assert float(w.std()) == pytest.approx(bound / 3**0.5, rel=0.01)
+    ku = init_weights(shape, 0, 0, "kaiming-uniform")
+    assert float(ku.std()) / float(w.std()) == pytest.approx(6**0.5, rel=1e-6)  # same bits, another scale
+    b = fixed_bias(192, 1024, 0, 0)
+    assert float(b.abs().max()) <= 1 / 32 and float(b.std()) == pytest.approx(1 / 32 / 3**0.5, rel=0.15)
+
+
+def test_score_init_is_selectable_and_the_default_is_unchanged() -> None:
+    """The default scores are kaiming-uniform, bit for bit what every earlier run drew; the
+    authors' scores are pytorch-default; the weights do not depend on the score scheme."""
+    assert (DEFAULT_WEIGHT_INIT, DEFAULT_SCORE_INIT) == ("kaiming-normal", "kaiming-uniform")
+    old = MaskedLinear(30, 20, seed=1, stream=2, score_seed=9)
+    assert torch.equal(old.scores.detach(), init_weights((20, 30), 9, 2, "kaiming-uniform"))
+    authors = MaskedLinear(30, 20, seed=1, stream=2, score_seed=9, score_init="pytorch-default",
+                           weight_init="pytorch-default")
+    assert torch.equal(authors.scores.detach(), init_scores((20, 30), 9, 2, "pytorch-default"))
+    assert float(authors.scores.abs().max()) <= 30**-0.5
+    assert torch.equal(authors.weight, init_weights((20, 30), 1, 2, "pytorch-default"))
+    assert torch.equal(MaskedLinear(30, 20, seed=1, stream=2, score_init="pytorch-default").weight, old.weight)
+    with pytest.raises(UsageError, match="unknown weight init"):
+        init_scores((2, 2), 0, 0, "xavier")
 
 
 def test_uniform_bits_are_pcg64_raw_bits() -> None:
@@ -155,6 +206,23 @@ def test_weights_file_round_trip(tmp_path) -> None:
         load_weights(other, tmp_path / "w.npz")
     with pytest.raises(WeightsError, match="does not exist"):
         load_weights(b, tmp_path / "missing.npz")
+    # fixed biases travel with the weights (authors-cnn's FC layers)
+    c = build_model("authors-cnn", (1, 24, 24), 3, weight_seed=1)
+    d = build_model("authors-cnn", (1, 24, 24), 3, weight_seed=2)
+    save_weights(c, tmp_path / "c.npz")
+    load_weights(d, tmp_path / "c.npz")
+    assert weights_fingerprint(c) == weights_fingerprint(d)
+    with pytest.raises(WeightsError, match="no fixed bias"):
+        load_weights(d, _without_biases(tmp_path / "c.npz"))
+
+
+def _without_biases(path):
+    """A copy of a weights file without its fixed biases."""
+    with np.load(path) as data:
+        arrays = {k: data[k] for k in data.files if not k.endswith(".bias")}
+    out = path.with_name("nobias.npz")
+    np.savez(out, **arrays)
+    return out
 
 
 def test_bad_keep_and_granularity_are_usage_errors() -> None:

@@ -71,3 +71,61 @@ def test_width_variants_multiply_the_hidden_channels_only() -> None:
         costs = layer_costs(build_model(name, (1, 28, 28), 10), (1, 28, 28))
         assert [c.out_channels for c in costs] == [b.out_channels * width for b in base[:-1]] + [10]
         assert costs[0].in_channels == 1  # the input keeps its channels
+
+
+def test_authors_cnn_is_their_network() -> None:
+    """ZhuoJTian/MCE-PL models/alex_cifar_att2.py: 5×5 convs with padding 1, fc1 of 1024
+    inputs on CIFAR-10, fixed FC biases, LRN, 3×3/2 pooling, ELU on the logits."""
+    from torch import nn
+
+    from dslth_edge.learn.masking import fixed_bias
+
+    model = build_model("authors-cnn", (3, 32, 32), 10, weight_init="pytorch-default", score_init="pytorch-default")
+    costs = layer_costs(model, (3, 32, 32))
+    assert [(c.in_channels, c.out_channels) for c in costs] == [(3, 64), (64, 128), (128, 256), (1024, 192), (192, 10)]
+    assert costs[0].macs == 64 * 3 * 25 * 30 * 30  # padding 1: 32 → 30
+    assert [c.prunable_out for c in costs] == [False] * 5  # LRN mixes conv channels; fc1's fixed bias keeps rows alive
+    assert [(m.size, m.alpha, m.beta, m.k) for m in model.modules() if isinstance(m, nn.LocalResponseNorm)] == [
+        (4, 2e-5, 0.75, 1.0), (4, 1e-4, 0.75, 1.0), (4, 1e-4, 0.75, 1.0)]
+    assert [(m.kernel_size, m.stride, m.padding) for m in model.modules() if isinstance(m, nn.MaxPool2d)] == [
+        (3, 2, 0), (3, 2, 0), (3, 2, 1)]
+    fc1, fc2 = model.fc1, model.fc2
+    assert fc1.bias is not None and not fc1.bias.requires_grad and "bias" in dict(fc1.named_buffers())
+    assert torch.equal(fc1.bias, fixed_bias(192, 1024, 0, 3))
+    assert model.conv1.padding == 1 and all(not p.requires_grad for n, p in model.named_parameters() if "score" not in n)
+    x = torch.randn(5, 3, 32, 32)
+    out = model(x)
+    assert float(out.min()) > -1.0  # ELU on the logits
+    # the same arithmetic as torch's own layers (weights w ⊙ m, biases as they are)
+    with torch.no_grad():
+        ref = x
+        for conv, norm, pool in ((model.conv1, model.norm1, model.pool1), (model.conv2, model.norm2, model.pool2),
+                                 (model.conv3, model.norm3, model.pool3)):
+            w = conv.weight * conv.current_mask()
+            ref = pool(norm(nn.functional.elu(nn.functional.conv2d(ref, w, None, 1, 1))))
+        ref = nn.functional.elu(nn.functional.linear(ref.flatten(1), fc1.weight * fc1.current_mask(), fc1.bias))
+        ref = nn.functional.elu(nn.functional.linear(ref, fc2.weight * fc2.current_mask(), fc2.bias))
+    assert torch.allclose(out, ref, atol=1e-6)
+
+
+def test_authors_cnn_on_fashion_mnist_keeps_its_layers() -> None:
+    """1×28×28: one input channel and the same layers, so fc1 sees 256 · 1 · 1."""
+    costs = layer_costs(build_model("authors-cnn", (1, 28, 28), 10), (1, 28, 28))
+    assert [(c.in_channels, c.out_channels) for c in costs] == [(1, 64), (64, 128), (128, 256), (256, 192), (192, 10)]
+    with pytest.raises(UsageError, match="at least 21x21"):
+        build_model("authors-cnn", (1, 20, 20), 10)
+
+
+def test_init_schemes_are_part_of_the_spec() -> None:
+    """ModelSpec names both schemes (config.json records them); an unknown one is refused."""
+    from dataclasses import asdict
+
+    from dslth_edge.learn.models import ModelSpec
+
+    spec = ModelSpec("paper-cnn", (1, 28, 28), 10, weight_init="pytorch-default", score_init="pytorch-default")
+    assert {"weight_init": "pytorch-default", "score_init": "pytorch-default"}.items() <= asdict(spec).items()
+    a, b = build_model(spec), build_model("paper-cnn", (1, 28, 28), 10)
+    assert float(a.conv2.weight.std()) * 6**0.5 == pytest.approx(float(b.conv2.weight.std()), rel=0.02)
+    assert float(b.conv2.scores.abs().max()) / float(a.conv2.scores.abs().max()) == pytest.approx(6**0.5, rel=0.01)
+    with pytest.raises(UsageError, match="unknown score init"):
+        ModelSpec("paper-cnn", (1, 28, 28), 10, score_init="xavier")

@@ -34,6 +34,8 @@ SAVED = {
     ("model.name", "paper-cnn", "model"),
     ("model.keep", 0.3, "model"),
     ("model.granularity", "channel", "model"),
+    ("model.weight_init", "pytorch-default", "model"),
+    ("model.score_init", "pytorch-default", "model"),
     ("profile", "jetson-nano", "profile"),
     ("algorithm.name", "consensus", "algorithm"),
     ("algorithm.preset", "paper", "algorithm"),
@@ -53,6 +55,17 @@ def test_every_setting_that_shapes_the_run_is_named(path: str, value: object, se
     with pytest.raises(CheckpointError, match=f"settings differ from the saved run in {setting} \\("):
         check_same_settings(SAVED, now, "run/node-2")
     assert setting in RUN_SETTINGS
+
+
+def test_a_run_from_before_the_score_init_resumes_as_what_it_drew() -> None:
+    """config.json written before issue 26 names the weight scheme "init" and drew kaiming-uniform scores."""
+    now = copy.deepcopy(SAVED)
+    del now["model"]["init"]
+    now["model"].update(weight_init="kaiming-normal", score_init="kaiming-uniform")
+    check_same_settings(SAVED, now, "r")
+    now["model"]["score_init"] = "pytorch-default"
+    with pytest.raises(CheckpointError, match=r'model \(model.score_init: saved "kaiming-uniform", now "pytorch-default"'):
+        check_same_settings(SAVED, now, "r")
 
 
 def test_rounds_may_grow_but_not_shrink() -> None:
