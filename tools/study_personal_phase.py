@@ -9,10 +9,6 @@ rounds send nothing and train the scores locally from the collaborative mask. Th
 the three side by side on the paper's graph and paper-4 split (resumable, cached like
 tools/reproduce_paper.py) and prints final and last-evaluation accuracies.
 
-Until fleet/node.py consults ``in_personal_phase`` for mce-pl, this tool applies it to
-the node in-process (``_communicating`` and ``_update_mbar``), the two places the node
-decides whether a round exchanges and whether m̄ enters (1) and (5).
-
     python tools/study_personal_phase.py --rounds 100 --seeds 0 --out runs/personal
 """
 
@@ -27,35 +23,10 @@ from pathlib import Path
 import torch
 
 from dslth_edge.data import load_dataset
-from dslth_edge.fleet import node as node_module
 from dslth_edge.fleet.plan import FleetOptions
 from dslth_edge.fleet.simulator import resume_round, simulate
-from dslth_edge.learn.algorithm import in_personal_phase
 
 PAPER = Path(__file__).resolve().parents[1].parent / "shared" / "paper"
-
-
-def apply_personal_phase() -> None:
-    """Make the in-process Node honour in_personal_phase for mce-pl (what node.py should do)."""
-    node_cls = node_module.Node
-    if getattr(node_cls, "_personal_phase_applied", False):
-        return
-    communicating, update_mbar = node_cls._communicating, node_cls._update_mbar
-
-    def _communicating(self, round=None):  # noqa: A002, ANN001, ANN202
-        k = self.round if round is None else round
-        if in_personal_phase(self.algo, k, self.config.rounds):
-            return False
-        return communicating(self, round)
-
-    def _update_mbar(self):  # noqa: ANN001, ANN202
-        if in_personal_phase(self.algo, self.round, self.config.rounds):
-            self.mbar = None  # no shift (1), no step (5): local SGD on the scores
-            return
-        update_mbar(self)
-
-    node_cls._communicating, node_cls._update_mbar = _communicating, _update_mbar
-    node_cls._personal_phase_applied = True
 
 
 def main(argv: list[str] | None = None) -> int:
@@ -70,7 +41,6 @@ def main(argv: list[str] | None = None) -> int:
     ap.add_argument("--no-dense", action="store_true", help="mce-pl with and without the phase only (no dpsgd-ft)")
     args = ap.parse_args(argv)
     torch.set_num_threads(1)
-    apply_personal_phase()
     ds = load_dataset("fashion-mnist")
     paper = Path(args.paper_dir)
     ft = max(1, round(args.ft_fraction * args.rounds))
