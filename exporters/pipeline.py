@@ -4,7 +4,9 @@ Steps: load the node (fingerprint-checked) → shrink, padded with exactly-zero 
 the profile's channel multiple (checked against the masked model on real inputs) → shrink.json
 → convert (ONNX or TFLite) → parity of the fp32 file with its runtime → optional
 quantization (calibrated on the node's own training inputs) → accuracy of every variant
-on the node's test split → metadata into the file → atomic write → report.json.
+on the node's test split, and whether the file is worth deploying (near chance, or far
+below the masked model: :mod:`dslth_edge.exporters.worth`) → metadata into the file →
+atomic write → report.json.
 Nothing is written under the output name unless every check passed.
 
 Format ``tflm`` is a TFLite file plus the TensorFlow Lite Micro bundle beside it
@@ -41,6 +43,7 @@ from dslth_edge.exporters.shrink import (
 from dslth_edge.exporters.metadata import add_onnx_metadata, add_tflite_metadata
 from dslth_edge.exporters.report import ExportReport, VariantRow, write_report
 from dslth_edge.exporters.runtime import Runner, open_runner, to_layout
+from dslth_edge.exporters.worth import judge_worth
 
 __all__ = ["FORMATS", "QUANTIZE_MODES", "TFLM_MAX_LSB", "TFLM_MIN_AGREEMENT", "ExportOptions", "check_extra",
            "default_output", "export_node"]
@@ -314,9 +317,12 @@ def export_node(opts: ExportOptions) -> ExportReport:
 
     # ---- metadata, then the one write under the final name
     final_acc = next(r.accuracy for r in rows if r.variant == ("shrunk" if opts.quantize == "none" else f"shrunk+{opts.quantize}"))
+    # is it worth deploying: the file's own accuracy against chance and the masked model (same samples)
+    worth = judge_worth(final_acc, acc_masked, y_test, file=str(out.parent if opts.format == "tflm" else out))
     meta = _file_metadata(info, provenance, quant, opts.quantize, shrunk_info(shrunk).widths(),
                           {"this_file": final_acc, "masked_model": acc_masked, "recorded_by_run": info.recorded_accuracy,
-                           "test_samples": int(len(y_test))}, layout)
+                           "test_samples": int(len(y_test)), "chance": worth.chance, "worth_deploying": worth.worth},
+                          layout)
     data = _with_metadata(fmt, final_bytes, meta)
     if fmt == "tflite":  # the metadata rewrite must leave a runnable, identical model
         check = open_runner(data, "tflite", layout=layout).run(x_par[:4])
@@ -345,7 +351,7 @@ def export_node(opts: ExportOptions) -> ExportReport:
         shrink={"max_abs_diff_vs_masked": diff, "tolerance": SHRINK_TOL, "widths": shrunk_info(shrunk).widths(),
                 "channel_multiple": multiple, "padding": shrunk_info(shrunk).padding(),
                 "shrink_json": str(shrink_json)},
-        quantization=quant, seconds=seconds, notes=notes, tflm=tflm,
+        quantization=quant, seconds=seconds, notes=notes, tflm=tflm, worth=worth.to_dict(),
     )
     if opts.judge:
         if hw is None:

@@ -41,10 +41,13 @@ __all__ = ["export"]
 @click.option("--no-dense", "no_dense", is_flag=True, help="Skip converting the masked-dense model (its file size column stays empty).")
 @click.option("--allow-over-budget", "allow_over", is_flag=True,
               help="Keep going (exit 0) when an export violates its device's storage, RAM or latency budget.")
+@click.option("--allow-weak", "allow_weak", is_flag=True,
+              help="Keep going (exit 0) when an exported file is not worth deploying: within 5 points of chance "
+                   "on the node's test split, or more than 10 points below its masked model.")
 @click.option("--json", "as_json", is_flag=True, help="Print the reports as JSON (a list, one per node).")
 def export(run: str | None, node: int | None, fmt: str | None, quantize: str | None, calibration: int, out: str | None,
            channel_multiple: int | None, eval_samples: int | None, int8_route: str, no_dense: bool,
-           allow_over: bool, as_json: bool) -> None:
+           allow_over: bool, allow_weak: bool, as_json: bool) -> None:
     """Shrink each node's final model, export it, and check it against the node's device.
 
     Without options: every node of the latest run under runs/, each in its profile's
@@ -52,7 +55,10 @@ def export(run: str | None, node: int | None, fmt: str | None, quantize: str | N
     against the torch model with its own runtime, optionally quantizes with the node's
     training data, writes the file atomically with its provenance inside plus
     report.json, then judges it against the node's profile (storage, RAM, predicted
-    latency): a violated budget exits 3 unless --allow-over-budget.
+    latency): a violated budget exits 3 unless --allow-over-budget. It also judges the
+    file's accuracy: within 5 points of chance for the node's classes, or more than 10
+    points below the node's masked model, it is not worth deploying: exit 6 unless
+    --allow-weak.
 
     \b
     Examples:
@@ -63,6 +69,7 @@ def export(run: str | None, node: int | None, fmt: str | None, quantize: str | N
     from dslth_edge.exporters.budget import raise_if_over_dicts
     from dslth_edge.exporters.pipeline import ExportOptions, check_extra, default_output, export_node
     from dslth_edge.exporters.targets import resolve_targets
+    from dslth_edge.exporters.worth import raise_if_weak_dicts
     from dslth_edge.cli.progress import native_stderr_captured
 
     targets = resolve_targets(run, node, fmt, quantize)
@@ -95,8 +102,12 @@ def export(run: str | None, node: int | None, fmt: str | None, quantize: str | N
             where = r.tflm["directory"] + "/ (TFLite Micro bundle)" if r.tflm else r.file
             verdict = "" if r.budget is None else f" [{r.budget['verdict']} on {r.budget['profile']}]"
             console.print(f"node {r.provenance['node']}: {r.format} {r.quantize} → {where}{verdict}", markup=False)
+            if r.worth is not None:
+                console.print(f"node {r.provenance['node']}: {r.worth['line']}", markup=False)
     if not allow_over:
         raise_if_over_dicts([r.budget for r in reports if r.budget is not None])
+    if not allow_weak:
+        raise_if_weak_dicts([r.worth for r in reports if r.worth is not None])
 
 
 def _print(report: Any) -> None:
