@@ -18,7 +18,8 @@ from torch import nn
 from dslth_edge.learn.costs import LayerCost
 from dslth_edge.errors import UsageError
 from dslth_edge.learn.names import MODEL_NAMES
-from dslth_edge.learn.masking import ChannelGate, MaskedConv2d, MaskedLayer, MaskedLinear, init_weights, masked_layers
+from dslth_edge.learn.masking import (ChannelGate, MaskedConv2d, MaskedLayer, MaskedLinear, init_weights, link_inputs,
+                                      masked_layers)
 
 __all__ = ["MODEL_NAMES", "ModelSpec", "arch_name", "build_model", "layer_costs", "masked_layer_shapes"]
 
@@ -233,6 +234,7 @@ def build_model(
         layer.input_from = names[id(producer[0])] if producer else None
         if hasattr(layer, "_producer"):
             del layer._producer
+    link_inputs(model)  # input channels a layer reads (its mask, its gain) follow its producer's live channels
     return model
 
 
