@@ -66,7 +66,10 @@ from dslth_edge.profiler.analysis import analyze_torch_module
 from dslth_edge.profiler.predictor import predict
 from dslth_edge.runs.runinfo import load_run
 
-PAPER = Path(__file__).resolve().parents[1].parent / "shared" / "paper"
+# the shared paper data: beside the repository (../shared/paper), or two levels up from a worktree
+PAPER = next((p for p in (Path(__file__).resolve().parents[1].parent / "shared" / "paper",
+                          Path(__file__).resolve().parents[2].parent / "shared" / "paper") if p.is_dir()),
+             Path(__file__).resolve().parents[1].parent / "shared" / "paper")
 PROFILES = ("jetson-nano", "raspberry-pi-4", "esp32-s3", "stm32h743", "nrf52840")
 ROUTES: dict[str, dict[str, Any]] = {
     "unstructured": {"granularity": "unstructured", "keep": 0.5},
@@ -156,6 +159,20 @@ def _fresh_dense(shrunk: torch.nn.Module, seed: int) -> torch.nn.Module:
     return model
 
 
+def _torch_variant(info: Any, profile: Any, step: str, teacher: str | None, steps: int, key: str) -> dict[str, Any]:
+    """(a)/(b)/(b') in torch fp32: the shrunk model, after the deploy-time step ``step``."""
+    from dslth_edge.exporters.deploy_step import DeployStepOptions, run_deploy_step
+    from dslth_edge.exporters.worth import chance_accuracy
+    from dslth_edge.runs.runinfo import accuracy
+
+    shrunk = shrink(info.model, info.input_shape, channel_multiple=profile.compute.channel_multiple)
+    t = load_run(teacher, load_data=False).model if teacher else None
+    model, _ = run_deploy_step(shrunk, info, DeployStepOptions(kind=step, steps=steps), profile, t)
+    x, y = info.test_arrays()
+    return {key: accuracy(model, x, y), "masked": accuracy(info.model, x, y), "chance": chance_accuracy(y)[0],
+            f"{key}_fits": None}
+
+
 def deploy_comparison(a: argparse.Namespace) -> int:
     """(a)-(d) per shrunk node, cached per node under ``--out``; prints one table per model and seed."""
     from dslth_edge.exporters.deploy_step import plan_shrinks
@@ -200,6 +217,9 @@ def deploy_comparison(a: argparse.Namespace) -> int:
                 row: dict[str, Any] = {"node": i, "profile": profile.name, "quantize": quant}
                 for key, step, teacher in (("a", "none", None), ("b", "finetune", None),
                                            ("b_distill", "distill", str(runs["unstructured"] / f"node-{i}"))):
+                    if a.torch_only:  # the same models, measured in torch fp32 (no conversion: compute cut)
+                        row.update(_torch_variant(info, profile, step, teacher, a.deploy_steps, key))
+                        continue
                     out = base / "exports" / f"{model}-s{seed}" / f"node-{i}-{key}.tflite"
                     rep = export_node(ExportOptions(run=str(runs["progressive"] / f"node-{i}"), format="tflite",
                                                     quantize=quant, out=str(out), compare_dense=False,
@@ -257,6 +277,8 @@ def main() -> int:
     ap.add_argument("--deploy", action="store_true", help="issue 23: (a)-(d) per shrunk node (see the docstring)")
     ap.add_argument("--deploy-steps", type=int, default=100, help="--deploy: steps of the deploy-time step")
     ap.add_argument("--seeds", default="0", help="--deploy: comma-separated seeds")
+    ap.add_argument("--torch-only", action="store_true",
+                    help="--deploy: measure (a), (b), (b') in torch fp32 instead of exporting files (a compute cut)")
     a = ap.parse_args()
     torch.set_num_threads(1)
     if a.deploy:
