@@ -79,6 +79,8 @@ def node_table(node_dir: Path) -> tuple[Table, dict[str, Any]]:
     fits = (report.budget or {}).get("ok")
     worth = report.worth or {}
     step = report.deploy_step or {}
+    if worth.get("accuracy") is not None:  # the written file's own row (the int8 row is in every report)
+        acc = worth["accuracy"]
 
     kind = f"{Path(report.file).suffix.lstrip('.')}, {'int8' if quantize == 'int8' else 'fp32'}"
     t = Table(title=f"node {info.node_id} · {profile.name} ({kind})",
