@@ -12,6 +12,7 @@ Exit codes (docs/cli.md has the table, with what each means for a restart policy
 3     over budget: an export violates its device's budget
 4     isolated: a fleet node heard no neighbour in any round
 5     the network failed: broker unreachable, credentials refused
+6     not worth deploying: an exported file scores near chance or far below its masked model
 130   interrupted (SIGINT/SIGTERM); the last checkpoint is kept
 ====  =====================================================================
 """
@@ -30,12 +31,14 @@ __all__ = [
     "ExportError",
     "OverBudgetError",
     "IsolatedError",
+    "WeakModelError",
     "EXIT_OK",
     "EXIT_BUG",
     "EXIT_USAGE",
     "EXIT_OVER_BUDGET",
     "EXIT_ISOLATED",
     "EXIT_NETWORK",
+    "EXIT_WEAK",
     "EXIT_INTERRUPTED",
     "EXIT_CODES",
 ]
@@ -46,6 +49,7 @@ EXIT_USAGE = 2
 EXIT_OVER_BUDGET = 3
 EXIT_ISOLATED = 4
 EXIT_NETWORK = 5
+EXIT_WEAK = 6
 EXIT_INTERRUPTED = 130
 
 #: code -> meaning, the one table docs/cli.md and `dslth-edge --help` repeat
@@ -53,9 +57,10 @@ EXIT_CODES: dict[int, str] = {
     EXIT_OK: "done",
     EXIT_BUG: "unexpected error (a bug; the traceback says where)",
     EXIT_USAGE: "bad input: option, name, path, data, or a run directory that does not fit",
-    EXIT_OVER_BUDGET: "over budget: an export violates its device's budget",
+    EXIT_OVER_BUDGET: "over budget: an export violates its device's budget, or training does not fit its RAM even at micro-batch 1",
     EXIT_ISOLATED: "isolated: a fleet node heard no neighbour in any round",
     EXIT_NETWORK: "network failure: broker unreachable or credentials refused",
+    EXIT_WEAK: "not worth deploying: an exported file scores near chance or far below its masked model",
     EXIT_INTERRUPTED: "interrupted (SIGINT/SIGTERM); the last checkpoint is kept",
 }
 
@@ -116,3 +121,9 @@ class IsolatedError(DslthError):
     """A fleet node finished without hearing any neighbour in any round (wrong fleet name or broker?)."""
 
     exit_code = EXIT_ISOLATED
+
+
+class WeakModelError(DslthError):
+    """An exported file is not worth deploying: near chance, or far below the node's masked model."""
+
+    exit_code = EXIT_WEAK

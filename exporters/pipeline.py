@@ -4,7 +4,9 @@ Steps: load the node (fingerprint-checked) → shrink, padded with exactly-zero 
 the profile's channel multiple (checked against the masked model on real inputs) → shrink.json
 → convert (ONNX or TFLite) → parity of the fp32 file with its runtime → optional
 quantization (calibrated on the node's own training inputs) → accuracy of every variant
-on the node's test split → metadata into the file → atomic write → report.json.
+on the node's test split, and whether the file is worth deploying (near chance, or far
+below the masked model: :mod:`dslth_edge.exporters.worth`) → metadata into the file →
+atomic write → report.json.
 Nothing is written under the output name unless every check passed.
 
 Format ``tflm`` is a TFLite file plus the TensorFlow Lite Micro bundle beside it
@@ -41,6 +43,8 @@ from dslth_edge.exporters.shrink import (
 from dslth_edge.exporters.metadata import add_onnx_metadata, add_tflite_metadata
 from dslth_edge.exporters.report import ExportReport, VariantRow, write_report
 from dslth_edge.exporters.runtime import Runner, open_runner, to_layout
+from dslth_edge.exporters.deploy_step import DEFAULT_DEPLOY_STEP, DEFAULT_STEPS, DEPLOY_STEPS, DeployStepOptions, plan_shrinks, run_deploy_step
+from dslth_edge.exporters.worth import judge_worth
 
 __all__ = ["FORMATS", "QUANTIZE_MODES", "TFLM_MAX_LSB", "TFLM_MIN_AGREEMENT", "ExportOptions", "check_extra",
            "default_output", "export_node"]
@@ -78,6 +82,12 @@ class ExportOptions:
     int8_route: str = "auto"  # TFLite static int8: "auto", "aeq" (ai-edge-quantizer) or "pt2e" (litert-torch)
     compare_dense: bool = True  # also convert the masked-dense model for the size column
     judge: bool = True  # check the written file against the node's profile budgets
+    # the personal deploy-time step of a node whose plan shrinks (exporters/deploy_step.py):
+    # None: the default preset's (DEFAULT_DEPLOY_STEP); "none" | "finetune" | "distill"
+    deploy_step: str | None = None
+    deploy_steps: int = DEFAULT_STEPS
+    teacher: str | None = None  # distill: the node's unstructured masked model (a node directory)
+    for_device: bool = False  # the profile cannot train: this host (its gateway) runs the step on its behalf
 
 
 def check_extra(fmt: str, quantize: str) -> None:
@@ -224,6 +234,7 @@ def _file_metadata(info: RunInfo, provenance: dict[str, Any], quant: dict[str, A
         "accuracy": acc,
         "quantize": quantize,
         "widths": widths,
+        "deploy_step": provenance["deploy_step"],  # trained on the node after mask learning, and for how many steps
     }
 
 
@@ -232,6 +243,8 @@ def export_node(opts: ExportOptions) -> ExportReport:
     check_extra(opts.format, opts.quantize)
     if opts.int8_route not in INT8_ROUTES:
         raise UsageError(f"unknown int8 route {opts.int8_route!r}: choose one of {', '.join(INT8_ROUTES)}")
+    if opts.deploy_step is not None and opts.deploy_step not in DEPLOY_STEPS:
+        raise UsageError(f"unknown deploy-time step {opts.deploy_step!r}: choose one of {', '.join(DEPLOY_STEPS)}")
     if opts.calibration < 1 and opts.quantize == "int8":
         raise UsageError(f"--calibration must be positive, got {opts.calibration}")
     t0 = time.perf_counter()
@@ -264,9 +277,17 @@ def export_node(opts: ExportOptions) -> ExportReport:
         diff = float(np.abs(ref - shrunk(xt).numpy()).max()) if len(x_par) else 0.0
     if diff > SHRINK_TOL:
         raise ExportError(f"shrunk model differs from the masked model by {diff:.2e} (> {SHRINK_TOL:g}): not exporting")
-    provenance = {**info.provenance(), "channel_multiple": multiple}
-    shrink_json = save_shrunk(shrunk, info.node_dir / "exports", provenance)
     seconds["shrink"] = time.perf_counter() - t
+    notes = list(info.notes)
+    # ---- the personal deploy-time step (nodes whose plan shrinks): trains the surviving weights
+    shrunk, step = _deploy_step(opts, info, shrunk, hw, notes)
+    if step.get("steps"):
+        seconds["deploy_step"] = step["seconds_here"]
+        with torch.no_grad():
+            ref = shrunk(xt).numpy()  # the file must now match the trained shrunk model
+    provenance = {**info.provenance(), "channel_multiple": multiple,
+                  "deploy_step": {"kind": step["kind"], "steps": int(step.get("steps", 0))}}
+    shrink_json = save_shrunk(shrunk, info.node_dir / "exports", provenance)
 
     # ---- fp32 file and its parity (BatchNorm folded into the convs: the deployed form)
     t = time.perf_counter()
@@ -282,8 +303,8 @@ def export_node(opts: ExportOptions) -> ExportReport:
     params = count_params(shrunk)
     nonzero = count_nonzero_params(shrunk)
     macs = count_macs(shrunk, shape)
-    rows = [VariantRow("shrunk", params, nonzero, macs, len(float_bytes), acc_float, float_runner.backend)]
-    notes = list(info.notes)
+    rows = [VariantRow("shrunk" if not step.get("steps") else f"shrunk+{step['kind']}", params, nonzero, macs,
+                       len(float_bytes), acc_float, float_runner.backend)]
     if opts.compare_dense:
         t = time.perf_counter()
         dense_bytes = _convert(fold_batchnorm(to_plain(model)), shape, fmt)
@@ -320,10 +341,13 @@ def export_node(opts: ExportOptions) -> ExportReport:
                      "drop_points": 100 * (acc_float - acc_q)}
 
     # ---- metadata, then the one write under the final name
-    final_acc = next(r.accuracy for r in rows if r.variant == ("shrunk" if opts.quantize == "none" else f"shrunk+{opts.quantize}"))
+    final_acc = rows[1].accuracy if opts.quantize == "none" else next(r.accuracy for r in rows if r.variant == f"shrunk+{opts.quantize}")
+    # is it worth deploying: the file's own accuracy against chance and the masked model (same samples)
+    worth = judge_worth(final_acc, acc_masked, y_test, file=str(out.parent if opts.format == "tflm" else out))
     meta = _file_metadata(info, provenance, quant, opts.quantize, shrunk_info(shrunk).widths(),
                           {"this_file": final_acc, "masked_model": acc_masked, "recorded_by_run": info.recorded_accuracy,
-                           "test_samples": int(len(y_test))}, layout)
+                           "test_samples": int(len(y_test)), "chance": worth.chance, "worth_deploying": worth.worth},
+                          layout)
     data = _with_metadata(fmt, final_bytes, meta)
     if fmt == "tflite":  # the metadata rewrite must leave a runnable, identical model
         check = open_runner(data, "tflite", layout=layout).run(x_par[:4])
@@ -345,14 +369,14 @@ def export_node(opts: ExportOptions) -> ExportReport:
         seconds["tflm"] = time.perf_counter() - t
     else:
         atomic_write_bytes(out, data)
-    rows[[r.variant for r in rows].index("shrunk" if opts.quantize == "none" else f"shrunk+{opts.quantize}")].file_bytes = len(data)
+    rows[1 if opts.quantize == "none" else [r.variant for r in rows].index(f"shrunk+{opts.quantize}")].file_bytes = len(data)
     report = ExportReport(
         file=str(out), format=opts.format, quantize=opts.quantize, provenance=provenance, rows=rows,
         parity={"max_abs_diff": parity, "samples": int(len(x_par)), "tolerance": PARITY_TOL, "runtime": float_runner.backend},
         shrink={"max_abs_diff_vs_masked": diff, "tolerance": SHRINK_TOL, "widths": shrunk_info(shrunk).widths(),
                 "channel_multiple": multiple, "padding": shrunk_info(shrunk).padding(),
                 "shrink_json": str(shrink_json)},
-        quantization=quant, seconds=seconds, notes=notes, tflm=tflm,
+        quantization=quant, seconds=seconds, notes=notes, tflm=tflm, worth=worth.to_dict(), deploy_step=step,
     )
     if opts.judge:
         if hw is None:
@@ -371,6 +395,28 @@ def export_node(opts: ExportOptions) -> ExportReport:
     seconds["total"] = time.perf_counter() - t0
     write_report(report)
     return report
+
+
+def _deploy_step(opts: ExportOptions, info: RunInfo, shrunk: torch.nn.Module, hw: Any,
+                 notes: list[str]) -> tuple[torch.nn.Module, dict[str, Any]]:
+    """The deploy-time step where it applies: (model to export, its record; kind "none" when skipped)."""
+    kind = opts.deploy_step or DEFAULT_DEPLOY_STEP
+    if kind == "none" or opts.deploy_steps == 0:
+        return shrunk, {"kind": "none", "steps": 0}
+    if not plan_shrinks(info.config):
+        if opts.deploy_step is not None:
+            notes.append("deploy-time step not run: the node's plan does not remove channels")
+        return shrunk, {"kind": "none", "steps": 0, "skipped": "plan does not shrink"}
+    gateway = bool((info.config.get("extra") or {}).get("for_device")) or opts.for_device
+    if hw is not None and not hw.can_train and not gateway:
+        notes.append(f"deploy-time step not run: {hw.name} cannot train; pass --for-device to run it on this host")
+        return shrunk, {"kind": "none", "steps": 0, "skipped": "device cannot train (no --for-device)"}
+    teacher = None
+    if kind == "distill":
+        if not opts.teacher:
+            raise UsageError("--deploy-step distill needs --teacher: the node's unstructured masked model (its node directory)")
+        teacher = load_run(opts.teacher, load_data=False).model
+    return run_deploy_step(shrunk, info, DeployStepOptions(kind=kind, steps=opts.deploy_steps), hw, teacher)
 
 
 def _node_profile(info: RunInfo) -> Any:

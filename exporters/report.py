@@ -59,6 +59,8 @@ class ExportReport:
     notes: list[str] = field(default_factory=list)
     tflm: dict[str, Any] | None = None  # TFLite Micro bundle: files, arena, ops, TFLM-vs-LiteRT check
     budget: dict[str, Any] | None = None  # the verdict against the node's profile (exporters/budget.py)
+    worth: dict[str, Any] | None = None  # is the file worth deploying: its accuracy vs chance and the masked model (exporters/worth.py)
+    deploy_step: dict[str, Any] | None = None  # the personal deploy-time step applied to a shrunk model (exporters/deploy_step.py)
 
     def to_dict(self) -> dict[str, Any]:
         d = asdict(self)

@@ -156,6 +156,9 @@ def _alive(layer: MaskedLayer) -> torch.Tensor:
 
 def _plain_layer(layer: MaskedLayer) -> nn.Module:
     w = (layer.weight * _layer_mask(layer)).detach().clone()
+    gain = layer.input_gain()  # the masked layer's compensation for dropped input channels
+    if gain != 1.0:
+        w = w * gain
     new: nn.Module
     if isinstance(layer, MaskedConv2d):
         new = nn.Conv2d(layer.in_channels, layer.out_channels, layer.kernel_size, stride=layer.stride,

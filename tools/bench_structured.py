@@ -27,6 +27,19 @@ the same number of steps.
 
     .venv/bin/python tools/bench_structured.py --nodes 20 --rounds 100     # the full setting
     .venv/bin/python tools/bench_structured.py --nodes 5 --rounds 40 --models mcu-cnn   # reduced
+
+``--deploy`` (issue 23) compares, per node whose plan shrinks, what its owner could
+deploy: (a) the fleet's structured mask as exported today (``--deploy-step none``),
+(b) the same plus the deploy-time step (finetune), (b') the step as distillation from
+the node's own unstructured masked model, (c) a dense model of exactly the shrunk
+widths, freshly initialised and trained locally for as many steps as (b) took in
+total (mask rounds + deploy steps), (d) unstructured MCE-PL at keep 0.5 (the model
+that does not fit). (a), (b), (b') are the exported files, measured with their runtime
+(int8 where the profile exports int8); (c) and (d) are torch fp32. Runs and per-node
+figures are cached under ``--out`` (rerun to resume):
+
+    nice -n 10 .venv/bin/python tools/bench_structured.py --deploy --models mcu-cnn --rounds 30 \
+        --batch-size 32 --seeds 0 --out runs/bench-23
 """
 
 from __future__ import annotations
@@ -55,7 +68,10 @@ from dslth_edge.cost.analysis import analyze_torch_module
 from dslth_edge.cost.latency import predict
 from dslth_edge.runs.runinfo import load_run
 
-PAPER = Path(__file__).resolve().parents[1].parent / "shared" / "paper"
+# the shared paper data: beside the repository (../shared/paper), or two levels up from a worktree
+PAPER = next((p for p in (Path(__file__).resolve().parents[1].parent / "shared" / "paper",
+                          Path(__file__).resolve().parents[2].parent / "shared" / "paper") if p.is_dir()),
+             Path(__file__).resolve().parents[1].parent / "shared" / "paper")
 PROFILES = ("jetson-nano", "raspberry-pi-4", "esp32-s3", "stm32h743", "nrf52840")
 ROUTES: dict[str, dict[str, Any]] = {
     "unstructured": {"granularity": "unstructured", "keep": 0.5},
@@ -125,6 +141,125 @@ def dense_narrow_accuracy(shrunk: torch.nn.Module, run: Path, i: int, steps: int
     return correct / max(1, len(idx))
 
 
+def _fresh_dense(shrunk: torch.nn.Module, seed: int) -> torch.nn.Module:
+    """A dense model of exactly ``shrunk``'s widths, freshly initialised (Kaiming normal, seeded; BN reset)."""
+    import copy
+
+    from dslth_edge.learn.masking import init_weights
+
+    model = copy.deepcopy(shrunk)
+    stream = 0
+    for mod in model.modules():
+        if isinstance(mod, (torch.nn.Conv2d, torch.nn.Linear)):
+            with torch.no_grad():
+                mod.weight.copy_(init_weights(tuple(mod.weight.shape), seed, stream))
+                if mod.bias is not None:
+                    mod.bias.zero_()
+            stream += 1
+        elif isinstance(mod, torch.nn.modules.batchnorm._BatchNorm):
+            mod.reset_parameters()
+    return model
+
+
+def _torch_variant(info: Any, profile: Any, step: str, teacher: str | None, steps: int, key: str) -> dict[str, Any]:
+    """(a)/(b)/(b') in torch fp32: the shrunk model, after the deploy-time step ``step``."""
+    from dslth_edge.exporters.deploy_step import DeployStepOptions, run_deploy_step
+    from dslth_edge.exporters.worth import chance_accuracy
+    from dslth_edge.runs.runinfo import accuracy
+
+    shrunk = shrink(info.model, info.input_shape, channel_multiple=profile.compute.channel_multiple)
+    t = load_run(teacher, load_data=False).model if teacher else None
+    model, _ = run_deploy_step(shrunk, info, DeployStepOptions(kind=step, steps=steps), profile, t)
+    x, y = info.test_arrays()
+    return {key: accuracy(model, x, y), "masked": accuracy(info.model, x, y), "chance": chance_accuracy(y)[0],
+            f"{key}_fits": None}
+
+
+def deploy_comparison(a: argparse.Namespace) -> int:
+    """(a)-(d) per shrunk node, cached per node under ``--out``; prints one table per model and seed."""
+    from dslth_edge.exporters.deploy_step import plan_shrinks
+    from dslth_edge.exporters.pipeline import ExportOptions, export_node
+
+    ds = load_dataset("fashion-mnist")
+    paper = a.nodes == 20 and (PAPER / "train_counts_4.txt").is_file()
+    partition = f"file:{PAPER / 'train_counts_4.txt'}" if paper else "classes:4"
+    topology = str(PAPER / "adjacency_20.txt") if paper else "ring"
+    base = Path(a.out or "runs/bench-structured-23")
+    print(f"# bench_structured --deploy: {a.nodes} nodes, {a.rounds} rounds, batch {a.batch_size}, partition "
+          f"{'paper-4' if paper else partition}, topology {'paper graph' if paper else topology}, "
+          f"deploy steps {a.deploy_steps}, seeds {a.seeds}, profiles {a.profiles}", flush=True)
+    table: list[dict[str, Any]] = []
+    for model in a.models.split(","):
+        for seed in (int(x) for x in a.seeds.split(",")):
+            runs = {}
+            for route, gran, keep in (("progressive", "progressive", 0.5 if model == "mcu-cnn" else None),
+                                      ("unstructured", "unstructured", 0.5)):
+                run = base / f"{model}-{route}-s{seed}"
+                opts = FleetOptions(nodes=a.nodes, topology=topology, dataset="fashion-mnist", partition=partition,
+                                    profiles=tuple(a.profiles.split(",")), model=model, keep=keep, granularity=gran,
+                                    rounds=a.rounds, eval_every=a.rounds, out=str(run),
+                                    overrides={"batch_size": a.batch_size}, seed=seed)
+                t0 = time.perf_counter()
+                done = (run / "node-0" / "mask.npz").is_file()
+                if not done:
+                    simulate(opts, dataset=ds, write_plots=False, workers=a.workers, resume=(run / "resume").is_dir())
+                print(f"{model} {route} seed {seed}: {'cached' if done else f'{time.perf_counter() - t0:.0f} s'}", flush=True)
+                runs[route] = run
+            rows = []
+            for i in range(a.nodes):
+                cache = base / f"{model}-s{seed}-node{i}.json"
+                if cache.is_file():
+                    rows.append(json.loads(cache.read_text()))
+                    continue
+                info = load_run(runs["progressive"], i)
+                if not plan_shrinks(info.config):
+                    continue
+                profile = load_profile(info.config["profile"])
+                quant = "int8" if profile.export.dtype == "int8" else "none"
+                row: dict[str, Any] = {"node": i, "profile": profile.name, "quantize": quant}
+                for key, step, teacher in (("a", "none", None), ("b", "finetune", None),
+                                           ("b_distill", "distill", str(runs["unstructured"] / f"node-{i}"))):
+                    if a.torch_only:  # the same models, measured in torch fp32 (no conversion: compute cut)
+                        row.update(_torch_variant(info, profile, step, teacher, a.deploy_steps, key))
+                        continue
+                    out = base / "exports" / f"{model}-s{seed}" / f"node-{i}-{key}.tflite"
+                    rep = export_node(ExportOptions(run=str(runs["progressive"] / f"node-{i}"), format="tflite",
+                                                    quantize=quant, out=str(out), compare_dense=False,
+                                                    deploy_step=step, deploy_steps=a.deploy_steps, teacher=teacher,
+                                                    for_device=True))
+                    row[key] = rep.worth["accuracy"]
+                    row[f"{key}_fits"] = (rep.budget or {}).get("ok")
+                    row["masked"] = rep.worth["masked"]
+                    row["chance"] = rep.worth["chance"]
+                shrunk = shrink(info.model, info.input_shape, channel_multiple=profile.compute.channel_multiple)
+                row["widths"] = list(shrunk_info(shrunk).widths().values())
+                row["c_steps"] = a.rounds + a.deploy_steps
+                row["c"] = dense_narrow_accuracy(_fresh_dense(shrunk, seed), runs["progressive"], i, row["c_steps"],
+                                                 a.batch_size, seed=i)
+                d_info = load_run(runs["unstructured"], i)
+                x, y = d_info.test_arrays()
+                from dslth_edge.runs.runinfo import accuracy
+
+                row["d"] = accuracy(d_info.model, x, y)
+                cache.parent.mkdir(parents=True, exist_ok=True)
+                cache.write_text(json.dumps(row, default=float))
+                rows.append(row)
+                print(f"  node {i} {profile.name}: a {100 * row['a']:.1f} b {100 * row['b']:.1f} "
+                      f"b' {100 * row['b_distill']:.1f} c {100 * row['c']:.1f} d {100 * row['d']:.1f}", flush=True)
+            if not rows:
+                continue
+            mean = lambda k: 100 * statistics.fmean(r[k] for r in rows)  # noqa: E731
+            near = sum(1 for r in rows for k in ("a", "b", "b_distill") if r[k] < r["chance"] + 0.05)
+            print(f"\n## {model} seed {seed}: {len(rows)} shrunk nodes")
+            print(f"{'(a) mask':>10}{'(b) +ft':>10}{'(b) +kd':>10}{'(c) dense':>11}{'(d) unstr':>11}{'near chance':>13}")
+            print(f"{mean('a'):>10.1f}{mean('b'):>10.1f}{mean('b_distill'):>10.1f}{mean('c'):>11.1f}{mean('d'):>11.1f}"
+                  f"{near:>13}", flush=True)
+            table.append({"model": model, "seed": seed, "rows": rows})
+    if a.json:
+        Path(a.json).write_text(json.dumps(table, indent=1, default=float))
+    return 0
+
+
 def main() -> int:
     ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     ap.add_argument("--nodes", type=int, default=20)
@@ -141,8 +276,15 @@ def main() -> int:
     ap.add_argument("--no-dense", action="store_true", help="skip the dense narrow local models")
     ap.add_argument("--json", default=None, help="write all figures here")
     ap.add_argument("--out", default=None, help="keep the runs here (default: a temporary directory)")
+    ap.add_argument("--deploy", action="store_true", help="issue 23: (a)-(d) per shrunk node (see the docstring)")
+    ap.add_argument("--deploy-steps", type=int, default=100, help="--deploy: steps of the deploy-time step")
+    ap.add_argument("--seeds", default="0", help="--deploy: comma-separated seeds")
+    ap.add_argument("--torch-only", action="store_true",
+                    help="--deploy: measure (a), (b), (b') in torch fp32 instead of exporting files (a compute cut)")
     a = ap.parse_args()
     torch.set_num_threads(1)
+    if a.deploy:
+        return deploy_comparison(a)
     ds = load_dataset("fashion-mnist")
     paper = a.nodes == 20 and (PAPER / "train_counts_4.txt").is_file()
     partition = f"file:{PAPER / 'train_counts_4.txt'}" if paper else "classes:4"

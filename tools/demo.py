@@ -6,9 +6,14 @@
    (latency, flash, RAM) can only be met by removing channels, so their nodes train
    masks that remove channels (group sparsity + progressive drop);
 2. the fleet gossips masks over the embedded MQTT broker (Fashion-MNIST, 2 classes per node);
-3. every node's final mask is shrunk and exported as TFLite (int8 where the profile
-   prefers it), and judged against its profile: file size against flash, predicted
-   latency against the budget, RAM. One table per node, readable in 80 columns.
+3. every node's final mask is shrunk; a node whose plan shrinks trains the surviving
+   weights of its shrunk model on its own data (the deploy-time step: nothing on the
+   wire; the gateway runs it for a microcontroller); each is exported as TFLite (int8
+   where the profile prefers it) and judged against its profile (file size against
+   flash, predicted latency against the budget, RAM) and on its accuracy (the file
+   itself on the node's test split: near chance, or far below the masked model, is
+   not worth deploying). One table per node, readable in 80 columns; the demo ends
+   with both judgements per node.
 
     .venv/bin/python tools/demo.py [--out DIR] [--rounds 30] [--nodes 4]
 """
@@ -73,6 +78,10 @@ def node_table(node_dir: Path) -> tuple[Table, dict[str, Any]]:
     checks = {c["name"]: c for c in (report.budget or {}).get("checks", [])}
     acc = next((r.accuracy for r in reversed(report.rows) if r.accuracy is not None), None)
     fits = (report.budget or {}).get("ok")
+    worth = report.worth or {}
+    step = report.deploy_step or {}
+    if worth.get("accuracy") is not None:  # the written file's own row (the int8 row is in every report)
+        acc = worth["accuracy"]
 
     kind = f"{Path(report.file).suffix.lstrip('.')}, {'int8' if quantize == 'int8' else 'fp32'}"
     t = Table(title=f"node {info.node_id} · {profile.name} ({kind})",
@@ -94,9 +103,15 @@ def node_table(node_dir: Path) -> tuple[Table, dict[str, Any]]:
     if ram:
         v = "n/a" if ram["value"] is None else _kib(ram["value"])
         t.add_row("RAM", f"{v} vs {_kib(ram['budget'])} budget  {_ok(ram['ok'])}")
-    t.add_row("accuracy", "-" if acc is None else f"{100 * acc:.1f}% (exported file, node's test split)")
+    if step.get("steps"):
+        t.add_row("deploy", f"{step['kind']}: {step['steps']} steps of {step['batch_size']} on the node's data, "
+                            f"{step['where']} ({step['seconds_here']:.1f} s here)")
+    masked = worth.get("masked")
+    t.add_row("accuracy", "-" if acc is None else f"{100 * acc:.1f}% (exported file, node's test split)"
+              + ("" if masked is None else f"; masked model {100 * masked:.1f}%"))
     t.add_row("verdict", {True: "[green]fits its device[/]", False: "[red]over budget[/]", None: "[yellow]unknown[/]"}[fits])
-    return t, {"node": info.node_id, "profile": profile.name, "fits": fits, "widths": widths, "accuracy": acc}
+    return t, {"node": info.node_id, "profile": profile.name, "fits": fits, "widths": widths, "accuracy": acc,
+               "worth": worth.get("worth"), "worth_line": worth.get("line", "accuracy not judged")}
 
 
 def main() -> int:
@@ -126,8 +141,16 @@ def main() -> int:
         console.print(table)
         results.append(row)
     fit = sum(1 for r in results if r["fits"])
-    console.print(f"{fit}/{len(results)} nodes fit every budget of their device · run directory: {run}")
-    return 0 if fit == len(results) else 3
+    worth = sum(1 for r in results if r["worth"])
+    console.rule("[bold]judgement per node")
+    for r in results:
+        fits = {True: "fits its device", False: "OVER BUDGET", None: "budget unknown"}[r["fits"]]
+        console.print(f"node {r['node']} ({r['profile']}): {fits}; {r['worth_line']}", markup=False)
+    console.print(f"{fit}/{len(results)} nodes fit every budget of their device · {worth}/{len(results)} files worth "
+                  f"deploying · run directory: {run}")
+    if fit != len(results):
+        return 3
+    return 0 if worth == len(results) else 6
 
 
 if __name__ == "__main__":

@@ -41,18 +41,35 @@ __all__ = ["export"]
 @click.option("--no-dense", "no_dense", is_flag=True, help="Skip converting the masked-dense model (its file size column stays empty).")
 @click.option("--allow-over-budget", "allow_over", is_flag=True,
               help="Keep going (exit 0) when an export violates its device's storage, RAM or latency budget.")
+@click.option("--deploy-step", "deploy_step", default=None,
+              help="Nodes whose plan shrinks: none | finetune (train the surviving weights on the node's own data) | "
+                   "distill (finetune + distillation from --teacher) [default: finetune, the default preset's].")
+@click.option("--deploy-steps", "deploy_steps", default=100, show_default=True, type=click.IntRange(min=0),
+              help="Optimizer steps of the deploy-time step, at the run's batch size.")
+@click.option("--teacher", default=None, help="--deploy-step distill: the node's unstructured masked model (its node directory).")
+@click.option("--for-device", "for_device", is_flag=True,
+              help="A node whose device cannot train: run its deploy-time step on this host (its gateway).")
+@click.option("--allow-weak", "allow_weak", is_flag=True,
+              help="Keep going (exit 0) when an exported file is not worth deploying: within 5 points of chance "
+                   "on the node's test split, or more than 10 points below its masked model.")
 @click.option("--json", "as_json", is_flag=True, help="Print the reports as JSON (a list, one per node).")
 def export(run: str | None, node: int | None, fmt: str | None, quantize: str | None, calibration: int, out: str | None,
            channel_multiple: int | None, eval_samples: int | None, int8_route: str, no_dense: bool,
-           allow_over: bool, as_json: bool) -> None:
+           deploy_step: str | None, deploy_steps: int, teacher: str | None, for_device: bool,
+           allow_over: bool, allow_weak: bool, as_json: bool) -> None:
     """Shrink each node's final model, export it, and check it against the node's device.
 
     Without options: every node of the latest run under runs/, each in its profile's
     format and dtype. Removes pruned channels (same outputs), converts, checks the file
-    against the torch model with its own runtime, optionally quantizes with the node's
+    against the torch model with its own runtime; a node whose plan removes channels
+    first trains the surviving weights of its shrunk model on its own data (the
+    deploy-time step, nothing on the wire; --deploy-step none skips it); optionally quantizes with the node's
     training data, writes the file atomically with its provenance inside plus
     report.json, then judges it against the node's profile (storage, RAM, predicted
-    latency): a violated budget exits 3 unless --allow-over-budget.
+    latency): a violated budget exits 3 unless --allow-over-budget. It also judges the
+    file's accuracy: within 5 points of chance for the node's classes, or more than 10
+    points below the node's masked model, it is not worth deploying: exit 6 unless
+    --allow-weak.
 
     \b
     Examples:
@@ -63,6 +80,7 @@ def export(run: str | None, node: int | None, fmt: str | None, quantize: str | N
     from dslth_edge.exporters.budget import raise_if_over_dicts
     from dslth_edge.exporters.pipeline import ExportOptions, check_extra, default_output, export_node
     from dslth_edge.exporters.targets import resolve_targets
+    from dslth_edge.exporters.worth import raise_if_weak_dicts
     from dslth_edge.cli.progress import native_stderr_captured
 
     targets = resolve_targets(run, node, fmt, quantize)
@@ -77,7 +95,8 @@ def export(run: str | None, node: int | None, fmt: str | None, quantize: str | N
             node_out = str(Path(out) / (rel.parent if t.format == "tflm" else rel))
         opts = ExportOptions(run=str(t.node_dir), node=None, format=t.format, quantize=t.quantize, calibration=calibration,
                              out=node_out, channel_multiple=channel_multiple,
-                             eval_samples=eval_samples, int8_route=int8_route, compare_dense=not no_dense)
+                             eval_samples=eval_samples, int8_route=int8_route, compare_dense=not no_dense,
+                             deploy_step=deploy_step, deploy_steps=deploy_steps, teacher=teacher, for_device=for_device)
         what = f"{t.node_dir} ({t.profile or 'no profile'}): {t.format}{'' if t.quantize == 'none' else ' ' + t.quantize}"
         if as_json:
             with native_stderr_captured():
@@ -95,8 +114,12 @@ def export(run: str | None, node: int | None, fmt: str | None, quantize: str | N
             where = r.tflm["directory"] + "/ (TFLite Micro bundle)" if r.tflm else r.file
             verdict = "" if r.budget is None else f" [{r.budget['verdict']} on {r.budget['profile']}]"
             console.print(f"node {r.provenance['node']}: {r.format} {r.quantize} → {where}{verdict}", markup=False)
+            if r.worth is not None:
+                console.print(f"node {r.provenance['node']}: {r.worth['line']}", markup=False)
     if not allow_over:
         raise_if_over_dicts([r.budget for r in reports if r.budget is not None])
+    if not allow_weak:
+        raise_if_weak_dicts([r.worth for r in reports if r.worth is not None])
 
 
 def _print(report: Any) -> None:
@@ -111,6 +134,14 @@ def _print(report: Any) -> None:
     console.print(report.measured_with(), markup=False)
     p = report.parity
     console.print(f"fp32 parity ({p['runtime']}, {p['samples']} test inputs): max |Δ| = {p['max_abs_diff']:.2e} (≤ {p['tolerance']:g})")
+    d = report.deploy_step or {}
+    if d.get("steps"):
+        mem = d.get("memory") or {}
+        budget = "" if mem.get("budget_bytes") is None else f" of {mem['budget_bytes'] / 2**20:.0f} MiB training RAM"
+        dev = d.get("seconds_device_predicted")
+        console.print(f"deploy-time step ({d['where']}): {d['kind']}, {d['steps']} steps of {d['batch_size']}, "
+                      f"{d['seconds_here']:.1f} s here" + ("" if dev is None else f", ~{dev:.0f} s predicted on the device")
+                      + f"; memory {mem.get('predicted_bytes', 0) / 2**20:.1f} MiB predicted{budget}", markup=False)
     s = report.shrink
     console.print(f"shrunk widths {s['widths']}; max |masked − shrunk| = {s['max_abs_diff_vs_masked']:.2e}")
     if s.get("padding"):

@@ -42,6 +42,7 @@ __all__ = [
     "drop_sparse_channels",
     "check_drop_threshold",
     "configure_structure",
+    "link_inputs",
     "drop_channels_",
     "masked_layers",
     "weights_fingerprint",
@@ -395,19 +396,39 @@ class MaskedLayer(nn.Module):
             mask = _every_row_kept(mask, y, elig)
         return mask
 
+    def input_gain(self) -> float:
+        """√(input channels / live input channels): 1.0 unless the producer dropped channels.
+
+        The fixed weights are scaled for the full fan-in (Kaiming); once the producer of
+        this layer's inputs has dropped channels, each output sums fewer terms and its
+        scale falls by √(live / all). Without normalisation (the paper CNN) the losses
+        multiply layer by layer: a shrunk node's logits end ~10× smaller than a
+        full-width node's, its score gradients with them, and its masks barely move
+        (issue 23: the nRF52840 demo node stayed at chance). The gain restores each
+        layer's output scale; shrink bakes it into the exported weights.
+        """
+        if not self._input_layer:
+            return 1.0
+        alive = self._input_layer[0].channel_alive
+        live, total = int(alive.sum()), int(alive.numel())
+        return 1.0 if live in (0, total) else math.sqrt(total / live)
+
     def effective_weight(self) -> torch.Tensor:
-        """w ⊙ m, with m straight-through to the scores."""
+        """w ⊙ m (times :meth:`input_gain` once input channels are dropped), m straight-through to the scores."""
+        gain = self.input_gain()
         if self.mask_override is not None or not self.scores.requires_grad:
             mask = self.current_mask()
             self.alive = _rows_alive(mask).to(self.weight.dtype)
-            return self.weight * _as_float(mask, self.weight.dtype)
+            w = self.weight * _as_float(mask, self.weight.dtype)
+            return w if gain == 1.0 else w * gain
         with torch.no_grad():
             y = self.aggregated_scores()
         mask = self._mask_of(y)
         self.alive = _rows_alive(mask).to(self.weight.dtype)
         # TopK ranks |y|: the gradient reaches z through |·|, i.e. times sign(y), so a
         # negative score that should enter the mask grows more negative (edge-popup)
-        return _MaskedWeight.apply(self.scores, y, self.weight, mask)
+        w = _MaskedWeight.apply(self.scores, y, self.weight, mask)
+        return w if gain == 1.0 else w * gain
 
 
 class MaskedConv2d(MaskedLayer):
@@ -547,6 +568,15 @@ def group_lasso(model: nn.Module) -> torch.Tensor:
     return total
 
 
+def link_inputs(model: nn.Module) -> None:
+    """Each masked layer learns the masked layer that produces its inputs (by ``input_from``):
+    its mask stays within that layer's live channels, and :meth:`MaskedLayer.input_gain`
+    follows them (build_model links every zoo model, so a loaded model has the gain it trained with)."""
+    by_name = dict(masked_layers(model))
+    for layer in by_name.values():
+        layer._input_layer = [by_name[layer.input_from]] if layer.input_from in by_name else []
+
+
 def configure_structure(model: nn.Module, channels: Sequence[int | None] | None = None, drop_threshold: float = 0.0,
                         channel_order: str = "score") -> None:
     """Prepare ``model``'s masked layers for channel removal.
@@ -564,12 +594,11 @@ def configure_structure(model: nn.Module, channels: Sequence[int | None] | None 
     layers = list(masked_layers(model))
     if channels is not None and len(channels) != len(layers):
         raise UsageError(f"model has {len(layers)} masked layers, got {len(channels)} channel counts")
-    by_name = dict(layers)
+    link_inputs(model)
     for i, (name, layer) in enumerate(layers):
         layer.prunable_out = i != len(layers) - 1 and not layer.keeps_channels
         layer.drop_threshold = float(drop_threshold)
         layer.channel_order = channel_order
-        layer._input_layer = [by_name[layer.input_from]] if layer.input_from in by_name else []
         full = int(layer.weight.shape[0])
         target = None if channels is None else channels[i]
         if target is not None and not 1 <= int(target) <= full:

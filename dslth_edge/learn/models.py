@@ -21,7 +21,7 @@ from dslth_edge.cost.macs import trace_macs
 from dslth_edge.errors import UsageError
 from dslth_edge.learn.names import MODEL_NAMES
 from dslth_edge.learn.masking import (DEFAULT_SCORE_INIT, DEFAULT_WEIGHT_INIT, INIT_SCHEMES, ChannelGate, MaskedConv2d,
-                                      MaskedLayer, MaskedLinear, fixed_bias, init_weights, masked_layers)
+                                      MaskedLayer, MaskedLinear, fixed_bias, init_weights, link_inputs, masked_layers)
 
 __all__ = ["MODEL_NAMES", "ModelSpec", "arch_name", "build_model", "layer_costs", "masked_layer_shapes"]
 
@@ -294,6 +294,7 @@ def build_model(
         layer.input_from = names[id(producer[0])] if producer else None
         if hasattr(layer, "_producer"):
             del layer._producer
+    link_inputs(model)  # input channels a layer reads (its mask, its gain) follow its producer's live channels
     return model
 
 

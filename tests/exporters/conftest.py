@@ -16,7 +16,9 @@ def _export(run: Path, directory: Path, kinds: dict[str, dict]) -> dict[str, tup
     out = {}
     for kind, kw in kinds.items():
         path = directory / f"{kind}.{kw['format']}"
-        out[kind] = (path, export_node(ExportOptions(run=str(run), out=str(path), **kw)))
+        # these files test shrink and conversion fidelity to the masked model: no deploy-time step
+        # (tests/exporters/test_deploy_step.py and test_cli_export.py cover the step)
+        out[kind] = (path, export_node(ExportOptions(run=str(run), out=str(path), **{"deploy_step": "none", **kw})))
     return out
 
 

@@ -83,7 +83,11 @@ def test_json_report(trained_run, tmp_path) -> None:
     doc = docs[0]
     assert doc["file"] == str(out) and out.is_file()
     assert doc["budget"]["profile"] == "x86-host" and doc["budget"]["verdict"] == "fits"
-    assert [r["variant"] for r in doc["rows"]] == ["masked-dense", "shrunk", "shrunk+int8"]
+    # the node's plan shrinks: by default its surviving weights train on its data before conversion
+    assert [r["variant"] for r in doc["rows"]] == ["masked-dense", "shrunk+finetune", "shrunk+int8"]
+    assert doc["deploy_step"]["kind"] == "finetune" and doc["deploy_step"]["steps"] == 100
+    assert doc["provenance"]["deploy_step"] == {"kind": "finetune", "steps": 100}
+    assert doc["worth"]["worth"] is True and doc["worth"]["accuracy"] == doc["rows"][1]["accuracy"]
     assert doc["parity"]["max_abs_diff"] <= 1e-4
     assert json.loads((tmp_path / "report.json").read_text())["exports"]["m.onnx"]["format"] == "onnx"
     # zero-channel padding to the profile's multiple (x86-host: 8) by default; no re-admitting rounding
