@@ -50,6 +50,7 @@ from collections.abc import Sequence
 from dataclasses import dataclass
 from typing import Any, Protocol
 
+from dslth_edge.cost.units import BYTES_PER_VALUE
 from dslth_edge.errors import UsageError
 
 from dslth_edge.cost.calibration import (
@@ -62,7 +63,6 @@ from dslth_edge.cost.calibration import (
 from dslth_edge.cost.ops import OpCost, op_class
 
 __all__ = [
-    "BYTES_PER_VALUE",
     "FORMAT_RUNTIMES",
     "LatencyProfile",
     "DeviceModel",
@@ -80,8 +80,6 @@ __all__ = [
     "RoundTimer",
 ]
 
-#: Bytes per weight / activation value of each compute dtype.
-BYTES_PER_VALUE: dict[str, int] = {"fp32": 4, "int8": 1}
 #: The runtime a calibration measures for each exported format.
 FORMAT_RUNTIMES: dict[str, str] = {"onnx": "onnxruntime", "tflite": "litert-xnnpack"}
 
