@@ -311,14 +311,13 @@ class PayloadExchange:
     def collect(self, transport: Transport, round: int, expected: set[int], deadline: float) -> ReceivedMasks:  # noqa: A002
         """Neighbours' payloads for ``round`` until all of ``expected`` arrived or ``deadline`` (monotonic) passed."""
         out = ReceivedMasks()
-        take_dropped = getattr(transport, "take_dropped", None)
         accept = expected | (self.neighbours or set())
         for sender, masks in self._future.pop(round, {}).items():
             if sender in accept:
                 out.frames[sender] = masks
         for r in [r for r in self._future if r < round]:
             del self._future[r]
-        synchronous = getattr(transport, "synchronous", False)
+        synchronous = transport.synchronous
         # take what already arrived even when nobody is waited for: that is how a neighbour
         # out of step (or one we run ahead of, after our restart) is heard again
         for env in transport.poll(0):
@@ -332,8 +331,7 @@ class PayloadExchange:
                 self._accept(transport, env, round, accept, out)
             if synchronous and not envelopes:
                 break
-        if take_dropped is not None:  # hostile or malformed input the transport refused
-            out.rejected += int(take_dropped())
+        out.rejected += int(transport.take_dropped())  # hostile or malformed input the transport refused
         return out
 
     def _all_in(self, expected: set[int], round: int, out: ReceivedMasks) -> bool:  # noqa: A002
