@@ -125,7 +125,7 @@ def _predicted_device_seconds(module: nn.Module, input_shape: tuple[int, int, in
     """Steps × 3 × forward MACs × batch over the profile's effective fp32 throughput."""
     if profile is None:
         return None
-    from dslth_edge.exporters.shrink import count_macs
+    from dslth_edge.cost.macs import count_macs
 
     gmacs = float(profile.compute.effective_fp32_gmacs)
     return None if gmacs <= 0 else steps * 3.0 * count_macs(module, input_shape) * batch / (gmacs * 1e9)

@@ -280,6 +280,10 @@ def parse_calibration(data: Any, *, source_path: str = "<memory>") -> LatencyCal
     host = obj["host"]
     if not isinstance(host, Mapping):
         raise _fail(where, "host", "an object", host)
+    try:  # a description only, but it must write back: plain JSON, finite numbers
+        json.dumps(host, allow_nan=False)
+    except (TypeError, ValueError):
+        raise _fail(where, "host", "an object of plain JSON values (finite numbers)", host) from None
     raw_runtimes = obj["runtimes"]
     if not isinstance(raw_runtimes, Mapping) or not raw_runtimes:
         raise _fail(where, "runtimes", "a non-empty object keyed runtime/dtype", raw_runtimes)

@@ -72,6 +72,7 @@ from dslth_edge.transport.messages import (
 )
 from dslth_edge.transport.mqtt_client import (
     AUTH_FAILURES,
+    refusal,
     connect_properties,
     is_acked,
     make_client,
@@ -290,7 +291,7 @@ class MqttTransport:
 
     def _on_connect(self, client: mqtt.Client, userdata: Any, flags: Any, rc: Any, props: Any = None) -> None:
         if rc.is_failure:
-            self._refused = f"MQTT broker {self.options.address()} refused node {self.node_id}: {rc}"
+            self._refused = refusal(self.options, self.node_id, rc)
             if str(rc) in AUTH_FAILURES:  # retrying with the same credentials cannot help
                 client.disconnect()
             return

@@ -28,6 +28,7 @@ from dslth_edge.transport.mqtt_options import BrokerAddress, MqttOptions
 
 __all__ = [
     "AUTH_FAILURES",
+    "refusal",
     "OUT_LIMIT",
     "connect_properties",
     "is_acked",
@@ -209,8 +210,14 @@ def probe(options: MqttOptions, addr: BrokerAddress, *, v5: bool, client_id: str
         return "ok"
     if str(rc) == "Unsupported protocol version":
         return "unsupported"
-    user, _ = options.credentials()
-    who = f"user {user!r}" if user else "anonymous"
+    return refusal(options, node_id, rc)
+
+
+def refusal(options: MqttOptions, node_id: int, rc: Any) -> str:
+    """The one line for a broker's refusal of node ``node_id`` (with the user, for credentials)."""
+    addr = options.address()
     if str(rc) in AUTH_FAILURES:
+        user, _ = options.credentials()
+        who = f"user {user!r}" if user else "anonymous"
         return f"MQTT broker {addr} refused node {node_id} ({who}): {rc}"
     return f"MQTT broker {addr} refused node {node_id}: {rc}"

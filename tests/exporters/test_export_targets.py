@@ -94,7 +94,8 @@ def test_over_budget_exits_3_with_both_numbers(trained_run, tmp_path, capsys) ->
     assert f"storage: {size / 1024:.1f} KiB ({size:,} B) > 4.1 KiB (4,194 B) budget" in err
     report = json.loads((node / "exports" / "report.json").read_text())["exports"]["model.onnx"]
     assert report["budget"]["verdict"] == "over budget"
-    res = CliRunner().invoke(cli, [*args, "--allow-over-budget"])
+    # (the fixture's tiny run is near chance: exit 6 unless accepted as well)
+    res = CliRunner().invoke(cli, [*args, "--allow-over-budget", "--allow-weak"])
     assert res.exit_code == 0, res.output
     assert "OVER storage:" in res.output
 

@@ -62,7 +62,9 @@ def fleet_digests(algorithm: str, rounds: int = 6, **kw: Any) -> list[str]:
 #: for the masked family's bytes_sent/bytes_received alone when every delta frame began to
 #: carry the 8-byte digest of its base (wire version 2, issue 24): scores, masks and m̄
 #: digests unchanged; and for mce-pl-paper when the paper preset took the authors'
-#: initialisation of weights and scores (pytorch-default, issue 26 item 1).
+#: initialisation of weights and scores (pytorch-default, issue 26 item 1); and for
+#: mce-pl-structured from round 1 on, when a layer whose inputs lost channels began to scale
+#: its fixed weights by √(all inputs / live inputs) (issue 23: the collapse of shrunk nodes).
 GOLDEN: dict[str, list[str]] = {
     "consensus": ["0d8bb58b46e9bbba", "c8b27231b66136cc", "89fcf2b065e28434", "bc48c84a6abe1a21", "58159b870874452d", "97e587f46bc25808"],
     "dpsgd": ["ad1dd078ed3fd155", "f30229d24859151f", "5b506b8e656cd67c", "62c7890178398cc3", "f71d1e133dbb2b2e", "44297dad98bbf166"],
@@ -71,7 +73,7 @@ GOLDEN: dict[str, list[str]] = {
     "local": ["78d0364040761de6", "7913d737bc10c68d", "7ac6f6953bede22f", "da99c9655a189056", "ab1b1908cc56f476", "58ae306972df9b2d"],
     "mce-pl": ["ca9c1efb672074b6", "029da7de5921c9a5", "74672391da6d1616", "e9e967f18fcff1c2", "6ba29b0e58412401", "394ddb7cb2de7d11"],
     "mce-pl-paper": ["633736ea04be7036", "184576821a467292", "b6c293d9dced9135", "35147c1a0a8ef9e9", "da4665612536aeb8", "e9e0daa1ff4014a2"],
-    "mce-pl-structured": ["c8e8735d0ce4539f", "071cdcbeb264c46d", "61832a1fd05fb49f", "0e0c1ef77525ac5f", "3b55f1358f85a415", "ee921041901d692f"],
+    "mce-pl-structured": ["c8e8735d0ce4539f", "87bbc4283e39048e", "66c733ad32be67b3", "d731a541e79e2326", "db5fb4944b26f197", "97c5150295494e61"],
 }
 
 

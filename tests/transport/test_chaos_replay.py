@@ -268,6 +268,6 @@ def test_sender_restart_replaces_its_old_bases(broker: Mosquitto, roster: Path, 
         for j in range(3):
             if j == i:
                 continue
-            held = [m.numpy() for m in final[j].peer_masks[i]]
+            held = [m.numpy() for m in final[j].algorithm.peer_masks[i]]
             assert all(np.array_equal(a, b) for a, b in zip(held, sent)), \
                 f"node {j} holds masks of node {i} that node {i} never sent (a delta decoded on a stale base)"
