@@ -49,7 +49,7 @@ $(TFLRT)/.installed:
 	@touch $@
 
 test: system-packages $(STAMP) $(TFLRT)/.installed
-	DSLTH_TFLITE_RUNTIME_PYTHON=$(CURDIR)/$(TFLRT)/bin/python $(PY) -m pytest -q
+	DSLTH_TFLITE_RUNTIME_PYTHON=$(CURDIR)/$(TFLRT)/bin/python $(PY) -m pytest -q --durations=15
 
 clean:
 	rm -rf $(VENV) $(TFLRT) build dist *.egg-info .pytest_cache .hypothesis
