@@ -203,9 +203,17 @@ def test_kill_node_and_resume(broker: Any, tmp_path: Path) -> None:
     for i in range(opts.nodes):
         assert rounds_of(run_dir, i) == list(range(rounds)), f"node {i}"
         assert (run_dir / f"node-{i}" / "mask.npz").is_file()
-    for i in (0, 2):  # the victim's neighbours went on without it (no timing asserted: machine-dependent)
+    # the victim's neighbours went on without it: the rounds they completed while it was down
+    # (after its last frame, round killed_at, and before its restart) took no frame of it. Not
+    # asserted: that they heard their live neighbour 3 in those rounds. Under the fixed 2 s
+    # deadline a loaded machine may make node 3's frame miss it, and a neighbour missed
+    # stale_after rounds is no longer waited for (FixedDeadline: too short drops masks), so a
+    # short window may hear nobody; that is timing, not the kill (no timing asserted).
+    for i in (0, 2):
         rows = read_metrics(run_dir / f"node-{i}" / "metrics.jsonl")
-        assert any(r["neighbours_heard"] == 1 for r in rows[killed_at:survivors_at]), [r["neighbours_heard"] for r in rows]
+        down = rows[killed_at + 1:survivors_at]
+        assert down and all(r["neighbours_heard"] <= 1 for r in down), (i, killed_at, survivors_at, [
+            (r["neighbours_heard"], r["bytes_received"], r["stale"]) for r in rows])
     # its neighbours (0 and 2) hear the victim again after its restart: it is back in their m̄
     # (not stale) to the end; and it hears them
     for i in (0, 2):
