@@ -51,7 +51,7 @@ if TYPE_CHECKING:
     from dslth_edge.fleet.plan import FleetPlan
 
 __all__ = ["ENV_FLEET_KEY", "MISSES_FILE", "NodeRunOptions", "fleet_key", "run_fleet_node", "start_node",
-           "IsolationWatch", "node_deadline", "read_misses", "RoundLedger"]
+           "IsolationWatch", "guard_round", "node_deadline", "read_misses", "RoundLedger"]
 
 
 #: per node directory: one JSON line per round in which a neighbour waited for was not heard
@@ -274,6 +274,22 @@ class RoundLedger:
         self.transport.publish_report(identity.seal("report", rep.round, data) if identity is not None else data)
 
 
+def guard_round(node: Node, guard: MemoryGuard, result: RoundResult, warn: Callable[[str], None]) -> None:
+    """After a round: the memory guard's verdict on its measured peak, the node re-planned down.
+
+    Raises :class:`~dslth_edge.errors.OverBudgetError` (exit 3) when micro-batch 1 does not
+    fit, after saving what was trained.
+    """
+    try:
+        replan = guard.after_round(result.peak_rss_bytes)
+    except OverBudgetError:  # micro-batch 1 does not fit: keep what was trained, then stop (exit 3)
+        node.save()
+        raise
+    if replan is not None and replan.changed:  # (a corrected plan that still fits changes nothing)
+        warn(replan.message(guard.profile.name, result.round + 1))
+        node.algo = replace(node.algo, micro_batch=guard.node_micro_batch())
+
+
 def run_fleet_node(
     plan: "FleetPlan",
     node_id: int,
@@ -363,14 +379,7 @@ def run_fleet_node(
             ledger.after(result)
             watch.observe(result)
             if guard is not None:
-                try:
-                    replan = guard.after_round(result.peak_rss_bytes)
-                except OverBudgetError:  # micro-batch 1 does not fit: keep what was trained, then stop (exit 3)
-                    node.save()
-                    raise
-                if replan is not None and replan.changed:  # (a corrected plan that still fits changes nothing)
-                    log.warning("node %d: %s", node_id, replan.message(guard.profile.name, result.round + 1))
-                    node.algo = replace(node.algo, micro_batch=guard.node_micro_batch())
+                guard_round(node, guard, result, lambda msg: log.warning("node %d: %s", node_id, msg))
             if on_round is not None:
                 on_round(result)
             if stop_requested() and node.round < node.config.rounds:

@@ -19,7 +19,7 @@ from typing import Any
 
 from dslth_edge.learn.algorithm import get_preset, preset_run
 from dslth_edge.data import load_dataset, partition
-from dslth_edge.errors import OverBudgetError, UsageError
+from dslth_edge.errors import UsageError
 from dslth_edge.learn.models import ModelSpec
 from dslth_edge.fleet.node import Node, NodeConfig, RoundResult
 from dslth_edge.cost.latency import RoundTimer
@@ -28,7 +28,7 @@ from dslth_edge.device.footprint import peak_rss_bytes, return_freed_memory
 from dslth_edge.device.profiles import Profile, load_profile
 from dslth_edge.device.memory_guard import MemoryGuard, measure_runtime_base
 from dslth_edge.device.training import device_micro_batch, node_training_plan, node_training_setup, trace_model
-from dslth_edge.fleet.device_node import start_node
+from dslth_edge.fleet.device_node import guard_round, start_node
 from dslth_edge.transport.messages import check_fleet_name
 from dslth_edge.fleet.plan import gateway_note
 from dslth_edge.runs.guard import open_node_dir, run_mode
@@ -275,14 +275,7 @@ def train(
             accuracy = last.acc
         timer.observe(last.t_round_s, evaluated=last.acc is not None)
         if guard is not None:
-            try:
-                replan = guard.after_round(last.peak_rss_bytes)
-            except OverBudgetError:  # micro-batch 1 does not fit: keep what was trained, then stop (exit 3)
-                node.save()
-                raise
-            if replan is not None and replan.changed:  # (a corrected plan that still fits changes nothing)
-                warn(replan.message(profile.name, last.round + 1))
-                node.algo = replace(node.algo, micro_batch=guard.node_micro_batch())
+            guard_round(node, guard, last, warn)
         if on_round is not None:
             on_round(last)
         if stop_requested() and node.round < opts.rounds:
