@@ -357,11 +357,11 @@ def _analyse(plain: nn.Module, input_shape: Sequence[int], fixed: frozenset[str]
         supported = supported and not (fixed & {names[root], *producers})
         dead = [int(i) for i in torch.nonzero(~read).flatten()] if supported and has_consumer else []
         groups.append(_Group(root, names[root], size, dead, producers))
-    _check_residual_coupling(plain, groups)
+    _check_residual_coupling(plain, input_shape, groups)
     return dg, groups
 
 
-def _check_residual_coupling(plain: nn.Module, groups: Sequence[_Group]) -> None:
+def _check_residual_coupling(plain: nn.Module, input_shape: Sequence[int], groups: Sequence[_Group]) -> None:
     """Refuse to shrink when torch-pruning couples other layers than the planner assumed.
 
     The planner keeps every layer a residual add couples at full width
@@ -370,7 +370,7 @@ def _check_residual_coupling(plain: nn.Module, groups: Sequence[_Group]) -> None
     layers, or the plan promised widths shrink cannot deliver.
     """
     depthwise = {n for n, m in plain.named_modules() if _is_depthwise(m)}
-    planned = {g - depthwise for g in residual_groups(plain)}
+    planned = {g - depthwise for g in residual_groups(plain, input_shape)}
     pruned = {frozenset(g.producers) - depthwise for g in groups}
     planned = {g for g in planned if len(g) > 1}
     pruned = {g for g in pruned if len(g) > 1}

@@ -111,17 +111,17 @@ class NodePlan:
         }
 
 
-def residual_groups(model: nn.Module) -> tuple[frozenset[str], ...]:
+def residual_groups(model: nn.Module, input_shape: tuple[int, int, int]) -> tuple[frozenset[str], ...]:
     """Sets of masked layers whose output channels a residual add combines
     (:func:`dslth_edge.cost.residual.residual_groups`, the one analysis shrink checks against)."""
-    return cost_residual_groups(model, leaves=(MaskedLayer, ChannelGate))
+    return cost_residual_groups(model, input_shape, leaves=(MaskedLayer, ChannelGate))
 
 
 def plan_costs(model: nn.Module, input_shape: tuple[int, int, int]) -> list[LayerCost]:
     """:func:`~dslth_edge.learn.models.layer_costs` as the planner must see them: a layer
     that a residual add couples to others (:func:`residual_groups`) is not prunable, so
     it keeps its full width in the plan (see the module docstring)."""
-    coupled = set().union(*residual_groups(model))
+    coupled = set().union(*residual_groups(model, input_shape))
     return [replace(c, prunable_out=False) if c.name in coupled else c for c in layer_costs(model, input_shape)]
 
 

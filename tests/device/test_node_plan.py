@@ -70,11 +70,11 @@ def test_residual_groups() -> None:
     """The adds of ResNet-8 couple the stem with stack1's second conv, and each later
     stack's second conv with its shortcut; the plain CNNs have no add."""
     resnet = build_model(ModelSpec("resnet-8", RESNET_SHAPE, 10, keep=1.0))
-    assert set(residual_groups(resnet)) == {frozenset({"stem.conv", "stack1.body2.conv"}),
+    assert set(residual_groups(resnet, RESNET_SHAPE)) == {frozenset({"stem.conv", "stack1.body2.conv"}),
                                            frozenset({"stack2.body2.conv", "stack2.shortcut"}),
                                            frozenset({"stack3.body2.conv", "stack3.shortcut"})}
     for name in ("paper-cnn", "mcu-cnn"):
-        assert residual_groups(build_model(ModelSpec(name, SHAPE, 10, keep=1.0))) == ()
+        assert residual_groups(build_model(ModelSpec(name, SHAPE, 10, keep=1.0)), SHAPE) == ()
     prunable = [c.name for c in plan_costs(resnet, RESNET_SHAPE) if c.prunable_out]
     assert prunable == ["stack1.body1.conv", "stack2.body1.conv", "stack3.body1.conv"]
 

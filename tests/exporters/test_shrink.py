@@ -201,9 +201,9 @@ def test_shrink_couples_what_the_plan_couples(zoo, monkeypatch) -> None:
     from dslth_edge.exporters import shrink as shrink_module
 
     model, shape = zoo["resnet-8"], SHAPES["resnet-8"]
-    assert len(planned_groups(model)) == 3
+    assert len(planned_groups(model, shape)) == 3
     shrink(model, shape)  # agrees: no error
-    monkeypatch.setattr(shrink_module, "residual_groups", lambda plain: (frozenset({"stem.conv", "stack2.shortcut"}),))
+    monkeypatch.setattr(shrink_module, "residual_groups", lambda plain, shape: (frozenset({"stem.conv", "stack2.shortcut"}),))
     with pytest.raises(ExportError, match="torch-pruning couples the layers .*stack1.body2.conv.* but the residual analysis"):
         shrink(model, shape)
 
