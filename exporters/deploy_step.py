@@ -27,7 +27,7 @@ shrink padded to the profile's multiple, get no gradient, so the file keeps its 
 its zero padding and its size. The step is budgeted as a training process: its
 predicted peak memory (:func:`training_memory_bytes`) against the profile's training
 RAM (``[training] ram_mib``), and its time reported (measured here; predicted on the
-device from the profile's fp32 throughput).
+device by the planner's time-per-round model, :func:`dslth_edge.cost.latency.predict_round`).
 """
 
 from __future__ import annotations
@@ -122,13 +122,17 @@ def training_memory_bytes(module: nn.Module, input_shape: tuple[int, int, int], 
 
 def _predicted_device_seconds(module: nn.Module, input_shape: tuple[int, int, int], steps: int, batch: int,
                               profile: "Profile | None") -> float | None:
-    """Steps × 3 × forward MACs × batch over the profile's effective fp32 throughput."""
+    """Seconds of ``steps`` training steps of ``module`` on ``profile``'s device: the one
+    time-per-round model (:func:`dslth_edge.cost.latency.predict_round`, the profile's
+    calibrated torch training fit where it has one, else its cited fp32 rate)."""
     if profile is None:
         return None
-    from dslth_edge.cost.macs import count_macs
+    from dslth_edge.cost.latency import predict_round
+    from dslth_edge.cost.macs import count_macs, weight_layer_kind
 
-    gmacs = float(profile.compute.effective_fp32_gmacs)
-    return None if gmacs <= 0 else steps * 3.0 * count_macs(module, input_shape) * batch / (gmacs * 1e9)
+    layers = sum(weight_layer_kind(m) is not None for m in module.modules())
+    return predict_round(profile, forward_macs=count_macs(module, input_shape), layers=layers, batch=batch,
+                         local_steps=steps).compute_s
 
 
 def run_deploy_step(shrunk: nn.Module, info: "RunInfo", opts: DeployStepOptions, profile: "Profile | None" = None,

@@ -10,6 +10,7 @@ from __future__ import annotations
 
 import os
 from pathlib import Path
+from collections.abc import Iterator
 from typing import Any
 
 import pytest
@@ -76,3 +77,16 @@ def trained_run(tmp_path_factory: pytest.TempPathFactory) -> Path:
                        granularity="channel", out=str(out), eval_every=10, checkpoint_every=10))
     assert (out / "node-0" / "mask.npz").is_file()
     return out
+
+
+@pytest.fixture(scope="module")
+def one_torch_thread() -> Iterator[None]:
+    """Tiny models in lock-step: one torch thread (several only spin on a shared machine), and
+    the same thread count as the simulator's worker processes and the fleet's node
+    processes, so their float sums agree bit for bit."""
+    import torch
+
+    before = torch.get_num_threads()
+    torch.set_num_threads(1)
+    yield
+    torch.set_num_threads(before)

@@ -48,3 +48,33 @@ def test_finetune_trains_surviving_weights_only_and_learns(trained_run) -> None:
         run_deploy_step(shrunk, info, DeployStepOptions(kind="distill", steps=1))
     same, rec0 = run_deploy_step(shrunk, info, DeployStepOptions(kind="none"))
     assert same is shrunk and rec0["steps"] == 0
+
+
+def test_the_steps_device_time_is_the_planners_time_per_round_model(trained_run) -> None:
+    """One cost model: the deploy-time step's predicted device seconds are predict_round's
+    for its steps, and move with the profile's calibrated training fit."""
+    pytest.importorskip("torch_pruning")
+    from dataclasses import replace
+
+    from dslth_edge.cost.calibration import TRAINING_COEFFICIENTS, LatencyCalibration, TrainingFit
+    from dslth_edge.cost.latency import predict_round
+    from dslth_edge.cost.macs import count_macs
+    from dslth_edge.device.profiles import load_profile
+    from dslth_edge.exporters.shrink import shrink
+
+    info = load_run(trained_run)
+    shrunk = shrink(info.model, info.input_shape)
+    profile = load_profile("stm32h743")
+    _, rec = run_deploy_step(shrunk, info, DeployStepOptions(kind="finetune", steps=3), profile=profile)
+    layers = sum(isinstance(m, (nn.Conv2d, nn.Linear)) for m in shrunk.modules())
+    cited = predict_round(profile, forward_macs=count_macs(shrunk, info.input_shape), layers=layers,
+                          batch=rec["batch_size"], local_steps=3)
+    assert cited.basis == "cited" and rec["seconds_device_predicted"] == pytest.approx(cited.compute_s)
+    fit = TrainingFit(runtime="torch", version="test", threads=1, coefficients={k: 1e-3 for k in TRAINING_COEFFICIENTS},
+                      points=4, passes=1, median_rel_error=0.0)
+    measured = replace(profile, calibration=LatencyCalibration(created="now", host={}, runtimes={}, training=fit))
+    _, rec2 = run_deploy_step(shrunk, info, DeployStepOptions(kind="finetune", steps=3), profile=measured)
+    assert rec2["seconds_device_predicted"] != pytest.approx(rec["seconds_device_predicted"])
+    assert rec2["seconds_device_predicted"] == pytest.approx(predict_round(
+        measured, forward_macs=count_macs(shrunk, info.input_shape), layers=layers,
+        batch=rec["batch_size"], local_steps=3).compute_s)

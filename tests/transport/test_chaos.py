@@ -41,12 +41,7 @@ HOSTILE = 3  # the member whose key the attacker holds; its honest thread runs t
 EPOCH = 5
 
 
-@pytest.fixture(autouse=True)
-def one_thread():
-    before = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(before)
+pytestmark = pytest.mark.usefixtures("one_torch_thread")  # bit-identical to the simulator
 
 
 def _masks(run_dir: Path, nodes: int) -> list[list[np.ndarray]]:

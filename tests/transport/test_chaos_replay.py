@@ -28,7 +28,6 @@ from typing import Any
 import numpy as np
 import paho.mqtt.client as mqtt
 import pytest
-import torch
 from click.testing import CliRunner
 from paho.mqtt.enums import CallbackAPIVersion
 
@@ -42,19 +41,14 @@ from dslth_edge.transport.mqtt_options import MqttOptions
 
 from .brokers import MOSQUITTO, MOSQUITTO_MISSING, Mosquitto
 
-pytestmark = pytest.mark.skipif(not os.path.exists(MOSQUITTO), reason=MOSQUITTO_MISSING)
+pytestmark = [pytest.mark.skipif(not os.path.exists(MOSQUITTO), reason=MOSQUITTO_MISSING),
+              pytest.mark.usefixtures("one_torch_thread")]
 
 FLEET = "replay"
 BASE = dict(nodes=3, topology="ring", dataset="synthetic", model="mcu-cnn", keep=0.5, partition="classes:2",
             eval_every=0, eval_samples=100, fleet_id=FLEET, weight_seed=7)
 
 
-@pytest.fixture(autouse=True)
-def one_thread():
-    before = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(before)
 
 
 @pytest.fixture

@@ -16,7 +16,6 @@ from pathlib import Path
 from typing import Any
 
 import pytest
-import torch
 
 from dslth_edge.fleet.device_node import NodeRunOptions, run_fleet_node
 from dslth_edge.fleet.node import Node, RoundResult
@@ -35,12 +34,7 @@ TIMING = ("bytes_received", "duplicates", "rejected")
 GOLDEN_MQTT = ["fb2838914df9c162", "16411795647e20b3", "96cae4f1482ffde6", "3521117920fd3963"]
 
 
-@pytest.fixture(autouse=True)
-def one_thread():
-    before = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(before)
+pytestmark = pytest.mark.usefixtures("one_torch_thread")  # bit-identical to the simulator
 
 
 @pytest.mark.skipif(not os.path.exists(MOSQUITTO), reason=MOSQUITTO_MISSING)

@@ -21,7 +21,6 @@ from typing import Any
 import numpy as np
 import paho.mqtt.client as mqtt
 import pytest
-import torch
 from paho.mqtt.enums import CallbackAPIVersion
 
 from dslth_edge.errors import TransportError
@@ -41,13 +40,7 @@ BASE = dict(nodes=6, topology="ring", dataset="synthetic", model="mcu-cnn", keep
             eval_every=0, eval_samples=200)
 
 
-@pytest.fixture(autouse=True)
-def one_thread():
-    """Bit-identical masks need the same torch thread count here and in node processes."""
-    before = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(before)
+pytestmark = pytest.mark.usefixtures("one_torch_thread")  # bit-identical to the simulator
 
 
 def fleet_options(tmp: Path, name: str, rounds: int, **kw: Any) -> FleetOptions:
@@ -69,17 +62,19 @@ def same(a: list[list[np.ndarray]], b: list[list[np.ndarray]]) -> bool:
 
 
 def start_threads(opts: FleetOptions, url: str, ids: list[int], node_opts: NodeRunOptions,
-                  on_round: Any = None) -> tuple[list[threading.Thread], list[str]]:
+                  on_round: Any = None, on_start: Any = None) -> tuple[list[threading.Thread], list[str]]:
     """Nodes ``ids`` as threads of this process, each with its own MQTT client.
 
-    ``on_round(node_id, result)`` runs between two rounds of a node (outside its timings)."""
+    ``on_round(node_id, result)`` runs between two rounds of a node (outside its timings);
+    ``on_start(node)`` once a node is built, before its first round."""
     plan = plan_fleet(opts)
     errors: list[str] = []
     nopts = replace(node_opts, mqtt=replace(node_opts.mqtt, url=url))
 
     def run(i: int) -> None:
         try:
-            run_fleet_node(plan, i, opts.out, nopts, on_round=(lambda r: on_round(i, r)) if on_round else None)
+            run_fleet_node(plan, i, opts.out, nopts, on_round=(lambda r: on_round(i, r)) if on_round else None,
+                           on_start=on_start)
         except Exception as exc:  # noqa: BLE001 - the test reports it
             errors.append(f"node {i}: {type(exc).__name__}: {exc}")
 

@@ -9,16 +9,13 @@ import os
 import socket
 import threading
 import time
-from dataclasses import replace
 from pathlib import Path
 from typing import Any
 
 import pytest
-import torch
 
 from dslth_edge.errors import TransportError
-from dslth_edge.fleet.device_node import NodeRunOptions, read_misses, run_fleet_node
-from dslth_edge.fleet.plan import plan_fleet
+from dslth_edge.fleet.device_node import NodeRunOptions, read_misses
 from dslth_edge.fleet.watch import FleetWatch
 from dslth_edge.runs.rundir import read_metrics
 from dslth_edge.transport.broker import free_port
@@ -27,17 +24,12 @@ from dslth_edge.transport.mqtt import MqttTransport
 from dslth_edge.transport.mqtt_options import MqttOptions
 
 from .brokers import MOSQUITTO, MOSQUITTO_MISSING, Mosquitto
-from .test_fleet_mqtt import fleet_options, run_masks, same, simulated_masks
+from .test_fleet_mqtt import fleet_options, run_masks, same, simulated_masks, start_threads
 
 needs_mosquitto = pytest.mark.skipif(not os.path.exists(MOSQUITTO), reason=MOSQUITTO_MISSING)
 
 
-@pytest.fixture(autouse=True)
-def one_thread():
-    before = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(before)
+pytestmark = pytest.mark.usefixtures("one_torch_thread")  # bit-identical to the simulator
 
 
 @pytest.fixture
@@ -45,24 +37,6 @@ def mosquitto(tmp_path: Path):
     b = Mosquitto(tmp_path / "mosquitto").start()
     yield b
     b.stop()
-
-
-def _run_nodes(opts: Any, url: str, ids: list[int], node_opts: NodeRunOptions,
-               on_start: Any = None) -> tuple[list[threading.Thread], list[str]]:
-    plan = plan_fleet(opts)
-    nopts = replace(node_opts, mqtt=replace(node_opts.mqtt, url=url))
-    errors: list[str] = []
-
-    def run(i: int) -> None:
-        try:
-            run_fleet_node(plan, i, opts.out, nopts, on_start=on_start)
-        except Exception as exc:  # noqa: BLE001 - the test reports it
-            errors.append(f"node {i}: {type(exc).__name__}: {exc}")
-
-    threads = [threading.Thread(target=run, args=(i,), daemon=True) for i in ids]
-    for t in threads:
-        t.start()
-    return threads, errors
 
 
 @needs_mosquitto
@@ -89,7 +63,7 @@ def test_slow_evaluation_before_the_last_round_is_waited_for(mosquitto: Mosquitt
 
         node.evaluate = slow_evaluate
 
-    threads, errors = _run_nodes(opts, mosquitto.url, [0, 1, 2], NodeRunOptions(), on_start=on_start)
+    threads, errors = start_threads(opts, mosquitto.url, [0, 1, 2], NodeRunOptions(), on_start=on_start)
     for t in threads:
         t.join(180)
     assert not errors, errors
@@ -193,7 +167,7 @@ def test_node_without_neighbours_says_it_starts_alone(mosquitto: Mosquitto, tmp_
     opts = fleet_options(tmp_path, "alone", 1, nodes=2, topology="ring")
     nopts = NodeRunOptions(start_timeout_s=1.0, deadline_max_s=1.0, allow_solo=True)
     with caplog.at_level(logging.WARNING, logger="dslth_edge"):
-        threads, errors = _run_nodes(opts, mosquitto.url, [0], nopts)  # node 1 never starts
+        threads, errors = start_threads(opts, mosquitto.url, [0], nopts)  # node 1 never starts
         for t in threads:
             t.join(60)
     assert not errors, errors

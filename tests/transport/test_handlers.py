@@ -27,7 +27,7 @@ from dslth_edge.transport.mqtt_options import MqttOptions
 
 from .brokers import MOSQUITTO, MOSQUITTO_MISSING, Mosquitto
 
-PROPERTY = settings(max_examples=2000, deadline=None, suppress_health_check=list(HealthCheck))
+PROPERTY = settings(max_examples=600, deadline=None, suppress_health_check=list(HealthCheck))
 
 json_values = st.recursive(
     st.none() | st.booleans() | st.integers() | st.floats() | st.text(max_size=20),

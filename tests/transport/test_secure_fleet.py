@@ -25,7 +25,6 @@ from typing import Any
 import numpy as np
 import paho.mqtt.client as mqtt
 import pytest
-import torch
 from paho.mqtt.enums import CallbackAPIVersion
 
 from dslth_edge.fleet.device_node import NodeRunOptions, run_fleet_node
@@ -39,7 +38,8 @@ from dslth_edge.transport.mqtt_options import MqttOptions
 
 from .brokers import MOSQUITTO, MOSQUITTO_MISSING, Mosquitto, mosquitto_passwd
 
-pytestmark = pytest.mark.skipif(not os.path.exists(MOSQUITTO), reason=MOSQUITTO_MISSING)
+pytestmark = [pytest.mark.skipif(not os.path.exists(MOSQUITTO), reason=MOSQUITTO_MISSING),
+              pytest.mark.usefixtures("one_torch_thread")]
 
 ROOT = Path(__file__).resolve().parents[2]
 FLEET = "sec"
@@ -50,12 +50,6 @@ HOSTILE = 3  # floods its own topics with its own (valid) credentials; its hones
 TINY, BIG_CTL, BIG_MASK = 5000, 20, 5
 
 
-@pytest.fixture(autouse=True)
-def one_thread():
-    before = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(before)
 
 
 def _openssl(*args: str, cwd: Path) -> None:
