@@ -85,6 +85,11 @@ def bytes_to_reach(rows: list[dict[str, Any]], target: float, key: str = "bytes_
     return None
 
 
+def _measured(acc: float | None) -> float | None:
+    """An accuracy, or None where there is none (no test samples: the node's metrics say NaN)."""
+    return None if acc is None or math.isnan(acc) else float(acc)
+
+
 def build_summary(plan: "FleetPlan", nodes: list["Node"], history: list[list[dict[str, Any]]],
                   run_dir: Path, *, seconds: float) -> dict[str, Any]:
     """Everything a reader needs about a finished simulation."""
@@ -96,8 +101,9 @@ def build_summary(plan: "FleetPlan", nodes: list["Node"], history: list[list[dic
         per_node.append({
             "node": i, "profile": plan.profiles[i], "keep": plan.keeps[i], "keep_actual": last[i]["keep_actual"],
             "degree": len(node.neighbours), "classes": list(node.split.classes), "train": node.split.num_train,
-            "test": node.split.num_test, "final_acc": last[i]["acc"], "bytes_sent": sent,
+            "test": node.split.num_test, "final_acc": _measured(last[i]["acc"]), "bytes_sent": sent,
         })
+    # a node without test samples has no accuracy (NaN in its metrics): left out, and counted
     accs = [n["final_acc"] for n in per_node if n["final_acc"] is not None]
     n_rounds = len(history)
     total = rows[-1]["bytes_cum"]
@@ -116,6 +122,7 @@ def build_summary(plan: "FleetPlan", nodes: list["Node"], history: list[list[dic
             "acc_std": statistics.pstdev(accs) if len(accs) > 1 else 0.0,
             "acc_min": min(accs) if accs else None,
             "acc_max": max(accs) if accs else None,
+            "nodes_without_accuracy": len(per_node) - len(accs),
             "bytes_total": total,
             "bytes_reference_total": total_ref,
             "bytes_per_round": total / max(n_rounds, 1),
