@@ -97,7 +97,7 @@ def run(args: argparse.Namespace) -> dict:
     frames_in = sum(r["bytes_received"] for r in rows)
     out = {
         "what": args.what, "broker": args.broker, "nodes": args.nodes, "model": args.model, "rounds": args.rounds,
-        "workers": args.workers, "cpus": os.cpu_count(), "wall_s": round(wall, 1),
+        "workers": summary["transport"]["workers"], "cpus": os.cpu_count(), "wall_s": round(wall, 1),
         "fleet_seconds": round(summary["seconds"], 1),
         "rounds_per_minute": round(60 * args.rounds / summary["seconds"], 2),  # start-up included
         # after start-up: one round is a node's mean round wall time (round 0 excluded)
@@ -145,6 +145,7 @@ def fleet_at_scale(args: argparse.Namespace, nodes: int) -> dict:
 
     import numpy as np
 
+    from dslth_edge.errors import DslthError
     from dslth_edge.fleet.device_node import read_misses
     from dslth_edge.runs.rundir import load_mask
 
@@ -171,20 +172,25 @@ def fleet_at_scale(args: argparse.Namespace, nodes: int) -> dict:
         summary = run_fleet(opts, FleetRunOptions(broker_url=broker.url, workers=args.workers,
                                                   node=NodeRunOptions(deadline_max_s=args.deadline_max)),
                             write_plots=False)
+    except DslthError as exc:  # a failed size is a row of the table, not the end of the benchmark
+        return {"what": "fleet", "nodes": nodes, "rounds": args.rounds, "workers": args.workers,
+                "cpus": os.cpu_count(), "model": args.model, "failed": str(exc)[:500],
+                "seconds": round(time.perf_counter() - t0, 1), "run_dir": str(run_dir)}
     finally:
         done.set()
         broker.stop()
     seconds = summary["seconds"]
     startup = first_round.get("s", float("nan"))
-    peak = [max((r.get("peak_rss_bytes") or 0 for i in range(w, nodes, args.workers)
+    workers = int(summary["transport"]["workers"])  # the launcher's choice unless --workers
+    peak = [max((r.get("peak_rss_bytes") or 0 for i in range(w, nodes, workers)
                  for r in read_metrics(run_dir / f"node-{i}" / "metrics.jsonl")), default=0)
-            for w in range(args.workers)]
+            for w in range(workers)]
     equal = 0
     for i in range(nodes):
         a, b = load_mask(run_dir / f"node-{i}" / "mask.npz").masks, load_mask(sim_dir / f"node-{i}" / "mask.npz").masks
         equal += all(np.array_equal(x, y) for x, y in zip(a, b))
     misses = sum(len(m) for i in range(nodes) for m in read_misses(run_dir / f"node-{i}").values())
-    return {"what": "fleet", "nodes": nodes, "rounds": args.rounds, "workers": args.workers, "cpus": os.cpu_count(),
+    return {"what": "fleet", "nodes": nodes, "rounds": args.rounds, "workers": workers, "cpus": os.cpu_count(),
             "model": args.model, "seconds": round(seconds, 1), "rounds_per_minute": round(60 * args.rounds / seconds, 2),
             "s_per_round_after_startup": round((seconds - startup) / max(args.rounds - 1, 1), 1),
             "startup_s": round(startup, 1), "peak_rss_mib_per_worker": [round(p / 2**20) for p in peak],
@@ -204,7 +210,7 @@ def main() -> None:
     ap.add_argument("--topology", default="ring")
     ap.add_argument("--keep", type=float, default=0.5)
     ap.add_argument("--rounds", type=int, default=10)
-    ap.add_argument("--workers", type=int, default=os.cpu_count() or 1)
+    ap.add_argument("--workers", type=int, default=None, help="default: fleet run's (one per core, or more for large fleets)")
     ap.add_argument("--deadline", type=float, default=120.0)
     ap.add_argument("--broker", choices=["mosquitto", "embedded"], default="mosquitto")
     args = ap.parse_args()

@@ -46,7 +46,8 @@ def fleet() -> None:
 @click.option("--profile-map", default=None, help="File mapping nodes to profiles: lines 'node_id profile' or JSON.")
 @click.option("--fleet-id", default="fleet", show_default=True, help="Fleet name in topics and frames.")
 @click.option("--workers", default=None, type=click.IntRange(min=1),
-              help="Node processes (default: one per CPU core); each hosts N/W nodes.")
+              help="Node processes (default: one per CPU core, more for fleets over 250 nodes per core); "
+                   "each hosts N/W nodes, at most 250.")
 @click.option("--threads", default=1, show_default=True, type=click.IntRange(min=1),
               help="torch threads per node (1: bit-identical to `simulate` with 1).")
 @click.option("--timeout", "timeout_s", default=None, type=float, help="Stop the fleet after this many seconds.")

@@ -135,8 +135,11 @@ class LiveDeadline:
       round may wait the *patience*: ``max_s``, or ``factor`` x the longest complete
       round this node has run recently, or ``factor`` x its longest recent own work (a
       round less its wait, timed from round 0 on: it carries its process's contention,
-      which the neighbours' rounds share), whichever is longest; in a round after known extra
-      work (:func:`heavy_round`) ``factor`` x the longest wait of such rounds too;
+      which the neighbours' rounds share), or ``factor`` x ``cycle_s()`` (how long this node's
+      process takes to give each node it hosts one round: a neighbour in a process like it
+      may get its turn last, however early this node's came), whichever is longest; in a
+      round after known extra work (:func:`heavy_round`) ``factor`` x the longest wait of
+      such rounds too;
     * some neighbour waited for is not online (vanished, or not yet back): the
       ``inner`` policy's deadline (adaptive: a multiple of recent complete waits).
 
@@ -149,12 +152,13 @@ class LiveDeadline:
     def __init__(self, inner: "FixedDeadline | AdaptiveDeadline", *, current_round: Callable[[], int],
                  expected: Callable[[], set[int]], online: Callable[[], set[int]], heavy: Callable[[int], bool],
                  patient: bool = True, max_s: float = 60.0, factor: float = 3.0, window: int = 20,
+                 cycle_s: Callable[[], float] = lambda: 0.0,
                  clock: Callable[[], float] = time.monotonic) -> None:
         if max_s <= 0 or factor < 1:
             raise ValueError("need max_s > 0 and factor >= 1")
         self.inner, self.current_round, self.expected, self.online, self.heavy = (
             inner, current_round, expected, online, heavy)
-        self.patient, self.max_s, self.factor, self.clock = patient, max_s, factor, clock
+        self.patient, self.max_s, self.factor, self.clock, self.cycle_s = patient, max_s, factor, clock, cycle_s
         self._rounds: deque[float] = deque(maxlen=window)  # this node's recent complete round durations
         self._work: deque[float] = deque(maxlen=window)  # its recent rounds less their waits: its own work
         self._last_wait = 0.0
@@ -171,7 +175,8 @@ class LiveDeadline:
 
     def patience_s(self, round: int) -> float:  # noqa: A002
         """How long a round may wait for neighbours that are all online."""
-        s = max(self.max_s, self.factor * max(self._rounds, default=0.0), self.factor * max(self._work, default=0.0))
+        s = max(self.max_s, self.factor * max(self._rounds, default=0.0), self.factor * max(self._work, default=0.0),
+                self.factor * self.cycle_s())
         if self.heavy(round) and self._heavy_waits:
             s = max(s, self.factor * max(self._heavy_waits))
         return s

@@ -35,7 +35,7 @@ from dslth_edge.device.memory_guard import MemoryGuard, measure_runtime_base
 from dslth_edge.device.profiles import load_profile
 from dslth_edge.device.training import node_training_setup, trace_model
 from dslth_edge.errors import CheckpointError, IsolatedError, OverBudgetError, UsageError
-from dslth_edge.fleet.node import Node, RoundResult
+from dslth_edge.fleet.node import Node, RoundResult, StepSlots
 from dslth_edge.fleet.summary import security_record
 from dslth_edge.runs.guard import check_rounds, check_same_settings, open_node_dir, run_mode
 from dslth_edge.runs.rundir import NodePaths, load_checkpoint, load_mask, read_metrics, write_json
@@ -191,7 +191,7 @@ def _memory_guard(plan: "FleetPlan", node_id: int, node: Node) -> MemoryGuard | 
 
 
 def node_deadline(config: "NodeConfig", get_node: Callable[[], Node], transport: MqttTransport,
-                  opts: NodeRunOptions) -> LiveDeadline:
+                  opts: NodeRunOptions, cycle_s: Callable[[], float] = lambda: 0.0) -> LiveDeadline:
     """The node's round deadline: the fixed one given, else adaptive for absent neighbours and
     patient with online ones (:class:`~dslth_edge.fleet.deadline.LiveDeadline`).
 
@@ -212,7 +212,7 @@ def node_deadline(config: "NodeConfig", get_node: Callable[[], Node], transport:
                         # start-up skew travels: a neighbour that waited for a late starter in its
                         # round 0 is late in its round 1, its neighbour in round 2 … (one hop a
                         # round), so an online neighbour is given at least the start-up's allowance
-                        max_s=max(opts.deadline_max_s, opts.start_timeout_s),
+                        max_s=max(opts.deadline_max_s, opts.start_timeout_s), cycle_s=cycle_s,
                         heavy=lambda k: heavy_round(k, rounds=config.rounds, eval_every=config.eval_every,
                                                     checkpoint_every=config.checkpoint_every))
 
@@ -300,6 +300,7 @@ def run_fleet_node(
     on_round: Callable[[RoundResult], None] | None = None,
     stop_requested: Callable[[], bool] = lambda: False,
     step_slots: AbstractContextManager[Any] | None = None,
+    before_connect: Callable[[], None] | None = None,
 ) -> Node:
     """Run node ``node_id`` of ``plan`` to the last round over MQTT; returns the node.
 
@@ -309,6 +310,8 @@ def run_fleet_node(
     the node finished without hearing any neighbour (unless ``opts.allow_solo``).
     ``step_slots`` bound the training passes, and the model and data builds, of the nodes
     this process hosts (:func:`~dslth_edge.fleet.node.step_slots`; None: no bound).
+    ``before_connect`` runs once the node is built, before it goes on the network (a
+    worker holds its nodes there until all are built: see :mod:`dslth_edge.fleet.processes`).
     """
     from dslth_edge.fleet.plan import make_node, node_parts
 
@@ -342,7 +345,8 @@ def run_fleet_node(
                               hello=hello, max_frame_bytes=exchange.max_payload_bytes() + identity.overhead,
                               fresh=not resume, identity=identity)
     built: list[Node] = []  # the node, once made: its deadline reads its round and stale neighbours
-    policy = node_deadline(config, lambda: built[0], transport, opts)
+    policy = node_deadline(config, lambda: built[0], transport, opts,
+                           cycle_s=step_slots.cycle_s if isinstance(step_slots, StepSlots) else lambda: 0.0)
     startup = StartupDeadline(policy, 0.0)  # round 0's allowance is set once the neighbours' hellos are in
     node = make_node(plan, node_id, transport, run_dir, parts=parts, deadline_policy=startup, step_slots=step_slots)
     built.append(node)
@@ -354,6 +358,8 @@ def run_fleet_node(
     if node.round >= config.rounds:  # a finished run resumed (restart loop): nothing to do on the network
         watch.verdict(opts.allow_solo)
         return node
+    if before_connect is not None:
+        before_connect()
     transport.connect()
     try:
         if resume:

@@ -15,6 +15,7 @@ import platform
 import sys
 import threading
 import time
+from collections import deque
 from collections.abc import Callable
 from contextlib import AbstractContextManager, nullcontext
 from dataclasses import asdict, dataclass, field, replace
@@ -39,17 +40,57 @@ from dslth_edge.learn.models import ModelSpec
 from dslth_edge.runs.rundir import NodePaths, load_checkpoint, save_checkpoint, save_mask, truncate_metrics, write_json
 from dslth_edge.transport.base import Transport
 
-__all__ = ["NodeConfig", "RoundResult", "Node", "algorithm_setup", "derive_seed", "step_slots"]
+__all__ = ["NodeConfig", "RoundResult", "Node", "StepSlots", "algorithm_setup", "derive_seed", "step_slots"]
 
 
-def step_slots(count: int | None = None) -> threading.BoundedSemaphore:
-    """Slots for the training passes and evaluations of the nodes one process hosts (default: one per core).
+class StepSlots:
+    """Slots for the training passes, evaluations and builds of the nodes one process hosts.
 
     The driver that hosts several nodes in threads (a ``fleet run`` worker) makes one and
     gives it to each of its nodes: more passes at a time than cores only multiply the
-    activation memory (each holds a batch's worth), never the speed.
+    activation memory (each holds a batch's worth), never the speed. It also times them:
+    :meth:`cycle_s` is how long the process takes to give every node it hosts one round's
+    passes, so how late a neighbour hosted in a process like it can be through no fault
+    (its turn may come last). Thread-safe; a node's thread is the node.
     """
-    return threading.BoundedSemaphore(max(1, count or os.cpu_count() or 1))
+
+    def __init__(self, count: int | None = None, hosted: int = 1,
+                 clock: Callable[[], float] = time.perf_counter) -> None:
+        self.count = max(1, count or os.cpu_count() or 1)
+        self.clock = clock
+        self.hosted = max(1, hosted)
+        self._sem = threading.BoundedSemaphore(self.count)
+        self._mine = threading.local()  # this thread's (node's) time in a slot since its last round
+        self._lock = threading.Lock()
+        self._rounds: deque[float] = deque(maxlen=self.hosted)  # recent nodes' per-round time in a slot
+
+    def __enter__(self) -> StepSlots:
+        self._sem.acquire()
+        self._mine.entered = self.clock()
+        return self
+
+    def __exit__(self, *exc: object) -> None:
+        self._mine.busy = getattr(self._mine, "busy", 0.0) + self.clock() - self._mine.entered
+        self._sem.release()
+
+    def round_done(self) -> None:
+        """The calling node finished a round: its time in a slot since the last one is one sample."""
+        busy, self._mine.busy = getattr(self._mine, "busy", 0.0), 0.0
+        with self._lock:
+            self._rounds.append(busy)
+
+    def cycle_s(self) -> float:
+        """Seconds for one round of every hosted node (0 before any round): their mean time in a
+        slot per round, times the nodes per slot."""
+        with self._lock:
+            if not self._rounds:
+                return 0.0
+            return sum(self._rounds) / len(self._rounds) * self.hosted / self.count
+
+
+def step_slots(count: int | None = None, hosted: int = 1) -> StepSlots:
+    """:class:`StepSlots` for ``hosted`` nodes, ``count`` passes at a time (default: one per core)."""
+    return StepSlots(count, hosted)
 
 
 def derive_seed(*parts: int) -> int:
@@ -200,6 +241,8 @@ class Node:
             keep_actual=self.algorithm.kept_count() / n_params, t_compute_s=self._t_compute,
             t_round_s=time.perf_counter() - self._t_begin, duplicates=received.duplicates, peak_rss_bytes=peak_rss_bytes(),
         )
+        if isinstance(self.step_slots, StepSlots):
+            self.step_slots.round_done()
         if self.paths is not None:
             with open(self.paths.metrics, "a") as fh:
                 fh.write(result.to_json() + "\n")

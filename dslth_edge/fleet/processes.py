@@ -22,7 +22,7 @@ import subprocess
 import sys
 import threading
 import time
-from collections.abc import Callable
+from collections.abc import Callable, Iterable
 from dataclasses import asdict, dataclass, field
 from pathlib import Path
 from types import SimpleNamespace
@@ -38,8 +38,8 @@ from dslth_edge.runs.rundir import NodePaths, read_metrics
 from dslth_edge.transport.identity import choose_identity, launcher_epoch
 from dslth_edge.transport.mqtt_options import ENV_PASSWORD, MqttOptions
 
-__all__ = ["FleetRunOptions", "NodeStatus", "StatusReader", "add_deadline_misses", "run_fleet", "worker_main", "node_status",
-           "parse_node_slice"]
+__all__ = ["MAX_NODES_PER_WORKER", "FleetRunOptions", "NodeStatus", "StatusReader", "add_deadline_misses", "run_fleet", "worker_main", "node_status",
+           "parse_node_slice", "worker_count", "StartGate"]
 
 
 def parse_node_slice(text: str, nodes: int) -> tuple[int, ...]:
@@ -64,7 +64,7 @@ class FleetRunOptions:
     node: NodeRunOptions = field(default_factory=NodeRunOptions)
     broker_url: str | None = None  # None: start the embedded broker on a free loopback port
     broker_host: str = "127.0.0.1"
-    workers: int | None = None  # default: one per CPU core, at most one per node
+    workers: int | None = None  # default: one per CPU core, more when a worker would host over MAX_NODES_PER_WORKER
     timeout_s: float | None = None  # give up (kill the workers) after this long
     only: tuple[int, ...] | None = None  # run only these nodes (a slice; the rest run elsewhere on the same broker)
 
@@ -140,10 +140,33 @@ def _history(run_dir: Path, nodes: int, rounds: int) -> list[list[dict[str, Any]
     return [[per_node[i][k] for i in range(nodes)] for k in range(rounds)]
 
 
-def _spec(fleet: Any, node_ids: list[int], run_dir: Path, node_opts: NodeRunOptions) -> dict[str, Any]:
+#: The nodes one worker process can host. Each node's paho client watches its socket and a
+#: wake-up socket pair with select(), which cannot watch a file descriptor above 1023: past
+#: ~330 nodes per process the newest clients never connect (paho reads the ValueError as a
+#: lost connection and retries forever; 320 of 1,000 nodes on 2 workers, before this).
+MAX_NODES_PER_WORKER = 250
+
+
+def worker_count(nodes: int, asked: int | None = None) -> int:
+    """Worker processes for ``nodes`` nodes: ``asked``, else one per core, or more where a
+    worker would host over :data:`MAX_NODES_PER_WORKER`; never more than the nodes.
+    Raises UsageError when ``asked`` leaves a worker more nodes than it can host."""
+    asked = asked or None  # 0: the default
+    needed = -(-nodes // MAX_NODES_PER_WORKER)
+    if asked is not None and asked < needed:
+        raise UsageError(f"{nodes} nodes need at least {needed} workers: a worker hosts at most "
+                         f"{MAX_NODES_PER_WORKER} MQTT clients (paho watches each with select(), which stops at "
+                         f"file descriptor 1023); use --workers {needed} or more")
+    return max(1, min(asked or max(os.cpu_count() or 1, needed), nodes))
+
+
+def _spec(fleet: Any, node_ids: list[int], run_dir: Path, node_opts: NodeRunOptions, workers: int) -> dict[str, Any]:
     mqtt = asdict(node_opts.mqtt)
     mqtt["password"] = None  # passed in the environment, never written to disk
-    return {"fleet": asdict(fleet), "nodes": node_ids, "run_dir": str(run_dir),
+    # the host's cores shared by its workers: more passes at a time than cores only
+    # switch between them (and hold more activations), never add speed
+    slots = max(1, (os.cpu_count() or 1) // max(1, workers))
+    return {"fleet": asdict(fleet), "nodes": node_ids, "run_dir": str(run_dir), "step_slots": slots,
             "node": {**asdict(node_opts), "mqtt": mqtt}}
 
 
@@ -177,7 +200,7 @@ def run_fleet(
         for i in ids:
             open_node_dir(NodePaths.of(run_dir, i).root, mode)
     run_dir.mkdir(parents=True, exist_ok=True)
-    workers = max(1, min(opts.workers or (os.cpu_count() or 1), len(ids)))
+    workers = worker_count(len(ids), opts.workers)
     tag = "" if opts.only is None else f"only-{ids[0]}-{ids[-1]}-"  # slices sharing a directory keep their files apart
     broker = None
     url = opts.broker_url
@@ -189,7 +212,9 @@ def run_fleet(
     # the directory is ready (an overwrite cleared it): the nodes start fresh or resume, never clear;
     # the URL's credentials leave it here: the spec files, summary and logs show the bare URL
     mqtt_opts = MqttOptions(**{**asdict(opts.node.mqtt), "url": url,
-                               "keepalive_s": _keepalive_s(opts.node.mqtt.keepalive_s, len(ids), workers)}).split_credentials()
+                               "keepalive_s": _keepalive_s(opts.node.mqtt.keepalive_s, len(ids), workers),
+                               "connect_timeout_s": _connect_timeout_s(opts.node.mqtt.connect_timeout_s, len(ids),
+                                                                       workers)}).split_credentials()
     url = mqtt_opts.url
     node_opts = NodeRunOptions(**{**asdict(opts.node), "overwrite": False,
                                   "run_epoch": launcher_epoch(opts.node.roster, opts.node.run_epoch),
@@ -214,7 +239,7 @@ def run_fleet(
             on_start(plan, run_dir, url, identity.describe())
         for w in range(workers):
             spec = run_dir / f"worker-{tag}{w}.json"
-            spec.write_text(json.dumps(_spec(fleet, ids[w::workers], run_dir, node_opts), indent=2))
+            spec.write_text(json.dumps(_spec(fleet, ids[w::workers], run_dir, node_opts, workers), indent=2))
             log = open(run_dir / f"worker-{tag}{w}.log", "wb")
             logs.append(log)
             procs.append(subprocess.Popen([sys.executable, "-m", "dslth_edge.fleet.processes", str(spec)],
@@ -286,6 +311,14 @@ def _keepalive_s(given: int, nodes: int, workers: int) -> int:
     return max(given, min(60, 10 + per_worker // 10))
 
 
+def _connect_timeout_s(given: float, nodes: int, workers: int) -> float:
+    """How long a worker's node waits for the broker's CONNACK: longer when a worker hosts many.
+    Its paho threads answer late while the worker's first nodes already train (320 of 1,000
+    nodes on 2 workers missed a fixed 20 s, before this); the broker is local and up."""
+    per_worker = -(-nodes // max(1, workers))
+    return max(given, min(180.0, 20.0 + per_worker / 4))
+
+
 def _worker_error(code: int, message: str) -> DslthError:
     """The error (hence the exit code) a worker's exit code stands for."""
     if code == EXIT_ISOLATED:
@@ -304,6 +337,34 @@ def _replace_out(fleet: Any, out: str) -> Any:
 
 
 # ---------------------------------------------------------------------- worker process
+class StartGate:
+    """A worker's nodes go on the network together, once every one of them is built.
+
+    Building is bounded per core, so a worker's last node is built minutes after its first
+    at a thousand nodes (204 s on 2 cores); a node that connected early began round 0 and
+    gave up on a late-built neighbour after ``--start-timeout``, and that start-up skew
+    travelled one hop a round (10 deadline misses, 51 of 1,000 final masks unlike the
+    simulator's). Held here, every worker's nodes connect within seconds of each other.
+    """
+
+    def __init__(self, nodes: Iterable[int]) -> None:
+        self._waiting = set(nodes)
+        self._all_in = threading.Condition()
+
+    def arrive(self, node: int) -> None:
+        """``node`` is built, failed, or has nothing to run (idempotent)."""
+        with self._all_in:
+            self._waiting.discard(node)
+            if not self._waiting:
+                self._all_in.notify_all()
+
+    def wait(self, node: int) -> None:
+        """Arrive, then wait until every node of the worker has."""
+        self.arrive(node)
+        with self._all_in:
+            self._all_in.wait_for(lambda: not self._waiting)
+
+
 def worker_main(spec_path: str) -> int:
     """Host the spec's nodes, one thread each; exit 0 when all finished, else the code of the worst error.
 
@@ -327,13 +388,17 @@ def worker_main(spec_path: str) -> int:
     errors: list[str] = []
     codes: list[int] = []
     stop = threading.Event()
-    slots = step_slots()  # this worker's: its node threads take turns at the cores
+    # this worker's share of the cores: its node threads take turns (and learn how long a turn of all takes)
+    slots = step_slots(spec.get("step_slots"), hosted=len(spec["nodes"]))
     signal.signal(signal.SIGTERM, lambda *a: stop.set())
     signal.signal(signal.SIGINT, lambda *a: stop.set())  # Ctrl-C reaches the whole group: finish the round, checkpoint
 
+    gate = StartGate(spec["nodes"])
+
     def run(i: int) -> None:
         try:
-            run_fleet_node(plan, i, spec["run_dir"], node_opts, stop_requested=stop.is_set, step_slots=slots)
+            run_fleet_node(plan, i, spec["run_dir"], node_opts, stop_requested=stop.is_set, step_slots=slots,
+                           before_connect=lambda: gate.wait(i))
         except DslthError as exc:
             errors.append(f"node {i}: {exc}")
             codes.append(exc.exit_code)
@@ -342,6 +407,8 @@ def worker_main(spec_path: str) -> int:
             codes.append(EXIT_BUG)
         else:
             return
+        finally:
+            gate.arrive(i)  # a node that failed (or had nothing left to run) holds nobody back
         print(f"error: {errors[-1]}", file=sys.stderr, flush=True)  # now: the launcher shows the log's last line
 
     threads = [threading.Thread(target=run, args=(i,), name=f"node-{i}", daemon=True) for i in spec["nodes"]]

@@ -205,6 +205,7 @@ class MqttTransport:
         self._max_message = max(options.max_message_bytes, max_frame_bytes) + 64
         self._max_hello = MAX_HELLO_BYTES + (identity.overhead if identity else 0)
         self._connected = threading.Event()
+        self._settled = threading.Event()  # connected, or refused for good (the credentials)
         self._refused: str | None = None
         self._client: mqtt.Client | None = None
         self._v5 = False
@@ -243,7 +244,7 @@ class MqttTransport:
         except (OSError, ValueError) as exc:
             raise TransportError(f"cannot reach MQTT broker {addr}: {exc}") from exc
         self._client.loop_start()
-        if not self._connected.wait(self.options.connect_timeout_s):
+        if not self._settled.wait(self.options.connect_timeout_s) or not self._connected.is_set():
             self._client.loop_stop()
             raise TransportError(self._refused or f"MQTT broker {addr} did not accept node {self.node_id} "
                                  f"within {self.options.connect_timeout_s:.0f} s")
@@ -292,8 +293,9 @@ class MqttTransport:
     def _on_connect(self, client: mqtt.Client, userdata: Any, flags: Any, rc: Any, props: Any = None) -> None:
         if rc.is_failure:
             self._refused = refusal(self.options, self.node_id, rc)
-            if str(rc) in AUTH_FAILURES:  # retrying with the same credentials cannot help
+            if str(rc) in AUTH_FAILURES:  # retrying with the same credentials cannot help: say so now
                 client.disconnect()
+                self._settled.set()
             return
         # subscriptions first: a persistent session keeps them, but a restarted broker without
         # persistence (amqtt) does not
@@ -317,6 +319,7 @@ class MqttTransport:
             self._resend(client)
         self._first_connect = False
         self._connected.set()
+        self._settled.set()
 
     def _on_disconnect(self, client: mqtt.Client, userdata: Any, flags: Any, rc: Any, props: Any = None) -> None:
         self._connected.clear()

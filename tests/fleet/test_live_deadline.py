@@ -126,3 +126,40 @@ def test_patience_covers_a_starved_process_from_round_one() -> None:
     state["round"] = 1
     assert wrapped.next_s() == 240.0
     assert policy.inner.next_s() == 60.0  # nothing learned from the start-up wait
+
+
+def test_patience_covers_a_turn_of_every_node_the_process_hosts() -> None:
+    """At 1,000 nodes a worker's node whose turn came early waited 120 s for a neighbour whose
+    turn in its own worker came last (2 misses): an online neighbour is given factor x the
+    process's cycle, however little this node's own round took."""
+    clock, state = Clock(), {"round": 0}
+    cycle = {"s": 0.0}
+    policy = _policy({1, 2}, clock, state, cycle_s=lambda: cycle["s"])
+    _run_cheap_rounds(policy, clock, state, 3)
+    state["round"] = 3
+    assert policy.next_s() == 60.0  # cheap own rounds, no cycle measured yet
+    cycle["s"] = 90.0  # 250 nodes on one slot at 0.36 s a pass
+    state["round"] = 4
+    assert policy.next_s() == 270.0
+
+
+def test_step_slots_cycle_is_the_hosted_nodes_time_in_a_slot_over_the_slots() -> None:
+    import threading
+
+    from dslth_edge.fleet.node import StepSlots
+
+    clock = Clock()
+    slots = StepSlots(count=2, hosted=10, clock=clock)
+    assert slots.cycle_s() == 0.0
+
+    def node_round(passes: list[float]) -> None:
+        for seconds in passes:
+            with slots:
+                clock.t += seconds
+        slots.round_done()
+
+    for passes in ([1.0], [0.5, 1.5]):  # one node's round in a slot: 1 s, the other's 2 s
+        t = threading.Thread(target=node_round, args=(passes,))
+        t.start()
+        t.join()
+    assert slots.cycle_s() == 1.5 * 10 / 2  # mean 1.5 s a node, 10 nodes, 2 at a time

@@ -284,8 +284,8 @@ def test_acl_and_wrong_password(kind: str, tmp_path: Path) -> None:
                    "user node-2\ntopic write dslth/t/2/#\ntopic read dslth/t/#\n")
     b = Mosquitto(tmp_path / "mq", password_file=pw, acl_file=acl).start()
     try:
-        def transport(i: int, user: str, password: str, neighbours: list[int]) -> MqttTransport:
-            return MqttTransport(MqttOptions(url=b.url, username=user, password=password), fleet="t", node_id=i,
+        def transport(i: int, user: str, password: str, neighbours: list[int], **kw: Any) -> MqttTransport:
+            return MqttTransport(MqttOptions(url=b.url, username=user, password=password, **kw), fleet="t", node_id=i,
                                  neighbours=neighbours, hello=Hello(node=i, fleet="t", fingerprint="00"),
                                  max_frame_bytes=1 << 16).connect()
 
@@ -306,7 +306,9 @@ def test_acl_and_wrong_password(kind: str, tmp_path: Path) -> None:
         t1.close()
         t2.close()
         with pytest.raises(TransportError, match="refused node 1.*node-1"):
-            transport(1, "node-1", "wrong", [2])
+            # a refusal for the credentials is final: said at once, not after the connect timeout
+            # (this one would hang the test for 10 minutes)
+            transport(1, "node-1", "wrong", [2], connect_timeout_s=600)
         # the CLI: one line, exit code 5 (network failure; errors.EXIT_NETWORK)
         secret = tmp_path / "pwfile"
         secret.write_text("wrong\n")
