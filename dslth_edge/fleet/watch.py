@@ -103,7 +103,7 @@ class FleetWatch:
             raise TransportError(f"cannot reach MQTT broker {addr}: {exc.strerror or exc}") from exc
         client.loop_start()
         self._client = client
-        if not self._subscribed.wait(self.options.connect_timeout_s):
+        if not self._subscribed.wait(self.options.connect_timeout_s) or self._refused:
             self.close()
             raise TransportError(self._refused or f"MQTT broker {addr} did not accept the watcher within "
                                  f"{self.options.connect_timeout_s:.0f} s")
@@ -113,6 +113,7 @@ class FleetWatch:
         if rc.is_failure:
             self._refused = f"MQTT broker {self.options.address()} refused the watcher: {rc}"
             client.disconnect()
+            self._subscribed.set()  # a refusal is final: say so now, not after the connect timeout
             return
         client.subscribe([(topic(self.fleet, "+", kind), 1) for kind in ("hello", "status", REPORT_KIND)])
 

@@ -126,8 +126,11 @@ def refuse_duplicate(options: MqttOptions, addr: BrokerAddress, *, fleet: str, n
         return  # the probe that follows reports TLS problems
 
     def on_connect(c: mqtt.Client, u: Any, flags: Any, rc: Any, props: Any = None) -> None:
-        if not rc.is_failure:
-            c.subscribe(status_topic, 1)
+        if rc.is_failure:  # refused (credentials, ACL): nothing to check; the connection that follows says why
+            seen["refused"] = True
+            subscribed.set()
+            return
+        c.subscribe(status_topic, 1)
 
     def on_subscribe(c: mqtt.Client, u: Any, mid: Any, rcs: Any, props: Any = None) -> None:
         subscribed.set()
@@ -151,7 +154,7 @@ def refuse_duplicate(options: MqttOptions, addr: BrokerAddress, *, fleet: str, n
         return  # the probe that follows reports it
     client.loop_start()
     try:
-        if not subscribed.wait(options.connect_timeout_s):
+        if not subscribed.wait(options.connect_timeout_s) or seen.get("refused"):
             return
         time.sleep(0.3)  # retained messages follow the SUBACK
         if seen.get("status") in (None, b"offline"):  # no owner, or it left (or its will fired)

@@ -293,7 +293,10 @@ def test_acl_and_wrong_password(kind: str, tmp_path: Path) -> None:
         t2 = transport(2, "node-2", "s3cret-2", [1])
         assert t2.wait_for_peers(5) == set()
         t1.publish(b"DSLM from one")
-        assert [e.payload for e in t2.poll(3)] == [b"DSLM from one"]
+        # node 1 resends its recent frames when it sees node 2 come online; if node 2's "online"
+        # reaches it after this publish, node 2 holds the frame twice (QoS 1 is at least once;
+        # the exchange drops the copy by its round)
+        assert {e.payload for e in t2.poll(3)} == {b"DSLM from one"}
         # node-1's credentials, pretending to be node 2: the broker drops it
         forged = mqtt.Client(CallbackAPIVersion.VERSION2, client_id="forger", protocol=mqtt.MQTTv5)
         forged.username_pw_set("node-1", "s3cret-1")
