@@ -43,6 +43,14 @@ from dslth_edge.transport.base import Transport
 __all__ = ["NodeConfig", "RoundResult", "Node", "StepSlots", "algorithm_setup", "derive_seed", "step_slots"]
 
 
+class _SlotTime(threading.local):
+    """One thread's time in a slot: when it entered, and how long since its node's last round."""
+
+    def __init__(self) -> None:
+        self.entered = 0.0
+        self.busy = 0.0
+
+
 class StepSlots:
     """Slots for the training passes, evaluations and builds of the nodes one process hosts.
 
@@ -60,7 +68,7 @@ class StepSlots:
         self.clock = clock
         self.hosted = max(1, hosted)
         self._sem = threading.BoundedSemaphore(self.count)
-        self._mine = threading.local()  # this thread's (node's) time in a slot since its last round
+        self._mine = _SlotTime()  # this thread's (node's) time in a slot since its last round
         self._lock = threading.Lock()
         self._rounds: deque[float] = deque(maxlen=self.hosted)  # recent nodes' per-round time in a slot
 
@@ -70,12 +78,12 @@ class StepSlots:
         return self
 
     def __exit__(self, *exc: object) -> None:
-        self._mine.busy = getattr(self._mine, "busy", 0.0) + self.clock() - self._mine.entered
+        self._mine.busy += self.clock() - self._mine.entered
         self._sem.release()
 
     def round_done(self) -> None:
         """The calling node finished a round: its time in a slot since the last one is one sample."""
-        busy, self._mine.busy = getattr(self._mine, "busy", 0.0), 0.0
+        busy, self._mine.busy = self._mine.busy, 0.0
         with self._lock:
             self._rounds.append(busy)
 
