@@ -313,8 +313,10 @@ def _keepalive_s(given: int, nodes: int, workers: int) -> int:
 
 def _connect_timeout_s(given: float, nodes: int, workers: int) -> float:
     """How long a worker's node waits for the broker's CONNACK: longer when a worker hosts many.
-    Its paho threads answer late while the worker's first nodes already train (320 of 1,000
-    nodes on 2 workers missed a fixed 20 s, before this); the broker is local and up."""
+    The start gate lets all of a worker's nodes connect at once, each with its duplicate-id
+    check, while the other workers' nodes compute; on a loaded host the CONNACKs of a few
+    hundred clients queue behind that, and the broker is local and up. (It was not what
+    kept 320 of 1,000 nodes off the broker: that was select(), see MAX_NODES_PER_WORKER.)"""
     per_worker = -(-nodes // max(1, workers))
     return max(given, min(180.0, 20.0 + per_worker / 4))
 
